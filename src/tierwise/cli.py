@@ -1,0 +1,196 @@
+"""``tierwise`` command line: serve | check-config | ledger tail/export | price."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tierwise.config.load import ConfigError, load_config
+from tierwise.config.schema import TierwiseConfig
+
+DEFAULT_CONFIG = "tierwise.yaml"
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", default=os.environ.get("TIERWISE_CONFIG", DEFAULT_CONFIG),
+        help="path to tierwise.yaml (default: $TIERWISE_CONFIG or ./tierwise.yaml)",
+    )
+
+
+def _load(path: str) -> TierwiseConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _when(value: str | None) -> float | None:
+    """Accept unix seconds or an ISO-8601 date/time."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise SystemExit(f"not a time: {value!r} (use unix seconds or ISO-8601, e.g. 2026-11-25T10:00)") from None
+    return dt.timestamp()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tierwise.gateway.server import serve
+
+    cfg = _load(args.config)
+    serve(cfg, args.host, args.port)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    from tierwise.pricing import PriceBook
+
+    book = PriceBook(cfg)
+    print(f"{args.config}: OK — {len(cfg.providers)} provider(s), {len(cfg.models)} model(s), "
+          f"{len(cfg.tiers)} tier(s); default tier '{cfg.default_tier}', fallback model '{cfg.fallback_model}'")
+    print(f"{'model':<28} {'source':<13} {'in $/1M':>9} {'out $/1M':>9} {'cache rd':>9} {'cache wr':>9}")
+    for name, p in book.prices.items():
+        print(f"{name:<28} {p.source:<13} {p.input:>9.4f} {p.output:>9.4f} {p.cache_read:>9.4f} {p.cache_write:>9.4f}")
+    for tname, t in cfg.tiers.items():
+        fb = t.fallback or cfg.fallback_model
+        print(f"tier {tname}: policy={t.policy} models={t.models} fallback={fb}")
+    return 0
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from tierwise.config.schema import LedgerConfig
+    from tierwise.ledger import open_store
+
+    if args.db:
+        return open_store(LedgerConfig(backend="sqlite", path=args.db))
+    cfg = _load(args.config)
+    if cfg.ledger.backend != "sqlite":
+        raise SystemExit(f"ledger backend '{cfg.ledger.backend}' keeps nothing on disk to read")
+    if not Path(cfg.ledger.path).expanduser().exists():
+        raise SystemExit(f"no ledger at {cfg.ledger.path} yet (nothing served with this config?)")
+    return open_store(cfg.ledger)
+
+
+def cmd_ledger_tail(args: argparse.Namespace) -> int:
+    from tierwise.ledger import format_tail
+
+    store = _store(args)
+    try:
+        rows = store.tail(args.n)
+        print(format_tail(rows))
+        if not args.follow:
+            return 0
+        last_ts = max((r["ts"] for r in rows), default=time.time())
+        while True:
+            time.sleep(1.0)
+            new = [r for r in store.iter_rows(last_ts, None) if r["ts"] > last_ts]
+            if new:
+                print(format_tail(new).split("\n", 1)[-1])
+                last_ts = max(r["ts"] for r in new)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    from tierwise.ledger import export_rows
+
+    store = _store(args)
+    try:
+        since, until = _when(args.since), _when(args.until)
+        if args.output and args.output != "-":
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                n = export_rows(store, args.format, out, since, until)
+            print(f"wrote {n} record(s) to {args.output}", file=sys.stderr)
+        else:
+            n = export_rows(store, args.format, sys.stdout, since, until)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_price(args: argparse.Namespace) -> int:
+    from tierwise.cost import price_report
+    from tierwise.pricing import PriceBook
+    from tierwise.types import Usage
+
+    cfg = _load(args.config)
+    if args.model not in cfg.models:
+        print(f"unknown model '{args.model}'; configured: {', '.join(cfg.models)}", file=sys.stderr)
+        return 1
+    book = PriceBook(cfg)
+    usage = Usage(input_tokens=args.input, output_tokens=args.output, cache_read_tokens=args.cache_read,
+                  cache_write_tokens=args.cache_write, reasoning_tokens=args.reasoning)
+    print(price_report(args.model, book.prices[args.model], usage))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tierwise", description="LLM router and cost gateway")
+    ap.add_argument("--log-level", default=os.environ.get("TIERWISE_LOG_LEVEL", "INFO"))
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
+    _config_arg(s)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("check-config", help="validate a config and report every problem at once")
+    s.add_argument("config", nargs="?", default=os.environ.get("TIERWISE_CONFIG", DEFAULT_CONFIG))
+    s.set_defaults(fn=cmd_check_config)
+
+    led = sub.add_parser("ledger", help="read the request ledger").add_subparsers(dest="ledger_cmd", required=True)
+    for name, fn in (("tail", cmd_ledger_tail), ("export", cmd_ledger_export)):
+        s = led.add_parser(name)
+        _config_arg(s)
+        s.add_argument("--db", help="read this SQLite ledger file instead of the config's")
+        s.set_defaults(fn=fn)
+        if name == "tail":
+            s.add_argument("-n", type=int, default=20, help="how many recent records")
+            s.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+        else:
+            s.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
+            s.add_argument("--since", help="unix seconds or ISO-8601")
+            s.add_argument("--until", help="unix seconds or ISO-8601")
+            s.add_argument("--output", "-o", help="file (default: stdout)")
+
+    s = sub.add_parser("price", help="show a model's price and the cost of a request")
+    _config_arg(s)
+    s.add_argument("model")
+    s.add_argument("--input", type=int, default=1000, help="uncached input tokens")
+    s.add_argument("--output", type=int, default=500, help="output tokens (reasoning included)")
+    s.add_argument("--cache-read", type=int, default=0)
+    s.add_argument("--cache-write", type=int, default=0)
+    s.add_argument("--reasoning", type=int, default=0, help="of the output tokens, how many are reasoning")
+    s.set_defaults(fn=cmd_price)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

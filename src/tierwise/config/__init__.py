@@ -1,0 +1,32 @@
+"""Configuration: schema (pydantic) and loader (interpolation, cross-checks, every problem at once)."""
+
+from tierwise.config.load import ConfigError, ConfigProblem, load_config, load_config_text
+from tierwise.config.schema import (
+    LedgerConfig,
+    LocalTCO,
+    ModelConfig,
+    ProviderConfig,
+    RetryConfig,
+    ServerConfig,
+    SessionConfig,
+    TierConfig,
+    TierwiseConfig,
+    TokenPrice,
+)
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "LedgerConfig",
+    "LocalTCO",
+    "ModelConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "ServerConfig",
+    "SessionConfig",
+    "TierConfig",
+    "TierwiseConfig",
+    "TokenPrice",
+    "load_config",
+    "load_config_text",
+]

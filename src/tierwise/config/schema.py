@@ -1,0 +1,161 @@
+"""The schema of ``tierwise.yaml``.
+
+Configuration is data: every knob the engine reads is a field here, validated once at start-up, so a typo fails
+``tierwise check-config`` with its path in the file instead of surfacing as a wrong route at 3 a.m.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt option must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ProviderConfig(_Strict):
+    """One upstream endpoint and the wire format it speaks."""
+
+    format: Literal["openai", "anthropic", "llamacpp"]
+    base_url: str | None = Field(
+        default=None, description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (not for llamacpp)"
+    )
+    api_key_env: str | None = Field(default=None, description="name of the environment variable holding the key")
+    api_key: str | None = Field(default=None, description="literal key; prefer api_key_env or ${VAR} interpolation")
+    timeout_s: PositiveFloat = Field(default=60.0, description="read timeout for one upstream call")
+    connect_timeout_s: PositiveFloat = 5.0
+    max_connections: PositiveInt = Field(default=256, description="keep-alive pool size to this upstream")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers sent upstream")
+    anthropic_version: str = "2023-06-01"
+    # llamacpp (in-process) only
+    n_threads: PositiveInt = Field(default=1, description="llamacpp: CPU threads per model (1 is right on 2 cores)")
+    n_ctx: PositiveInt = Field(default=2048, description="llamacpp: context length")
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ProviderConfig:
+        if self.format in ("openai", "anthropic") and not self.base_url:
+            raise ValueError(f"provider format '{self.format}' needs base_url")
+        return self
+
+
+class TokenPrice(_Strict):
+    """USD per 1M tokens, as providers publish them."""
+
+    input: NonNegativeFloat
+    output: NonNegativeFloat
+    cache_read: NonNegativeFloat | None = Field(default=None, description="defaults to input")
+    cache_write: NonNegativeFloat | None = Field(default=None, description="defaults to input")
+    reasoning: NonNegativeFloat | None = Field(default=None, description="defaults to output")
+
+
+class LocalTCO(_Strict):
+    """Total cost of ownership of a self-hosted model, turned into a per-token price.
+
+    cost per hour = hardware / (years x 8760 h) + watts/1000 x $/kWh + maintenance / 8760 h;
+    tokens per hour = tokens/s x 3600 x utilisation. Input tokens are weighted by ``input_token_weight`` because
+    prefill is much cheaper than decode on the same hardware.
+    """
+
+    hardware_usd: NonNegativeFloat
+    depreciation_years: PositiveFloat = 3.0
+    watts: NonNegativeFloat = 0.0
+    usd_per_kwh: NonNegativeFloat = 0.15
+    maintenance_usd_per_year: NonNegativeFloat = 0.0
+    tokens_per_second: PositiveFloat
+    utilisation: float = Field(default=0.5, gt=0, le=1)
+    input_token_weight: float = Field(default=0.1, ge=0, le=1)
+
+
+class ModelConfig(_Strict):
+    """A concrete model the gateway can call."""
+
+    provider: str
+    upstream: str | None = Field(default=None, description="model name sent upstream; defaults to the key")
+    price: TokenPrice | None = Field(default=None, description="overrides genai-prices")
+    local: LocalTCO | None = Field(default=None, description="price from total cost of ownership")
+    context_window: PositiveInt | None = None
+    max_output: PositiveInt | None = None
+    reasoning: bool = False
+    completion_floor: PositiveInt = Field(default=4096, description="min max_tokens for reasoning models")
+    expected_output_tokens: PositiveInt = Field(default=256, description="completion length used in estimates")
+    tokenizer: str | None = Field(default=None, description="tiktoken encoding for estimates (auto if unset)")
+    # llamacpp only
+    gguf: str | None = Field(default=None, description="llamacpp: path to a .gguf, or a packaged model name")
+
+    @model_validator(mode="after")
+    def _one_price(self) -> ModelConfig:
+        if self.price is not None and self.local is not None:
+            raise ValueError("give either price or local, not both")
+        return self
+
+
+class TierConfig(_Strict):
+    """A capability class: what output it promises, which models may serve it, and how to pick among them."""
+
+    description: str = ""
+    utterances: list[str] = Field(default_factory=list)
+    models: list[str] = Field(min_length=1)
+    policy: Literal["priority", "cheapest", "fastest_ttft"] = "priority"
+    fallback: str | None = Field(default=None, description="last resort for this tier; defaults to fallback_model")
+    expected_output_tokens: PositiveInt | None = Field(default=None, description="overrides the model's")
+
+
+class RetryConfig(_Strict):
+    max_retries: int = Field(default=2, ge=0, description="retries per model before falling back")
+    base_delay_ms: NonNegativeFloat = 100.0
+    max_delay_ms: NonNegativeFloat = 2000.0
+    max_retry_after_s: NonNegativeFloat = Field(default=10.0, description="longer Retry-After: fall back instead")
+    cooldown_failures: PositiveInt = Field(default=3, description="consecutive failures that trigger a cooldown")
+    cooldown_s: NonNegativeFloat = 30.0
+
+
+class SessionConfig(_Strict):
+    ttl_s: PositiveFloat = 3600.0
+    max_sessions: PositiveInt = 100_000
+
+
+class LedgerConfig(_Strict):
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    path: str = "tierwise-ledger.db"
+    batch_size: PositiveInt = 256
+    flush_interval_ms: PositiveFloat = 200.0
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    request_deadline_s: PositiveFloat = Field(default=120.0, description="whole-request budget incl. retries")
+    log_prompts: bool = Field(default=False, description="log prompt/answer text (off: never in logs)")
+    api_keys_env: str | None = Field(
+        default=None, description="env var with comma-separated 'id:key' pairs; unset = open gateway"
+    )
+
+
+class TierwiseConfig(_Strict):
+    """Root of ``tierwise.yaml``."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    sessions: SessionConfig = Field(default_factory=SessionConfig)
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    tiers: dict[str, TierConfig]
+    default_tier: str
+    fallback_model: str
+
+    def upstream_name(self, model: str) -> str:
+        return self.models[model].upstream or model

@@ -1,0 +1,70 @@
+"""Prices of every configured model, resolved once at start-up, and the per-request estimate/settle calls.
+
+Estimation counts the prompt once per tokenizer encoding per request (models sharing an encoding share the count),
+so the ``cheapest`` policy and budget reservations cost one tokenisation, not one per candidate.
+"""
+
+from __future__ import annotations
+
+from tierwise.config.schema import TierwiseConfig
+from tierwise.cost import (
+    ResolvedPrice,
+    cost_of,
+    count_chat_tokens,
+    encoding_for,
+    expected_output,
+    resolve_price,
+)
+from tierwise.types import JSON, Cost, Usage
+
+
+class PriceBook:
+    def __init__(self, cfg: TierwiseConfig) -> None:
+        self.cfg = cfg
+        self.prices: dict[str, ResolvedPrice] = {}
+        self._encodings: dict[str, str] = {}
+        for name, model in cfg.models.items():
+            price = resolve_price(name, model, cfg.providers[model.provider])
+            if price is None:  # the loader already refuses this; keep the invariant local too
+                raise ValueError(f"no price known for model '{name}'")
+            self.prices[name] = price
+            self._encodings[name] = encoding_for(model.upstream or name, model.tokenizer)
+
+    def encoding(self, model: str) -> str:
+        """The tiktoken encoding used to estimate this model's token counts."""
+        return self._encodings[model]
+
+    def cost(self, model: str, usage: Usage) -> Cost:
+        return cost_of(usage, self.prices[model])
+
+    def estimator(self, body: JSON, tier: str | None) -> RequestEstimator:
+        return RequestEstimator(self, body, tier)
+
+
+class RequestEstimator:
+    """Estimated cost of one request on any candidate model; memoises the prompt token count per encoding."""
+
+    __slots__ = ("_book", "_body", "_tier", "_counts")
+
+    def __init__(self, book: PriceBook, body: JSON, tier: str | None) -> None:
+        self._book = book
+        self._body = body
+        self._tier = tier
+        self._counts: dict[str, int] = {}
+
+    def prompt_tokens(self, model: str) -> int:
+        enc = self._book._encodings[model]
+        n = self._counts.get(enc)
+        if n is None:
+            n = self._counts[enc] = count_chat_tokens(self._body, enc, self._book.cfg.upstream_name(model))
+        return n
+
+    def usage(self, model: str) -> Usage:
+        cfg = self._book.cfg
+        expected = cfg.models[model].expected_output_tokens
+        if self._tier is not None:
+            expected = cfg.tiers[self._tier].expected_output_tokens or expected
+        return Usage(input_tokens=self.prompt_tokens(model), output_tokens=expected_output(self._body, expected))
+
+    def __call__(self, model: str) -> float:
+        return self._book.cost(model, self.usage(model)).total_usd

@@ -1,0 +1,139 @@
+"""The routing engine: from a request to an ordered plan of models. Pure: no I/O, no clock of its own.
+
+The same engine is driven by the live gateway and by offline replay over recorded outcomes, so what calibration and
+evaluation measure is exactly what serves traffic. State it reads (session pins, model health) comes in through the
+small protocols in :mod:`tierwise.state`; the current time is an argument.
+
+Order of precedence for the tier (design §1): endpoint ``/v1/tiers/<tier>/…`` → ``X-Task`` header →
+``model="<tier>"`` → ``model="auto"`` (or absent) → the classifier when one is configured → the default tier.
+A concrete model name bypasses tiers entirely: the caller asked for that model, so there is no fallback to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tierwise.config.schema import TierwiseConfig
+from tierwise.state.protocols import HealthState, SessionPins
+from tierwise.types import JSON
+
+
+class RoutingError(Exception):
+    """The request names something that does not exist (404 on the API)."""
+
+    def __init__(self, message: str, param: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class TierClassifier(Protocol):
+    """Chooses a tier for ``model="auto"`` requests (semantic or learned); None means "no confident match"."""
+
+    def classify(self, body: JSON) -> tuple[str, float] | None: ...
+
+
+@dataclass(slots=True)
+class RouteRequest:
+    requested_model: str | None
+    task_header: str | None = None
+    endpoint_tier: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the executor should try, in order, and why."""
+
+    tier: str | None
+    tier_source: str  # endpoint | header | model | auto-default | classifier | fallback-tier | direct
+    candidates: list[str]
+    policy: str
+    pinned: str | None = None
+    notes: list[str] = field(default_factory=list)
+    direct: bool = False
+
+
+class RoutingEngine:
+    """Turns a request into a :class:`Decision`. Holds config and state handles, never calls a provider."""
+
+    def __init__(
+        self,
+        cfg: TierwiseConfig,
+        pins: SessionPins,
+        health: HealthState,
+        classifier: TierClassifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.pins = pins
+        self.health = health
+        self.classifier = classifier
+
+    # -- step 1: classify ------------------------------------------------------------------------------------------
+    def choose_tier(self, req: RouteRequest, body: JSON) -> tuple[str | None, str]:
+        tiers = self.cfg.tiers
+        if req.endpoint_tier is not None:
+            if req.endpoint_tier not in tiers:
+                raise RoutingError(f"unknown tier '{req.endpoint_tier}'", "tier", "tier_not_found")
+            return req.endpoint_tier, "endpoint"
+        if req.task_header:
+            if req.task_header not in tiers:
+                raise RoutingError(f"unknown tier '{req.task_header}' in X-Task header", "X-Task", "tier_not_found")
+            return req.task_header, "header"
+        model = req.requested_model
+        if model and model != "auto":
+            if model in tiers:
+                return model, "model"
+            if model in self.cfg.models:
+                return None, "direct"
+            raise RoutingError(
+                f"The model '{model}' does not exist: not a configured model, tier or 'auto'", "model", "model_not_found"
+            )
+        if self.classifier is not None:
+            hit = self.classifier.classify(body)
+            if hit is not None:
+                return hit[0], "classifier"
+            return self.cfg.default_tier, "fallback-tier"
+        return self.cfg.default_tier, "auto-default"
+
+    # -- steps 2 and 4: pin and plan -------------------------------------------------------------------------------
+    def decide(self, req: RouteRequest, body: JSON, now: float, estimate_cost: Callable[[str], float]) -> Decision:
+        tier, source = self.choose_tier(req, body)
+        if tier is None:
+            assert req.requested_model is not None
+            return Decision(None, "direct", [req.requested_model], "direct", direct=True)
+        tcfg = self.cfg.tiers[tier]
+        ordered = self._order(tcfg.models, tcfg.policy, estimate_cost)
+        fallback = tcfg.fallback or self.cfg.fallback_model
+        if fallback not in ordered:
+            ordered.append(fallback)
+        decision = Decision(tier, source, ordered, tcfg.policy)
+        if req.session_id:
+            pinned = self.pins.get(req.session_id, now)
+            if pinned is not None and pinned in ordered:
+                decision.pinned = pinned
+                ordered.remove(pinned)
+                ordered.insert(0, pinned)
+            elif pinned is not None:
+                decision.notes.append(f"session pin '{pinned}' is not in tier '{tier}'; routed afresh")
+        self._demote_cooling(decision, now)
+        return decision
+
+    def _order(self, models: list[str], policy: str, estimate_cost: Callable[[str], float]) -> list[str]:
+        if policy == "cheapest":
+            return sorted(models, key=estimate_cost)  # stable: ties keep config order
+        if policy == "fastest_ttft":
+            # Unmeasured models sort first (TTFT 0) so each gets observed once instead of being starved forever.
+            return sorted(models, key=lambda m: self.health.ttft_ms(m) or 0.0)
+        return list(models)
+
+    def _demote_cooling(self, decision: Decision, now: float) -> None:
+        """Models in cooldown go to the back: still tried if everything else fails, never first."""
+        cooling = [m for m in decision.candidates if self.health.cooling_down(m, now)]
+        if not cooling or len(cooling) == len(decision.candidates):
+            return
+        decision.candidates = [m for m in decision.candidates if m not in cooling] + cooling
+        decision.notes.append("cooling down, tried last: " + ", ".join(cooling))

@@ -1,0 +1,277 @@
+"""The executor: carries out a routing :class:`Decision` against providers.
+
+Retries with exponential backoff and full jitter on 429/5xx/timeouts/connection errors (honouring ``Retry-After``),
+cooldowns for models that keep failing, a per-request deadline, fallback down the plan, session (re-)pinning and
+reasoning completion floors. Every step lands in the request's :class:`LedgerRecord`, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from tierwise.config.schema import TierwiseConfig
+from tierwise.pricing import PriceBook
+from tierwise.providers.base import Provider
+from tierwise.routing.engine import Decision
+from tierwise.state.protocols import HealthState, SessionPins
+from tierwise.types import JSON, Attempt, Completion, ErrorKind, LedgerRecord, StreamChunk, UpstreamError
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class RequestFailed(Exception):
+    """Every candidate failed; carries the last error (its kind decides the HTTP status)."""
+
+    def __init__(self, last: UpstreamError, attempts: list[Attempt], deadline_hit: bool = False) -> None:
+        super().__init__(last.message)
+        self.last = last
+        self.attempts = attempts
+        self.deadline_hit = deadline_hit
+
+
+@dataclass(slots=True)
+class Call:
+    """One request in flight: its plan, body, record and deadline."""
+
+    decision: Decision
+    body: JSON
+    record: LedgerRecord
+    deadline: float  # clock() value after which no new attempt starts
+    session_id: str | None = None
+    started: float = field(default_factory=time.perf_counter)  # for the request's total latency
+
+
+def apply_completion_floor(body: JSON, floor: int) -> str | None:
+    """Raise a too-small completion budget to the reasoning floor; return a ledger note when it changed."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and value < floor:
+            body[key] = floor
+            return f"{key} raised from {value} to reasoning floor {floor}"
+    return None
+
+
+def _empty_length(c: Completion) -> bool:
+    if c.finish_reason != "length" or c.text:
+        return False
+    choices = c.body.get("choices") or [{}]
+    return not (choices[0].get("message") or {}).get("tool_calls")
+
+
+class Executor:
+    def __init__(
+        self,
+        cfg: TierwiseConfig,
+        providers: dict[str, Provider],
+        prices: PriceBook,
+        pins: SessionPins,
+        health: HealthState,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.providers = providers  # keyed by provider name
+        self.prices = prices
+        self.pins = pins
+        self.health = health
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+
+    # -- shared pieces ---------------------------------------------------------------------------------------------
+    def _prepare(self, call: Call, model: str) -> JSON:
+        mcfg = self.cfg.models[model]
+        body = dict(call.body)
+        body["model"] = mcfg.upstream or model
+        if mcfg.reasoning:
+            note = apply_completion_floor(body, mcfg.completion_floor)
+            if note:
+                call.record.notes.append(f"{model}: {note}")
+        return body
+
+    def _provider(self, model: str) -> tuple[Provider, float]:
+        mcfg = self.cfg.models[model]
+        return self.providers[mcfg.provider], self.cfg.providers[mcfg.provider].timeout_s
+
+    def _backoff_s(self, retry: int, err: UpstreamError) -> float | None:
+        """Seconds to wait before retry number ``retry`` (1-based); None means stop retrying this model."""
+        rc = self.cfg.retry
+        if retry > rc.max_retries or not err.kind.retryable:
+            return None
+        if err.retry_after_s is not None:
+            return None if err.retry_after_s > rc.max_retry_after_s else err.retry_after_s
+        cap = min(rc.max_delay_ms, rc.base_delay_ms * (2 ** (retry - 1))) / 1000.0
+        return self.rng.uniform(0.0, cap)
+
+    def _fail(self, call: Call, model: str, err: UpstreamError, started: float, retry: int) -> None:
+        call.record.attempts.append(
+            Attempt(model, err.kind.value, err.status, err.message[:300], (self.clock() - started) * 1000, retry)
+        )
+        if err.kind is not ErrorKind.CLIENT and self.health.record_failure(model, time.time()):
+            call.record.notes.append(f"{model}: cooldown {self.cfg.retry.cooldown_s:g}s after repeated failures")
+
+    def _succeed(self, call: Call, model: str, ttft_ms: float | None) -> None:
+        self.health.record_success(model, ttft_ms, time.time())
+        rec = call.record
+        rec.model = model
+        rec.fallbacks = len({a.model for a in rec.attempts if a.model != model})
+        if call.session_id:
+            pinned = call.decision.pinned
+            if pinned != model:
+                self.pins.set(call.session_id, model, time.time())
+                if pinned is not None:
+                    why = next((a.outcome for a in reversed(rec.attempts) if a.model == pinned), "unavailable")
+                    rec.notes.append(f"session re-pinned from {pinned} to {model}: {pinned} {why}")
+
+    def _skip_or_deadline(self, call: Call, model: str, is_last: bool) -> bool:
+        if self.health.cooling_down(model, time.time()) and not is_last:
+            call.record.attempts.append(Attempt(model, "skipped_cooldown"))
+            return True
+        return False
+
+    def _remaining(self, call: Call) -> float:
+        return call.deadline - self.clock()
+
+    def _deadline_error(self, call: Call) -> RequestFailed:
+        err = UpstreamError(
+            ErrorKind.TIMEOUT, f"request deadline of {self.cfg.server.request_deadline_s:g}s exceeded", status=504
+        )
+        return RequestFailed(err, call.record.attempts, deadline_hit=True)
+
+    # -- non-streaming ---------------------------------------------------------------------------------------------
+    async def complete(self, call: Call) -> Completion:
+        last: UpstreamError | None = None
+        cands = call.decision.candidates
+        for i, model in enumerate(cands):
+            if self._skip_or_deadline(call, model, i == len(cands) - 1):
+                continue
+            provider, timeout_s = self._provider(model)
+            body = self._prepare(call, model)
+            retry = 0
+            while True:
+                remaining = self._remaining(call)
+                if remaining <= 0:
+                    raise self._deadline_error(call)
+                started = self.clock()
+                try:
+                    result = await provider.complete(body, timeout_s=min(timeout_s, remaining))
+                    if _empty_length(result):
+                        self._charge_failed(call, model, result, started, retry)
+                        raise UpstreamError(
+                            ErrorKind.EMPTY_LENGTH,
+                            f"model '{model}' hit its completion limit before producing any content "
+                            "(finish_reason=length, empty answer); raise max_tokens",
+                            status=502,
+                        )
+                except UpstreamError as err:
+                    if err.kind is not ErrorKind.EMPTY_LENGTH:
+                        self._fail(call, model, err, started, retry)
+                    last = err
+                    if err.kind is ErrorKind.CLIENT:
+                        raise RequestFailed(err, call.record.attempts) from None
+                    retry += 1
+                    wait = self._backoff_s(retry, err)
+                    if wait is None:
+                        break
+                    if wait >= self._remaining(call):
+                        raise self._deadline_error(call) from None
+                    await self.sleep(wait)
+                    continue
+                latency = (self.clock() - started) * 1000
+                cost = self.prices.cost(model, result.usage)
+                call.record.attempts.append(Attempt(model, "ok", 200, None, latency, retry, result.usage, cost.total_usd))
+                call.record.usage = call.record.usage + result.usage
+                call.record.cost = call.record.cost + cost
+                self._succeed(call, model, latency)
+                return result
+        assert last is not None
+        raise RequestFailed(last, call.record.attempts)
+
+    def _charge_failed(self, call: Call, model: str, result: Completion, started: float, retry: int) -> None:
+        """An empty length-truncated answer is still billed by the provider: record the spend honestly."""
+        cost = self.prices.cost(model, result.usage)
+        call.record.attempts.append(
+            Attempt(
+                model, ErrorKind.EMPTY_LENGTH.value, 200, "finish_reason=length with empty content",
+                (self.clock() - started) * 1000, retry, result.usage, cost.total_usd,
+            )
+        )
+        call.record.usage = call.record.usage + result.usage
+        call.record.cost = call.record.cost + cost
+        self.health.record_failure(model, time.time())
+
+    # -- streaming -------------------------------------------------------------------------------------------------
+    async def open_stream(self, call: Call) -> tuple[str, StreamChunk, AsyncIterator[StreamChunk], float]:
+        """Try candidates until one yields its first chunk; return (model, first chunk, rest, start time).
+
+        Failures before the first chunk fall back like non-streaming calls. After it, the client has bytes and a
+        failure can only end the stream (the gateway sends an error event and records what was received).
+        """
+        last: UpstreamError | None = None
+        cands = call.decision.candidates
+        for i, model in enumerate(cands):
+            if self._skip_or_deadline(call, model, i == len(cands) - 1):
+                continue
+            provider, timeout_s = self._provider(model)
+            body = self._prepare(call, model)
+            retry = 0
+            while True:
+                remaining = self._remaining(call)
+                if remaining <= 0:
+                    raise self._deadline_error(call)
+                started = self.clock()
+                it = provider.stream(body, timeout_s=min(timeout_s, remaining)).__aiter__()
+                try:
+                    first = await it.__anext__()
+                except StopAsyncIteration:
+                    err = UpstreamError(ErrorKind.BAD_RESPONSE, "upstream closed the stream without any chunk")
+                except UpstreamError as e:
+                    err = e
+                else:
+                    ttft = (self.clock() - started) * 1000
+                    call.record.ttft_ms = ttft
+                    self._succeed(call, model, ttft)
+                    return model, first, it, started
+                await _aclose(it)
+                self._fail(call, model, err, started, retry)
+                last = err
+                if err.kind is ErrorKind.CLIENT:
+                    raise RequestFailed(err, call.record.attempts) from None
+                retry += 1
+                wait = self._backoff_s(retry, err)
+                if wait is None:
+                    break
+                if wait >= self._remaining(call):
+                    raise self._deadline_error(call) from None
+                await self.sleep(wait)
+        assert last is not None
+        raise RequestFailed(last, call.record.attempts)
+
+    def settle_stream(
+        self, call: Call, model: str, usage_chunks: list[StreamChunk], started: float, outcome: str, error: str | None
+    ) -> None:
+        """Book the streamed attempt: usage from the provider's final chunk, cost, latency, outcome."""
+        usage = next((c.usage for c in reversed(usage_chunks) if c.usage is not None), None)
+        cost = self.prices.cost(model, usage) if usage is not None else None
+        call.record.attempts.append(
+            Attempt(model, outcome, 200, error, (self.clock() - started) * 1000, 0, usage,
+                    cost.total_usd if cost else 0.0)
+        )
+        if usage is not None and cost is not None:
+            call.record.usage = call.record.usage + usage
+            call.record.cost = call.record.cost + cost
+
+
+async def _aclose(it: AsyncIterator[StreamChunk]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):  # closing a broken stream must never mask the original error
+            await aclose()

@@ -1,0 +1,250 @@
+"""The tierwise core: one object that validates, routes, executes and books a chat request.
+
+The HTTP gateway and the in-process :class:`tierwise.Router` are thin drivers of this class, so both run the same
+engine, executor and ledger code. Whatever happens to a request — success, upstream failure, deadline, client gone,
+a bug — exactly one ledger record is submitted for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from tierwise.config.schema import TierwiseConfig
+from tierwise.cost import count_text_tokens
+from tierwise.errors import APIError, from_upstream
+from tierwise.ledger import LedgerWriter, open_store
+from tierwise.pricing import PriceBook
+from tierwise.providers.base import Provider
+from tierwise.requests import validate_chat_body
+from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
+from tierwise.routing.executor import Call, Executor, RequestFailed
+from tierwise.state import MemoryHealth, MemorySessionPins
+from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
+
+log = logging.getLogger("tierwise")
+
+
+def build_providers(cfg: TierwiseConfig) -> dict[str, Provider]:
+    """One provider object per configured provider (llama.cpp providers get their models' GGUF specs)."""
+    from tierwise.providers.registry import build_provider
+
+    out: dict[str, Provider] = {}
+    for name, pcfg in cfg.providers.items():
+        if pcfg.format == "llamacpp":
+            from tierwise.providers.llamacpp import LlamaCppProvider
+
+            models = {m.upstream or key: m.gguf for key, m in cfg.models.items() if m.provider == name and m.gguf}
+            out[name] = LlamaCppProvider(name, pcfg, models)
+        else:
+            out[name] = build_provider(name, pcfg)
+    return out
+
+
+@dataclass(slots=True)
+class ChatResult:
+    body: JSON
+    record: LedgerRecord
+
+
+class Tierwise:
+    """Routing engine + executor + price book + ledger, wired from one configuration."""
+
+    def __init__(
+        self,
+        cfg: TierwiseConfig,
+        *,
+        providers: dict[str, Provider] | None = None,
+        ledger: LedgerWriter | None = None,
+        classifier: TierClassifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.prices = PriceBook(cfg)
+        self.pins = MemorySessionPins(cfg.sessions.ttl_s, cfg.sessions.max_sessions)
+        self.health = MemoryHealth(cfg.retry.cooldown_failures, cfg.retry.cooldown_s)
+        self.engine = RoutingEngine(cfg, self.pins, self.health, classifier)
+        self.providers = providers if providers is not None else build_providers(cfg)
+        self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
+        self.ledger = ledger or LedgerWriter(
+            open_store(cfg.ledger), batch_size=cfg.ledger.batch_size, flush_interval_ms=cfg.ledger.flush_interval_ms
+        )
+        self._log_prompts = cfg.server.log_prompts
+
+    async def aclose(self) -> None:
+        for p in self.providers.values():
+            try:
+                await p.aclose()
+            except Exception:  # one provider failing to close must not keep the ledger from flushing
+                log.exception("provider close failed")
+        await asyncio.to_thread(self.ledger.close)
+
+    # -- request set-up --------------------------------------------------------------------------------------------
+    def begin(self, body: JSON, route: RouteRequest, principal: str = "anonymous") -> Call:
+        """Validate and route; raises :class:`APIError` (400/404) and books nothing for requests never routed."""
+        validate_chat_body(body)
+        if route.requested_model is None and isinstance(body.get("model"), str):
+            route.requested_model = body["model"]
+        if route.session_id is None and isinstance(body.get("user"), str):
+            route.session_id = body["user"]
+        record = LedgerRecord(
+            id="chatcmpl-tw-" + uuid.uuid4().hex,
+            ts=time.time(),
+            principal=principal,
+            requested_model=route.requested_model,
+            session_id=route.session_id,
+            stream=bool(body.get("stream")),
+        )
+        try:
+            tier, _ = self.engine.choose_tier(route, body)
+            estimator = self.prices.estimator(body, tier)
+            decision = self.engine.decide(route, body, time.time(), estimator)
+        except RoutingError as exc:
+            raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
+        record.tier, record.tier_source = decision.tier, decision.tier_source
+        record.notes.extend(decision.notes)
+        record.estimated_cost_usd = estimator(decision.candidates[0])
+        deadline = self.executor.clock() + self.cfg.server.request_deadline_s
+        if self._log_prompts:
+            log.info("request %s messages=%s", record.id, body.get("messages"))
+        return Call(decision, body, record, deadline, route.session_id)
+
+    def _finish(self, call: Call, started: float, status: str, http_status: int, error: str | None) -> None:
+        rec = call.record
+        rec.latency_ms = (time.perf_counter() - started) * 1000
+        rec.status, rec.http_status, rec.error = status, http_status, error
+        if rec.model is None or rec.fallbacks == 0:
+            rec.fallbacks = len({a.model for a in rec.attempts if a.model != rec.model and a.outcome != "ok"})
+        self.ledger.submit(rec)
+
+    def _fail(self, call: Call, started: float, exc: BaseException) -> APIError:
+        """Book a failed request and turn the failure into the client's error."""
+        if isinstance(exc, RequestFailed):
+            err = from_upstream(exc.last, [a.as_dict() for a in exc.attempts], exc.deadline_hit)
+        elif isinstance(exc, APIError):
+            err = exc
+        else:
+            log.error("internal error on %s: %s", call.record.id, type(exc).__name__, exc_info=exc)
+            err = APIError(500, f"internal error ({type(exc).__name__}); request id {call.record.id}",
+                           type="server_error", code="internal_error")
+        self._finish(call, _start_of(call), "error", err.status, err.message)
+        return err
+
+    # -- non-streaming ---------------------------------------------------------------------------------------------
+    async def complete(self, call: Call) -> ChatResult:
+        started = _start_of(call)
+        try:
+            completion = await self.executor.complete(call)
+        except asyncio.CancelledError:
+            self._finish(call, started, "client_cancelled", 499, "client disconnected before the answer")
+            raise
+        except Exception as exc:
+            raise self._fail(call, started, exc) from None
+        body = completion.body
+        body["model"] = call.record.model
+        if self._log_prompts:
+            log.info("answer %s: %s", call.record.id, completion.text)
+        self._finish(call, started, "ok", 200, None)
+        return ChatResult(body, call.record)
+
+    # -- streaming -------------------------------------------------------------------------------------------------
+    async def open_stream(self, call: Call) -> ChatStream:
+        """Get the first chunk (falling back as needed) before the caller commits to a 200 response."""
+        started = _start_of(call)
+        try:
+            model, first, rest, attempt_started = await self.executor.open_stream(call)
+        except asyncio.CancelledError:
+            self._finish(call, started, "client_cancelled", 499, "client disconnected before the first token")
+            raise
+        except Exception as exc:
+            raise self._fail(call, started, exc) from None
+        return ChatStream(self, call, model, first, rest, started, attempt_started)
+
+
+class ChatStream:
+    """The rest of a stream after its first chunk. Iterate it once; the ledger record is booked when it ends,
+    however it ends (finished, upstream error mid-stream, or the consumer closing it early)."""
+
+    def __init__(
+        self, svc: Tierwise, call: Call, model: str, first: StreamChunk, rest: AsyncIterator[StreamChunk],
+        started: float, attempt_started: float,
+    ) -> None:
+        self.svc, self.call, self.model = svc, call, model
+        self.record = call.record
+        self._first, self._rest = first, rest
+        self._started, self._attempt_started = started, attempt_started
+        opts = call.body.get("stream_options") or {}
+        self._client_wants_usage = bool(opts.get("include_usage"))
+        self.error: APIError | None = None
+
+    async def chunks(self) -> AsyncIterator[JSON]:
+        """Yield OpenAI chunk dicts for the client; after an upstream failure mid-stream, ``self.error`` is set."""
+        text_parts: list[str] = []
+        usage_chunks: list[StreamChunk] = []
+        outcome, err_msg = "client_cancelled", "client disconnected mid-stream"
+        try:
+            chunk: StreamChunk | None = self._first
+            while chunk is not None:
+                if chunk.usage is not None:
+                    usage_chunks.append(chunk)
+                if chunk.text:
+                    text_parts.append(chunk.text)
+                if chunk.usage is None or self._client_wants_usage or chunk.body.get("choices"):
+                    body = chunk.body
+                    body["model"] = self.model
+                    if chunk.usage is not None and not self._client_wants_usage:
+                        body.pop("usage", None)
+                    yield body
+                chunk = await _next(self._rest)
+            outcome, err_msg = "ok", None
+        except _UpstreamMidStream as exc:
+            outcome, err_msg = exc.err.kind.value, exc.err.message
+            self.error = APIError(502, f"upstream failed mid-stream: {exc.err.message}", type="upstream_error",
+                                  code="upstream_stream_interrupted")
+        finally:
+            self._book(outcome, err_msg, usage_chunks, "".join(text_parts))
+
+    def _book(self, outcome: str, err_msg: str | None, usage_chunks: list[StreamChunk], text: str) -> None:
+        ex = self.svc.executor
+        if not any(c.usage is not None for c in usage_chunks):
+            # The stream ended before the provider reported usage: count what was actually received.
+            enc_model = self.model
+            est = self.svc.prices.estimator(self.call.body, self.record.tier)
+            out_tokens = count_text_tokens(text, self.svc.prices.encoding(enc_model)) if text else 0
+            usage_chunks = [StreamChunk({}, Usage(input_tokens=est.prompt_tokens(enc_model), output_tokens=out_tokens))]
+            self.record.notes.append("usage estimated by tierwise: the stream ended before the provider reported it")
+        ex.settle_stream(self.call, self.model, usage_chunks, self._attempt_started, outcome, err_msg)
+        if self.svc._log_prompts:
+            log.info("answer %s: %s", self.record.id, text)
+        status = {"ok": "ok", "client_cancelled": "client_cancelled"}.get(outcome, "error")
+        http = 200 if status != "client_cancelled" else 499
+        self.svc._finish(self.call, self._started, status, http, err_msg)
+
+
+class _UpstreamMidStream(Exception):
+    def __init__(self, err: Exception) -> None:
+        from tierwise.types import ErrorKind, UpstreamError
+
+        self.err = err if isinstance(err, UpstreamError) else UpstreamError(ErrorKind.CONNECTION, str(err))
+
+
+async def _next(it: AsyncIterator[StreamChunk]) -> StreamChunk | None:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise _UpstreamMidStream(exc) from None
+
+
+def _start_of(call: Call) -> float:
+    """perf_counter() value at which the request started (kept on the call to time the whole request)."""
+    return call.started
+
+
+__all__ = ["ChatResult", "ChatStream", "Tierwise", "build_providers"]
