@@ -7,6 +7,7 @@ parse, authenticate and translate between HTTP and :class:`tierwise.service.Tier
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -164,10 +165,12 @@ class Gateway:
 
     async def readyz(self, request: web.Request) -> web.Response:
         stats = self.svc.ledger.stats()
-        ready = not self.shutting_down and stats.get("failing", False) is False
+        # An unhealthy ledger loses nothing (records queue, then spill to a file) but an operator must see it, and a
+        # load balancer should prefer replicas whose ledger is writing.
+        ready = not self.shutting_down and stats.healthy
         body = {
             "status": "ready" if ready else "not_ready",
-            "ledger": stats,
+            "ledger": dataclasses.asdict(stats),
             "models": self.svc.health.snapshot(time.time()),
         }
         return _json(200 if ready else 503, body)

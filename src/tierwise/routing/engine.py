@@ -38,7 +38,7 @@ class TierClassifier(Protocol):
 
 @dataclass(slots=True)
 class RouteRequest:
-    requested_model: str | None
+    requested_model: str | None = None
     task_header: str | None = None
     endpoint_tier: str | None = None
     session_id: str | None = None
