@@ -12,12 +12,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import count_text_tokens
 from tierwise.errors import APIError, from_upstream
-from tierwise.ledger import LedgerWriter, open_store
+from tierwise.ledger import LedgerWriter, fallback_path_for, import_unwritten, open_store, open_writer
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
 from tierwise.requests import validate_chat_body
@@ -69,10 +70,16 @@ class Tierwise:
         self.engine = RoutingEngine(cfg, self.pins, self.health, classifier)
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
-        self.ledger = ledger or LedgerWriter(
-            open_store(cfg.ledger), batch_size=cfg.ledger.batch_size, flush_interval_ms=cfg.ledger.flush_interval_ms
-        )
+        if ledger is None:
+            store = open_store(cfg.ledger)
+            recovered = import_unwritten(store, fallback_path_for(store))  # rows a past outage saved aside
+            if recovered:
+                log.warning("ledger: re-imported %d record(s) from the fallback file", recovered)
+            ledger = open_writer(cfg.ledger, store)
+        self.ledger = ledger
         self._log_prompts = cfg.server.log_prompts
+        # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
+        self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
 
     async def aclose(self) -> None:
         for p in self.providers.values():
@@ -80,16 +87,27 @@ class Tierwise:
                 await p.aclose()
             except Exception:  # one provider failing to close must not keep the ledger from flushing
                 log.exception("provider close failed")
-        await asyncio.to_thread(self.ledger.close)
+        self._classify_pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._close_ledger)
+
+    def _close_ledger(self) -> None:
+        self.ledger.close()
+        self.ledger.store.close()
 
     # -- request set-up --------------------------------------------------------------------------------------------
-    def begin(self, body: JSON, route: RouteRequest, principal: str = "anonymous") -> Call:
+    async def begin(self, body: JSON, route: RouteRequest, principal: str = "anonymous") -> Call:
         """Validate and route; raises :class:`APIError` (400/404) and books nothing for requests never routed."""
         validate_chat_body(body)
         if route.requested_model is None and isinstance(body.get("model"), str):
             route.requested_model = body["model"]
         if route.session_id is None and isinstance(body.get("user"), str):
             route.session_id = body["user"]
+        if self.engine.needs_classifier(route):
+            assert self.engine.classifier is not None
+            # Embedding is CPU work: run it on the classifier's own thread, never on the event loop.
+            loop = asyncio.get_running_loop()
+            route.classified = await loop.run_in_executor(self._classify_pool, self.engine.classifier.classify, body)
+            route.classifier_ran = True
         record = LedgerRecord(
             id="chatcmpl-tw-" + uuid.uuid4().hex,
             ts=time.time(),

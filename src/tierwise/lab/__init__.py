@@ -1,0 +1,1 @@
+"""Offline lab: outcome datasets, routing-quality metrics (and, later, replay, reports and plots)."""

@@ -1,0 +1,363 @@
+"""Where ledger rows live: a deliberately small storage interface and two implementations.
+
+A row is exactly :meth:`tierwise.types.LedgerRecord.as_row` — the same dict the JSONL export writes — so every
+store, export and query speaks one shape and a new backend only has to map that dict to its own columns.
+
+The interface is five methods so a PostgreSQL store (asyncpg/psycopg) can follow without touching the writer or
+the exporters. Such a store must:
+
+- ``write_batch(rows)``: insert all rows atomically (one transaction) and idempotently by ``id`` — the writer
+  retries a batch whose outcome it could not observe, and re-imports fallback files, so a second insert of the same
+  ``id`` must replace, not duplicate. It is called from the writer's own thread, never from the event loop; a
+  sync driver (psycopg) fits directly, an async one needs its own loop in that thread.
+- ``tail(n)``, ``iter_rows(since, until)``, ``count()``: read from any thread, on a connection other than the
+  writer's, and return rows with the same Python types as ``as_row()`` (``stream`` a bool, nested fields decoded).
+- ``close()``: idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+Row = dict[str, Any]
+
+#: Every field of ``LedgerRecord.as_row()``, in its order (also the CSV column order), with its SQLite type.
+#: ``JSON`` columns hold nested values as JSON text; ``BOOL`` is stored as 0/1 and decoded back to bool.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "TEXT"),
+    ("ts", "REAL"),
+    ("principal", "TEXT"),
+    ("tier", "TEXT"),
+    ("tier_source", "TEXT"),
+    ("requested_model", "TEXT"),
+    ("model", "TEXT"),
+    ("attempts", "JSON"),
+    ("input_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+    ("reasoning_tokens", "INTEGER"),
+    ("cost_usd", "REAL"),
+    ("cost_breakdown", "JSON"),
+    ("estimated_cost_usd", "REAL"),
+    ("ttft_ms", "REAL"),
+    ("latency_ms", "REAL"),
+    ("fallbacks", "INTEGER"),
+    ("escalations", "INTEGER"),
+    ("session_id", "TEXT"),
+    ("stream", "BOOL"),
+    ("status", "TEXT"),
+    ("http_status", "INTEGER"),
+    ("error", "TEXT"),
+    ("notes", "JSON"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
+JSON_COLUMNS: frozenset[str] = frozenset(name for name, kind in COLUMNS if kind == "JSON")
+
+SCHEMA_VERSION = 1
+#: ``PRAGMA application_id`` of a tierwise ledger ("TWLG"), so a foreign SQLite file is refused, not written into.
+APPLICATION_ID = 0x54574C47
+
+
+class LedgerSchemaError(RuntimeError):
+    """The ledger file cannot be used by this version of tierwise (newer schema, or not a ledger at all)."""
+
+
+@runtime_checkable
+class LedgerStore(Protocol):
+    """Storage for ledger rows. See the module docstring for the contract a new backend must honour."""
+
+    def write_batch(self, rows: list[Row]) -> None:
+        """Insert ``rows`` in one transaction, replacing rows with the same ``id``. Called from one writer thread."""
+        ...
+
+    def tail(self, n: int) -> list[Row]:
+        """The ``n`` most recent rows by ``ts``, oldest first (the order a terminal tail prints them)."""
+        ...
+
+    def iter_rows(self, since: float | None = None, until: float | None = None) -> Iterator[Row]:
+        """Rows with ``since <= ts < until`` (either bound optional), in ``ts`` order, streamed."""
+        ...
+
+    def count(self) -> int:
+        """Number of rows stored."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+
+def _json_text(value: Any) -> str:
+    # default=str: an odd object in ``notes`` must not make a whole batch unwritable forever.
+    return orjson.dumps(value, default=str).decode()
+
+
+class MemoryLedgerStore:
+    """Rows in a list: for tests, benchmarks and throwaway dev gateways.
+
+    Rows are copied through JSON on write so a reader sees exactly what a SQLite round trip would give (and later
+    mutation of the caller's dict cannot change history). ``max_rows`` bounds memory for a long-running dev gateway
+    by dropping the oldest rows.
+    """
+
+    def __init__(self, max_rows: int | None = None) -> None:
+        self._rows: deque[Row] = deque(maxlen=max_rows)
+        self._index: dict[str, Row] = {}
+        self._lock = threading.Lock()
+
+    def write_batch(self, rows: list[Row]) -> None:
+        copies = [orjson.loads(orjson.dumps(row, default=str)) for row in rows]
+        with self._lock:
+            for row in copies:
+                old = self._index.get(row["id"])
+                if old is not None:  # same id again (a retried batch): replace, as SQLite does
+                    self._rows.remove(old)
+                if self._rows.maxlen is not None and len(self._rows) == self._rows.maxlen:
+                    self._index.pop(self._rows[0]["id"], None)
+                self._rows.append(row)
+                self._index[row["id"]] = row
+
+    def _sorted(self) -> list[Row]:
+        with self._lock:
+            rows = list(self._rows)
+        rows.sort(key=lambda r: r["ts"])  # stable: equal ts keep insertion order, like ORDER BY ts, rowid
+        return rows
+
+    def tail(self, n: int) -> list[Row]:
+        if n <= 0:
+            return []
+        return self._sorted()[-n:]
+
+    def iter_rows(self, since: float | None = None, until: float | None = None) -> Iterator[Row]:
+        for row in self._sorted():
+            if (since is None or row["ts"] >= since) and (until is None or row["ts"] < until):
+                yield row
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def close(self) -> None:
+        pass
+
+
+class SQLiteLedgerStore:
+    """The default ledger: one SQLite file in WAL mode, no server.
+
+    WAL lets the gateway's readers (``tierwise ledger tail``, the admin API) query while the writer appends, and
+    ``synchronous=NORMAL`` makes a commit one sequential WAL append: a committed batch survives a process crash
+    (a power loss may lose the last few batches, an acceptable trade for a ledger written every 200 ms).
+
+    The write connection is used only by :meth:`write_batch`, i.e. only by the writer thread; reads go through a
+    separate connection (``tail``/``count``, serialised by a lock) or a short-lived one per ``iter_rows`` call so
+    a long export never holds up the others.
+    """
+
+    _SELECT = f"SELECT {', '.join(COLUMN_NAMES)} FROM requests"
+    _INSERT = (
+        f"INSERT OR REPLACE INTO requests ({', '.join(COLUMN_NAMES)}) "
+        f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})"
+    )
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
+            raise ValueError("SQLiteLedgerStore needs a file path; use MemoryLedgerStore for an in-memory ledger")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._write_conn: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+        try:
+            conn = self._connect()
+            try:
+                _ensure_schema(conn, self.path)  # first: a refused file is left exactly as it was
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # e.g. OperationalError (locked, no permission): as is
+                raise
+            raise LedgerSchemaError(f"{self.path} is not a tierwise ledger: {exc}") from exc
+        self._read_conn = self._connect(read_only=True)
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        # check_same_thread=False: the write connection is created here but used by the writer thread, and
+        # close() may run on yet another thread once the writer has stopped; the locks keep use serial.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if read_only:
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
+    # -- writes (writer thread) ------------------------------------------------------------------------------
+
+    def write_batch(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        params = [_encode(row) for row in rows]  # before BEGIN: an encoding error must not leave a transaction open
+        with self._write_lock:
+            if self._closed:
+                raise RuntimeError(f"ledger store {self.path} is closed")
+            if self._write_conn is None:
+                self._write_conn = self._connect()
+            conn = self._write_conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(self._INSERT, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    # -- reads (any thread) ----------------------------------------------------------------------------------
+
+    def tail(self, n: int) -> list[Row]:
+        if n <= 0:
+            return []
+        with self._read_lock:
+            self._check_open()
+            cur = self._read_conn.execute(f"{self._SELECT} ORDER BY ts DESC, rowid DESC LIMIT ?", (n,))
+            rows = [_decode(t) for t in cur.fetchall()]
+        rows.reverse()
+        return rows
+
+    def iter_rows(self, since: float | None = None, until: float | None = None) -> Iterator[Row]:
+        self._check_open()
+        where, args = [], []
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        sql = self._SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY ts, rowid"
+        conn = self._connect(read_only=True)
+        try:
+            cur = conn.execute(sql, args)
+            while batch := cur.fetchmany(1000):
+                for t in batch:
+                    yield _decode(t)
+        finally:
+            conn.close()
+
+    def count(self) -> int:
+        with self._read_lock:
+            self._check_open()
+            return int(self._read_conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+    def journal_mode(self) -> str:
+        """The journal mode the file is in (``wal``); for health checks and tests."""
+        with self._read_lock:
+            self._check_open()
+            return str(self._read_conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"ledger store {self.path} is closed")
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
+            self._read_conn.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteLedgerStore({str(self.path)!r})"
+
+
+_GET_ALL = operator.itemgetter(*COLUMN_NAMES)
+_JSON_POSITIONS = tuple(i for i, name in enumerate(COLUMN_NAMES) if name in JSON_COLUMNS)
+_STREAM_POSITION = COLUMN_NAMES.index("stream")
+
+
+def _encode(row: Row) -> list[Any]:
+    """SQLite parameters in column order (itemgetter + patching: this runs once per row on the writer thread)."""
+    values = list(_GET_ALL(row))
+    for i in _JSON_POSITIONS:
+        values[i] = _json_text(values[i])
+    values[_STREAM_POSITION] = int(values[_STREAM_POSITION])
+    return values
+
+
+def _decode(values: tuple[Any, ...]) -> Row:
+    row = dict(zip(COLUMN_NAMES, values, strict=True))
+    for name in JSON_COLUMNS:
+        text = row[name]
+        row[name] = orjson.loads(text) if text is not None else None
+    row["stream"] = bool(row["stream"])
+    return row
+
+
+# Migrations from version N to N+1, applied in order inside one transaction. Version 1 is the first schema.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+def _create_statements() -> tuple[str, ...]:
+    cols = ",\n  ".join(
+        f"{name} {'TEXT' if kind == 'JSON' else 'INTEGER' if kind == 'BOOL' else kind}"
+        + (" NOT NULL UNIQUE" if name == "id" else "")
+        for name, kind in COLUMNS
+    )
+    return (
+        f"CREATE TABLE requests (\n  {cols}\n)",
+        "CREATE INDEX requests_ts ON requests (ts)",
+        "CREATE INDEX requests_principal ON requests (principal, ts)",
+        "CREATE INDEX requests_tier ON requests (tier, ts)",
+        "CREATE INDEX requests_model ON requests (model, ts)",
+    )
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new file, migrate an older one, refuse a newer or foreign one."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        if app_id not in (0, APPLICATION_ID):
+            raise LedgerSchemaError(f"{path} is an SQLite file of another application, not a tierwise ledger")
+        if version > SCHEMA_VERSION:
+            raise LedgerSchemaError(
+                f"ledger {path} has schema version {version}, but this tierwise only knows up to version "
+                f"{SCHEMA_VERSION}: upgrade tierwise, or point ledger.path at a new file"
+            )
+        if version == 0:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone()
+            if exists:
+                raise LedgerSchemaError(f"{path} has a 'requests' table that tierwise did not create")
+            for stmt in _create_statements():
+                conn.execute(stmt)
+        else:
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _MIGRATIONS[v]:
+                    conn.execute(stmt)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Leave no transaction open after a failure (a failed COMMIT keeps it open), without masking the error."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
