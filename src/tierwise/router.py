@@ -57,14 +57,14 @@ class Router:
         req, route = self._request(body, params)
         req["stream"] = False
         svc = self.service
-        return (await svc.complete(svc.begin(req, route))).body
+        return (await svc.complete(await svc.begin(req, route))).body
 
     async def astream(self, body: JSON | None = None, **params: Any) -> AsyncIterator[JSON]:
         """Stream chunk dicts. A mid-stream upstream failure raises :class:`tierwise.APIError` after the chunks."""
         req, route = self._request(body, params)
         req["stream"] = True
         svc = self.service
-        stream = await svc.open_stream(svc.begin(req, route))
+        stream = await svc.open_stream(await svc.begin(req, route))
         gen = stream.chunks()
         try:
             async for chunk in gen:

@@ -21,6 +21,7 @@ from tierwise.errors import APIError, from_upstream
 from tierwise.ledger import LedgerWriter, fallback_path_for, import_unwritten, open_store, open_writer
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
+from tierwise.providers.registry import build_providers
 from tierwise.requests import validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed
@@ -28,22 +29,6 @@ from tierwise.state import MemoryHealth, MemorySessionPins
 from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
 
 log = logging.getLogger("tierwise")
-
-
-def build_providers(cfg: TierwiseConfig) -> dict[str, Provider]:
-    """One provider object per configured provider (llama.cpp providers get their models' GGUF specs)."""
-    from tierwise.providers.registry import build_provider
-
-    out: dict[str, Provider] = {}
-    for name, pcfg in cfg.providers.items():
-        if pcfg.format == "llamacpp":
-            from tierwise.providers.llamacpp import LlamaCppProvider
-
-            models = {m.upstream or key: m.gguf for key, m in cfg.models.items() if m.provider == name and m.gguf}
-            out[name] = LlamaCppProvider(name, pcfg, models)
-        else:
-            out[name] = build_provider(name, pcfg)
-    return out
 
 
 @dataclass(slots=True)
@@ -128,7 +113,8 @@ class Tierwise:
         deadline = self.executor.clock() + self.cfg.server.request_deadline_s
         if self._log_prompts:
             log.info("request %s messages=%s", record.id, body.get("messages"))
-        return Call(decision, body, record, deadline, route.session_id)
+        cascade = self.cfg.tiers[decision.tier].cascade if decision.tier is not None else None
+        return Call(decision, body, record, deadline, route.session_id, cascade)
 
     def _finish(self, call: Call, started: float, status: str, http_status: int, error: str | None) -> None:
         rec = call.record
@@ -227,14 +213,15 @@ class ChatStream:
 
     def _book(self, outcome: str, err_msg: str | None, usage_chunks: list[StreamChunk], text: str) -> None:
         ex = self.svc.executor
-        if not any(c.usage is not None for c in usage_chunks):
+        if not self.call.prebooked and not any(c.usage is not None for c in usage_chunks):
             # The stream ended before the provider reported usage: count what was actually received.
             enc_model = self.model
             est = self.svc.prices.estimator(self.call.body, self.record.tier)
             out_tokens = count_text_tokens(text, self.svc.prices.encoding(enc_model)) if text else 0
             usage_chunks = [StreamChunk({}, Usage(input_tokens=est.prompt_tokens(enc_model), output_tokens=out_tokens))]
             self.record.notes.append("usage estimated by tierwise: the stream ended before the provider reported it")
-        ex.settle_stream(self.call, self.model, usage_chunks, self._attempt_started, outcome, err_msg)
+        if not self.call.prebooked:
+            ex.settle_stream(self.call, self.model, usage_chunks, self._attempt_started, outcome, err_msg)
         if self.svc._log_prompts:
             log.info("answer %s: %s", self.record.id, text)
         status = {"ok": "ok", "client_cancelled": "client_cancelled"}.get(outcome, "error")
@@ -265,4 +252,4 @@ def _start_of(call: Call) -> float:
     return call.started
 
 
-__all__ = ["ChatResult", "ChatStream", "Tierwise", "build_providers"]
+__all__ = ["ChatResult", "ChatStream", "Tierwise"]

@@ -143,6 +143,7 @@ class Completion:
     finish_reason: str | None
     text: str  # first choice's content ('' when the answer is only tool calls)
     logprobs: list[float] | None = None  # per-token log-probs of the first choice, when requested/offered
+    billed_usd: float | None = None  # the provider's own cost figure when it reports one (replay, OpenRouter)
 
 
 @dataclass(slots=True)
@@ -167,9 +168,12 @@ class Attempt:
     retry: int = 0
     usage: Usage | None = None
     cost_usd: float = 0.0
+    confidence: float | None = None  # cascade rungs: the gate's confidence in this answer
 
     def as_dict(self) -> JSON:
         d: JSON = {"model": self.model, "outcome": self.outcome, "latency_ms": round(self.latency_ms, 3)}
+        if self.confidence is not None:
+            d["confidence"] = round(self.confidence, 6)
         if self.retry:
             d["retry"] = self.retry
         if self.status is not None:

@@ -142,6 +142,16 @@ def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
                 problems.append(ConfigProblem(f"tiers.{tname}.models[{i}]", f"unknown model '{m}'"))
         if tier.fallback is not None and tier.fallback not in cfg.models:
             problems.append(ConfigProblem(f"tiers.{tname}.fallback", f"unknown model '{tier.fallback}'"))
+        if tier.cascade is not None:
+            for i, rung in enumerate(tier.cascade.rungs):
+                path = f"tiers.{tname}.cascade.rungs[{i}]"
+                if rung.model not in cfg.models:
+                    problems.append(ConfigProblem(f"{path}.model", f"unknown model '{rung.model}'"))
+                gate = rung.gate
+                if gate is not None and gate.verifier_model and gate.verifier_model not in cfg.models:
+                    problems.append(ConfigProblem(f"{path}.gate.verifier_model", f"unknown model '{gate.verifier_model}'"))
+                if gate is not None and gate.kind == "learned" and not gate.artifact:
+                    problems.append(ConfigProblem(f"{path}.gate.artifact", "a learned gate needs its artifact path"))
     return problems
 
 

@@ -6,7 +6,7 @@ Configuration is data: every knob the engine reads is a field here, validated on
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -101,15 +101,90 @@ class ModelConfig(_Strict):
         return self
 
 
+class GateConfig(_Strict):
+    """A cascade rung's confidence gate: confidence in [0, 1]; escalate when it is below ``threshold``.
+
+    Whatever the kind, an empty answer or ``finish_reason: length`` always fails, and a gate that errors counts as
+    "escalate", never as "pass".
+    """
+
+    kind: Literal["logprob", "vote", "verifier", "validator", "learned"]
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    # vote (self-consistency, Yue et al. 2024): k sampled answers, confidence = share agreeing with the majority
+    samples: PositiveInt = Field(default=5, description="vote: number of sampled answers")
+    temperature: NonNegativeFloat = Field(default=0.8, description="vote: sampling temperature")
+    extract: str = Field(
+        default="auto", description="vote: final-answer extractor: auto | number | choice | text | a regex with one group"
+    )
+    # verifier (AutoMix-style): a cheap model judges the answer
+    verifier_model: str | None = Field(default=None, description="verifier: model that judges (default: same)")
+    verifier_samples: PositiveInt = Field(default=1, description="verifier: judgements to average")
+    # validator: rules; confidence is 1 when all pass, else 0
+    json_schema: dict[str, Any] | None = Field(default=None, description="validator: answer must be JSON matching")
+    regex: str | None = Field(default=None, description="validator: answer must match (re.search)")
+    reject_refusals: bool = Field(default=True, description="validator: refusal phrases fail")
+    # learned: a gate model trained on outcomes (tierwise train-gate)
+    artifact: str | None = Field(default=None, description="learned: path of the trained gate artifact")
+
+
+class RungConfig(_Strict):
+    model: str
+    gate: GateConfig | None = Field(default=None, description="required on every rung but the last")
+
+
+class CascadeConfig(_Strict):
+    """Small-to-big: each rung answers; its gate decides whether the answer is served or the next rung is tried."""
+
+    rungs: list[RungConfig] = Field(min_length=1)
+    stream_first_rung: bool = Field(
+        default=False,
+        description="streaming requests: stream rung 1 live with no gate (fast) instead of streaming the gated answer",
+    )
+
+
 class TierConfig(_Strict):
     """A capability class: what output it promises, which models may serve it, and how to pick among them."""
 
     description: str = ""
     utterances: list[str] = Field(default_factory=list)
-    models: list[str] = Field(min_length=1)
-    policy: Literal["priority", "cheapest", "fastest_ttft"] = "priority"
+    models: list[str] = Field(default_factory=list, description="pool; for a cascade, defaults to the rung models")
+    policy: Literal["priority", "cheapest", "fastest_ttft", "cascade"] = "priority"
+    cascade: CascadeConfig | None = None
     fallback: str | None = Field(default=None, description="last resort for this tier; defaults to fallback_model")
     expected_output_tokens: PositiveInt | None = Field(default=None, description="overrides the model's")
+    threshold: float | None = Field(
+        default=None, ge=-1, le=1, description="semantic match threshold (cosine); defaults to classifier.threshold"
+    )
+
+    @model_validator(mode="after")
+    def _pool(self) -> TierConfig:
+        if self.policy == "cascade":
+            if self.cascade is None:
+                raise ValueError("policy 'cascade' needs a cascade: block with rungs")
+            for i, rung in enumerate(self.cascade.rungs[:-1]):
+                if rung.gate is None:
+                    raise ValueError(f"cascade rung {i} ({rung.model}) needs a gate (only the last rung may omit it)")
+            if not self.models:
+                self.models = [r.model for r in self.cascade.rungs]
+        elif self.cascade is not None:
+            raise ValueError(f"a cascade: block needs policy 'cascade' (policy is '{self.policy}')")
+        if not self.models:
+            raise ValueError("a tier needs at least one model")
+        return self
+
+
+class ClassifierConfig(_Strict):
+    """How ``model="auto"`` requests find their tier (explicit tags always win)."""
+
+    kind: Literal["none", "semantic"] = Field(
+        default="none", description="none: auto goes to default_tier; semantic: embed and match tier descriptions"
+    )
+    embedder: Literal["minilm-onnx", "minilm-static"] = Field(
+        default="minilm-onnx", description="minilm-onnx: int8 MiniLM (~ms); minilm-static: distilled static (~0.1 ms)"
+    )
+    threshold: float = Field(default=0.35, ge=-1, le=1, description="default cosine threshold per tier")
+    fallback_tier: str | None = Field(default=None, description="tier when nothing clears its threshold")
+    max_prompt_chars: PositiveInt = Field(default=2000, description="only the last user text up to this is embedded")
 
 
 class RetryConfig(_Strict):
@@ -151,6 +226,7 @@ class TierwiseConfig(_Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     sessions: SessionConfig = Field(default_factory=SessionConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
     tiers: dict[str, TierConfig]

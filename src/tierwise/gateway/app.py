@@ -111,7 +111,7 @@ class Gateway:
                 endpoint_tier=request.match_info.get("tier"),
                 session_id=h.get("X-Session-Id"),
             )
-            call = self.svc.begin(body, route, principal)
+            call = await self.svc.begin(body, route, principal)
         except APIError as err:
             return _error(err)
         if body.get("stream"):

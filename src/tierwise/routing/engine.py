@@ -31,7 +31,11 @@ class RoutingError(Exception):
 
 
 class TierClassifier(Protocol):
-    """Chooses a tier for ``model="auto"`` requests (semantic or learned); None means "no confident match"."""
+    """Chooses a tier for ``model="auto"`` requests (semantic or learned); None means "no confident match".
+
+    Classifiers embed text, which takes milliseconds of CPU: drivers run ``classify`` off the event loop and hand
+    the result to the engine in :attr:`RouteRequest.classified`, keeping the engine itself pure and synchronous.
+    """
 
     def classify(self, body: JSON) -> tuple[str, float] | None: ...
 
@@ -42,6 +46,8 @@ class RouteRequest:
     task_header: str | None = None
     endpoint_tier: str | None = None
     session_id: str | None = None
+    classified: tuple[str, float] | None = None  # the classifier's (tier, score) when it ran
+    classifier_ran: bool = False
 
 
 @dataclass(slots=True)
@@ -92,12 +98,20 @@ class RoutingEngine:
             raise RoutingError(
                 f"The model '{model}' does not exist: not a configured model, tier or 'auto'", "model", "model_not_found"
             )
-        if self.classifier is not None:
-            hit = self.classifier.classify(body)
-            if hit is not None:
-                return hit[0], "classifier"
-            return self.cfg.default_tier, "fallback-tier"
+        if req.classifier_ran:
+            if req.classified is not None:
+                return req.classified[0], "classifier"
+            return self.cfg.classifier.fallback_tier or self.cfg.default_tier, "fallback-tier"
         return self.cfg.default_tier, "auto-default"
+
+    def needs_classifier(self, req: RouteRequest) -> bool:
+        """True when the tier will come from the classifier (no explicit tier or model in the request)."""
+        return (
+            self.classifier is not None
+            and req.endpoint_tier is None
+            and not req.task_header
+            and (not req.requested_model or req.requested_model == "auto")
+        )
 
     # -- steps 2 and 4: pin and plan -------------------------------------------------------------------------------
     def decide(self, req: RouteRequest, body: JSON, now: float, estimate_cost: Callable[[str], float]) -> Decision:

@@ -14,12 +14,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tierwise.config.schema import TierwiseConfig
+from tierwise.config.schema import CascadeConfig, TierwiseConfig
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
 from tierwise.routing.engine import Decision
 from tierwise.state.protocols import HealthState, SessionPins
-from tierwise.types import JSON, Attempt, Completion, ErrorKind, LedgerRecord, StreamChunk, UpstreamError
+from tierwise.types import (
+    JSON,
+    Attempt,
+    Completion,
+    Cost,
+    ErrorKind,
+    LedgerRecord,
+    StreamChunk,
+    UpstreamError,
+)
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -44,6 +53,8 @@ class Call:
     record: LedgerRecord
     deadline: float  # clock() value after which no new attempt starts
     session_id: str | None = None
+    cascade: CascadeConfig | None = None  # set when the tier's policy is a cascade
+    prebooked: bool = False  # a synthesised stream whose calls were already booked (cascade answers)
     started: float = field(default_factory=time.perf_counter)  # for the request's total latency
 
 
@@ -88,8 +99,12 @@ class Executor:
 
     # -- shared pieces ---------------------------------------------------------------------------------------------
     def _prepare(self, call: Call, model: str) -> JSON:
+        return self._prepare_for(call, model, call.body)
+
+    def _prepare_for(self, call: Call, model: str, request: JSON) -> JSON:
+        """The upstream body for ``model``: a shallow copy with the upstream name and the reasoning floor."""
         mcfg = self.cfg.models[model]
-        body = dict(call.body)
+        body = dict(request)
         body["model"] = mcfg.upstream or model
         if mcfg.reasoning:
             note = apply_completion_floor(body, mcfg.completion_floor)
@@ -123,7 +138,7 @@ class Executor:
         rec = call.record
         rec.model = model
         rec.fallbacks = len({a.model for a in rec.attempts if a.model != model})
-        if call.session_id:
+        if call.session_id and call.cascade is None:  # a cascade decides per request: pins would bypass gates
             pinned = call.decision.pinned
             if pinned != model:
                 self.pins.set(call.session_id, model, time.time())
@@ -147,66 +162,82 @@ class Executor:
         return RequestFailed(err, call.record.attempts, deadline_hit=True)
 
     # -- non-streaming ---------------------------------------------------------------------------------------------
-    async def complete(self, call: Call) -> Completion:
-        last: UpstreamError | None = None
-        cands = call.decision.candidates
-        for i, model in enumerate(cands):
-            if self._skip_or_deadline(call, model, i == len(cands) - 1):
-                continue
-            provider, timeout_s = self._provider(model)
-            body = self._prepare(call, model)
-            retry = 0
-            while True:
-                remaining = self._remaining(call)
-                if remaining <= 0:
-                    raise self._deadline_error(call)
-                started = self.clock()
-                try:
-                    result = await provider.complete(body, timeout_s=min(timeout_s, remaining))
-                    if _empty_length(result):
-                        self._charge_failed(call, model, result, started, retry)
-                        raise UpstreamError(
-                            ErrorKind.EMPTY_LENGTH,
-                            f"model '{model}' hit its completion limit before producing any content "
-                            "(finish_reason=length, empty answer); raise max_tokens",
-                            status=502,
-                        )
-                except UpstreamError as err:
-                    if err.kind is not ErrorKind.EMPTY_LENGTH:
-                        self._fail(call, model, err, started, retry)
-                    last = err
-                    if err.kind is ErrorKind.CLIENT:
-                        raise RequestFailed(err, call.record.attempts) from None
-                    retry += 1
-                    wait = self._backoff_s(retry, err)
-                    if wait is None:
-                        break
-                    if wait >= self._remaining(call):
-                        raise self._deadline_error(call) from None
-                    await self.sleep(wait)
-                    continue
-                latency = (self.clock() - started) * 1000
-                cost = self.prices.cost(model, result.usage)
-                call.record.attempts.append(Attempt(model, "ok", 200, None, latency, retry, result.usage, cost.total_usd))
-                call.record.usage = call.record.usage + result.usage
-                call.record.cost = call.record.cost + cost
-                self._succeed(call, model, latency)
-                return result
-        assert last is not None
-        raise RequestFailed(last, call.record.attempts)
-
-    def _charge_failed(self, call: Call, model: str, result: Completion, started: float, retry: int) -> None:
-        """An empty length-truncated answer is still billed by the provider: record the spend honestly."""
-        cost = self.prices.cost(model, result.usage)
-        call.record.attempts.append(
-            Attempt(
-                model, ErrorKind.EMPTY_LENGTH.value, 200, "finish_reason=length with empty content",
-                (self.clock() - started) * 1000, retry, result.usage, cost.total_usd,
-            )
-        )
+    def _book_ok(self, call: Call, model: str, result: Completion, started: float, retry: int) -> Attempt:
+        """Record a successful call and charge what it cost (the provider's billed figure when it reports one)."""
+        latency = (self.clock() - started) * 1000
+        if result.billed_usd is not None:
+            cost = Cost(output_usd=result.billed_usd)
+        else:
+            cost = self.prices.cost(model, result.usage)
+        att = Attempt(model, "ok", 200, None, latency, retry, result.usage, cost.total_usd)
+        call.record.attempts.append(att)
         call.record.usage = call.record.usage + result.usage
         call.record.cost = call.record.cost + cost
+        return att
+
+    async def call_model(self, call: Call, model: str, body: JSON) -> tuple[Completion, Attempt]:
+        """One model, with retries and backoff; books every attempt. Raises the last :class:`UpstreamError`."""
+        provider, timeout_s = self._provider(model)
+        retry = 0
+        while True:
+            remaining = self._remaining(call)
+            if remaining <= 0:
+                raise self._deadline_error(call)
+            started = self.clock()
+            try:
+                result = await provider.complete(body, timeout_s=min(timeout_s, remaining))
+            except UpstreamError as err:
+                self._fail(call, model, err, started, retry)
+                if err.kind is ErrorKind.CLIENT:
+                    raise RequestFailed(err, call.record.attempts) from None
+                retry += 1
+                wait = self._backoff_s(retry, err)
+                if wait is None:
+                    raise
+                if wait >= self._remaining(call):
+                    raise self._deadline_error(call) from None
+                await self.sleep(wait)
+                continue
+            return result, self._book_ok(call, model, result, started, retry)
+
+    async def complete(self, call: Call) -> Completion:
+        """Non-streaming request: a cascade tier runs its rungs; any other plan falls back down its candidates."""
+        if call.cascade is not None:
+            from tierwise.routing.cascade import run_cascade
+
+            return await run_cascade(self, call)
+        return await self.fallback_chain(call, call.decision.candidates)
+
+    async def fallback_chain(self, call: Call, candidates: list[str]) -> Completion:
+        last: UpstreamError | None = None
+        for i, model in enumerate(candidates):
+            if self._skip_or_deadline(call, model, i == len(candidates) - 1):
+                continue
+            try:
+                result, att = await self.call_model(call, model, self._prepare(call, model))
+            except UpstreamError as err:
+                last = err
+                continue
+            if _empty_length(result):
+                last = self.empty_length(call, model, att)
+                continue
+            self._succeed(call, model, att.latency_ms)
+            return result
+        if last is None:
+            last = UpstreamError(ErrorKind.CONNECTION, "no model could be tried")
+        raise RequestFailed(last, call.record.attempts)
+
+    def empty_length(self, call: Call, model: str, att: Attempt) -> UpstreamError:
+        """An empty length-truncated answer is a failure (still billed, and booked as such)."""
+        att.outcome = ErrorKind.EMPTY_LENGTH.value
+        att.error = "finish_reason=length with empty content"
         self.health.record_failure(model, time.time())
+        return UpstreamError(
+            ErrorKind.EMPTY_LENGTH,
+            f"model '{model}' hit its completion limit before producing any content "
+            "(finish_reason=length, empty answer); raise max_tokens",
+            status=502,
+        )
 
     # -- streaming -------------------------------------------------------------------------------------------------
     async def open_stream(self, call: Call) -> tuple[str, StreamChunk, AsyncIterator[StreamChunk], float]:
@@ -215,6 +246,19 @@ class Executor:
         Failures before the first chunk fall back like non-streaming calls. After it, the client has bytes and a
         failure can only end the stream (the gateway sends an error event and records what was received).
         """
+        if call.cascade is not None and not call.cascade.stream_first_rung:
+            # The gate needs the whole answer: run the cascade, then stream the served answer.
+            from tierwise.routing.cascade import run_cascade
+            from tierwise.routing.synth_stream import completion_chunks
+
+            started = self.clock()
+            result = await run_cascade(self, call)
+            call.record.ttft_ms = (self.clock() - started) * 1000
+            call.prebooked = True
+            chunks = completion_chunks(result)
+            return call.record.model or "", chunks[0], _aiter(chunks[1:]), started
+        if call.cascade is not None:
+            call.record.notes.append("stream_first_rung: first rung streamed live without its gate")
         last: UpstreamError | None = None
         cands = call.decision.candidates
         for i, model in enumerate(cands):
@@ -268,6 +312,11 @@ class Executor:
         if usage is not None and cost is not None:
             call.record.usage = call.record.usage + usage
             call.record.cost = call.record.cost + cost
+
+
+async def _aiter(chunks: list[StreamChunk]) -> AsyncIterator[StreamChunk]:
+    for c in chunks:
+        yield c
 
 
 async def _aclose(it: AsyncIterator[StreamChunk]) -> None:

@@ -1,0 +1,98 @@
+"""Running a cascade tier: small → big, each rung's answer judged by its gate.
+
+Cost is every rung tried (plus verifier calls), booked as each call returns. A rung that errors after its retries,
+or whose gate errors, escalates; an empty or length-truncated answer always escalates. The last rung's answer is
+served as it is (if it fails outright, the tier's fallback model is the last resort).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tierwise.config.schema import CascadeConfig
+from tierwise.routing.executor import Call, Executor, RequestFailed, _empty_length
+from tierwise.routing.gates import Gate, GateContext, build_gate, hard_fail
+from tierwise.types import JSON, Completion, ErrorKind, UpstreamError
+
+log = logging.getLogger("tierwise.cascade")
+
+_GATES: dict[int, list[Gate | None]] = {}
+
+
+def gates_for(cascade: CascadeConfig) -> list[Gate | None]:
+    """Gate objects per rung, built once per cascade config (learned gates load their artifact once)."""
+    key = id(cascade)
+    gates = _GATES.get(key)
+    if gates is None:
+        gates = _GATES[key] = [build_gate(r.gate) if r.gate is not None else None for r in cascade.rungs]
+    return gates
+
+
+async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completion:
+    assert call.cascade is not None
+    rungs = call.cascade.rungs
+    gates = gates_for(call.cascade)
+    rec = call.record
+    last_err: UpstreamError | None = None
+    for i in range(start_rung, len(rungs)):
+        model = rungs[i].model
+        is_last = i == len(rungs) - 1
+        gate = None if is_last else gates[i]
+        if not is_last and ex.health.cooling_down(model, time.time()):
+            rec.notes.append(f"rung {i} ({model}) cooling down: skipped")
+            continue
+        body = ex._prepare(call, model)
+        if gate is not None:
+            gate.prepare(body)
+        try:
+            result, att = await ex.call_model(call, model, body)
+        except UpstreamError as err:
+            last_err = err
+            if not is_last:
+                rec.escalations += 1
+            continue
+        if gate is None:
+            if _empty_length(result):
+                last_err = ex.empty_length(call, model, att)
+                break
+            ex._succeed(call, model, att.latency_ms)
+            return result
+        confidence = await _judge(ex, call, gate, model, result)
+        att.confidence = confidence
+        if confidence >= gate.threshold:
+            ex._succeed(call, model, att.latency_ms)
+            return result
+        att.outcome = "escalated"
+        rec.escalations += 1
+    # Every rung failed outright: the tier's fallback model (if it is not a rung) is the last resort.
+    rest = [m for m in call.decision.candidates if m not in {r.model for r in rungs}]
+    if rest:
+        return await ex.fallback_chain(call, rest)
+    raise RequestFailed(last_err or UpstreamError(ErrorKind.CONNECTION, "no cascade rung answered"), rec.attempts)
+
+
+async def _judge(ex: Executor, call: Call, gate: Gate, model: str, result: Completion) -> float:
+    """The gate's confidence; 0 for an empty/truncated answer or when the gate itself fails."""
+
+    async def ask(verifier: str, body: JSON) -> Completion:
+        b = ex._prepare_for(call, verifier, body)
+        completion, att = await ex.call_model(call, verifier, b)
+        att.outcome = "verifier"
+        return completion
+
+    try:
+        confidence = float(await gate.confidence(GateContext(call.body, result, model, ask)))
+    except RequestFailed as exc:
+        if exc.deadline_hit:
+            raise
+        call.record.notes.append(f"verifier for {model} failed ({exc.last.kind.value}): escalated")
+        return 0.0
+    except Exception as exc:  # a gate that errors escalates, never passes
+        call.record.notes.append(f"gate on {model} failed ({type(exc).__name__}: {str(exc)[:120]}): escalated")
+        return 0.0
+    why = hard_fail(result)
+    if why is not None:
+        call.record.notes.append(f"{model}: {why}: escalated")
+        return 0.0
+    return min(1.0, max(0.0, confidence))

@@ -1,0 +1,70 @@
+"""The gate protocol, the context a gate sees, and the factory from configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tierwise.config.schema import GateConfig
+from tierwise.types import JSON, Completion
+
+Ask = Callable[[str, JSON], Awaitable[Completion]]
+
+
+class GateError(Exception):
+    """The gate could not judge (no logprobs offered, verifier failed…): the executor escalates."""
+
+
+@dataclass(slots=True)
+class GateContext:
+    request: JSON  # the client's request body (messages etc.)
+    completion: Completion  # the rung's answer
+    model: str  # the rung's model
+    ask: Ask  # call a model through the executor (cost booked on the request), for verifiers
+
+
+class Gate(Protocol):
+    threshold: float
+
+    def prepare(self, body: JSON) -> None:
+        """Adjust the rung's upstream request (ask for logprobs, for k samples…) before it is sent."""
+        ...
+
+    async def confidence(self, ctx: GateContext) -> float: ...
+
+
+def hard_fail(c: Completion) -> str | None:
+    """Reasons no gate may pass an answer: empty, or cut off at the token limit."""
+    if c.finish_reason == "length":
+        return "finish_reason=length"
+    choices = c.body.get("choices") or [{}]
+    message = choices[0].get("message") or {}
+    if not c.text.strip() and not message.get("tool_calls"):
+        return "empty answer"
+    return None
+
+
+def build_gate(cfg: GateConfig) -> Gate:
+    """The gate object for a rung's configuration."""
+    if cfg.kind == "logprob":
+        from tierwise.routing.gates.logprob import LogprobGate
+
+        return LogprobGate(cfg)
+    if cfg.kind == "vote":
+        from tierwise.routing.gates.vote import VoteGate
+
+        return VoteGate(cfg)
+    if cfg.kind == "verifier":
+        from tierwise.routing.gates.verifier import VerifierGate
+
+        return VerifierGate(cfg)
+    if cfg.kind == "validator":
+        from tierwise.routing.gates.validator import ValidatorGate
+
+        return ValidatorGate(cfg)
+    if cfg.kind == "learned":
+        from tierwise.routing.gates.learned import LearnedGate
+
+        return LearnedGate(cfg)
+    raise ValueError(f"unknown gate kind {cfg.kind!r}")

@@ -1,0 +1,115 @@
+"""OpenAI Chat Completions wire format for the fake upstream: bodies, stream chunks, errors, model list.
+
+Shapes follow platform.openai.com/docs/api-reference/chat (and the vendored schema in ``tests/schemas``):
+streams send ``data: <chunk>\\n\\n`` events, the first delta carries ``role``, every chunk carries ``usage: null``
+when ``include_usage`` is on and a final ``choices: []`` chunk carries the usage, then ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from .behaviour import JSON, Answer, split_arguments
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+def usage(a: Answer) -> JSON:
+    return {
+        "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens,
+        "total_tokens": a.prompt_tokens + a.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": a.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": a.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _token_logprob(piece: str, logprob: float) -> JSON:
+    return {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []}
+
+
+def completion(a: Answer, cid: str, model: str) -> bytes:
+    message: JSON = {"role": "assistant", "content": a.text if (a.text or not a.tool_calls) else None,
+                     "refusal": None}
+    if a.tool_calls:
+        message["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in a.tool_calls
+        ]
+    logprobs = (
+        {"content": [_token_logprob(p, a.logprob) for p in a.pieces], "refusal": None} if a.logprobs else None
+    )
+    return orjson.dumps({
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": a.finish}],
+        "usage": usage(a),
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    })
+
+
+def _event(obj: JSON) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def stream_events(a: Answer, cid: str, model: str, include_usage: bool) -> tuple[list[bytes], list[bytes]]:
+    """(head, body): head is the role chunk; body is the content chunks, tool-call chunks, the finish chunk, the
+    usage chunk and ``[DONE]``, in order, so the server can pace or cut the stream "after N chunks" by index.
+    """
+    created = int(time.time())
+    base: JSON = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                  "system_fingerprint": "fp_fake"}
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(delta: JSON, finish: str | None = None, logprobs: JSON | None = None) -> bytes:
+        return _event({**base, "choices": [
+            {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+
+    head = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    body: list[bytes] = []
+    for piece in a.pieces:
+        lp = {"content": [_token_logprob(piece, a.logprob)], "refusal": None} if a.logprobs else None
+        body.append(chunk({"content": piece}, logprobs=lp))
+    for i, call in enumerate(a.tool_calls):
+        body.append(chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                           "function": {"name": call["name"], "arguments": ""}}]}))
+        for frag in split_arguments(call["arguments"]):
+            body.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": frag}}]}))
+    body.append(chunk({}, finish=a.finish))
+    if include_usage:
+        body.append(_event({**base, "choices": [], "usage": usage(a)}))
+    body.append(b"data: [DONE]\n\n")
+    return head, body
+
+
+def error_body(status: int, message: str) -> bytes:
+    etype, code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}})
+
+
+def stream_error_event(error_type: str, message: str) -> bytes:
+    return _event({"error": {"message": message, "type": error_type, "param": None, "code": None}})
+
+
+def models(ids: tuple[str, ...]) -> bytes:
+    return orjson.dumps({
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in ids],
+    })
