@@ -41,7 +41,7 @@ def _token_logprob(piece: str, logprob: float) -> JSON:
     return {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []}
 
 
-def completion(a: Answer, cid: str, model: str) -> bytes:
+def _choice(a: Answer, index: int) -> JSON:
     message: JSON = {"role": "assistant", "content": a.text if (a.text or not a.tool_calls) else None,
                      "refusal": None}
     if a.tool_calls:
@@ -52,13 +52,22 @@ def completion(a: Answer, cid: str, model: str) -> bytes:
     logprobs = (
         {"content": [_token_logprob(p, a.logprob) for p in a.pieces], "refusal": None} if a.logprobs else None
     )
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": a.finish}
+
+
+def completion(a: Answer, cid: str, model: str, more: list[Answer] | None = None) -> bytes:
+    """A ``chat.completion``; ``more`` adds choices 1..n-1 (requests with ``n`` > 1), their tokens added to usage."""
+    u = usage(a)
+    for extra in more or ():
+        u["completion_tokens"] += extra.completion_tokens
+        u["total_tokens"] += extra.completion_tokens
     return orjson.dumps({
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": a.finish}],
-        "usage": usage(a),
+        "choices": [_choice(x, i) for i, x in enumerate([a, *(more or ())])],
+        "usage": u,
         "service_tier": "default",
         "system_fingerprint": "fp_fake",
     })

@@ -122,8 +122,11 @@ async def _chat(request: web.Request, fmt: Any, anthropic: bool) -> web.StreamRe
     rid = f"{'msg_fake' if anthropic else 'chatcmpl-fake'}{n}"
     headers = {"request-id" if anthropic else "x-request-id": f"req_{n}"}
     if not body.get("stream"):
+        samples = body.get("n") if isinstance(body.get("n"), int) else 1
+        # n > 1: each further choice answers the body with "_sample" = i, so a reply function can vary them
+        more = [make_answer(b, {**body, "_sample": i}, n) for i in range(1, samples)] if samples > 1 else None
         payload = anthropic_wire.message(answer, rid, model) if anthropic else openai_wire.completion(
-            answer, rid, model)
+            answer, rid, model, more)
         if kind == "disconnect_mid_stream":
             return await _cut_body(request, payload, headers)
         await _sleep(b.ttft_s + b.inter_chunk_s * max(0, len(answer.pieces) - 1))

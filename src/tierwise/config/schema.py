@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 class ProviderConfig(_Strict):
     """One upstream endpoint and the wire format it speaks."""
 
-    format: Literal["openai", "anthropic", "llamacpp"]
+    format: Literal["openai", "anthropic", "llamacpp", "replay"]
     base_url: str | None = Field(
         default=None, description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (not for llamacpp)"
     )

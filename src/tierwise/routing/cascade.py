@@ -81,6 +81,11 @@ async def _judge(ex: Executor, call: Call, gate: Gate, model: str, result: Compl
         att.outcome = "verifier"
         return completion
 
+    if len(result.body.get("choices") or []) <= 1:  # judge a lone answer's hard failures before paying a verifier
+        why = hard_fail(result)
+        if why is not None:
+            call.record.notes.append(f"{model}: {why}: escalated")
+            return 0.0
     try:
         confidence = float(await gate.confidence(GateContext(call.body, result, model, ask)))
     except RequestFailed as exc:

@@ -1,0 +1,117 @@
+"""Semantic tier classifier: embed the prompt, compare it with each tier's description and utterances.
+
+Each tier is represented by the embeddings of its ``description`` and every ``utterances`` entry, computed once at
+construction. A prompt's score for a tier is the **maximum** cosine over those texts (nearest-example matching):
+utterances are usually written as distinct *kinds* of request ("fix this stack trace", "write a SQL query"), and a
+prompt only has to resemble one of them, which averaging would dilute. ``aggregate="top2"`` (mean of the two best)
+is available for configurations with many noisy utterances; on the bundled evaluation set it measured no better
+(see ``bench/results/routing_latency.md``).
+
+The winner is the highest-scoring tier among those that clear their own threshold (``tier.threshold``, else
+``classifier.threshold``); when none does, ``classify`` returns None and the engine uses the fallback tier. Cosine
+scales differ by embedder (static embeddings put unrelated texts closer together), so thresholds are per embedder.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from tierwise.config.schema import TierwiseConfig
+from tierwise.embed.base import Embedder
+from tierwise.types import JSON
+
+Aggregate = Literal["max", "top2"]
+
+
+def tier_texts(cfg: TierwiseConfig) -> dict[str, list[str]]:
+    """The texts that describe each tier (description first); tiers with none cannot be chosen semantically."""
+    out: dict[str, list[str]] = {}
+    for name, tier in cfg.tiers.items():
+        texts = [t.strip() for t in [tier.description, *tier.utterances] if t and t.strip()]
+        if texts:
+            out[name] = texts
+    return out
+
+
+def prompt_text(body: JSON, max_chars: int) -> str:
+    """The text a routing decision is about: the last user message (string or text parts), else ``prompt``.
+
+    Earlier turns and the system prompt are left out on purpose: they describe the conversation, while the tier is
+    about what is asked *now*. The head is kept when truncating because instructions usually open a prompt.
+    """
+    text = ""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in reversed(messages):
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                text = _content_text(msg.get("content"))
+                break
+    elif "prompt" in body:
+        prompt = body["prompt"]
+        if isinstance(prompt, list):
+            prompt = prompt[-1] if prompt and isinstance(prompt[-1], str) else ""
+        text = prompt if isinstance(prompt, str) else ""
+    return text.strip()[:max_chars]
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+class SemanticClassifier:
+    """Implements the engine's ``TierClassifier`` protocol. Immutable after construction, so safe to call from
+    the service's dedicated classifier thread (or any single thread)."""
+
+    def __init__(self, cfg: TierwiseConfig, embedder: Embedder, aggregate: Aggregate = "max") -> None:
+        if aggregate not in ("max", "top2"):
+            raise ValueError(f"aggregate must be 'max' or 'top2', not {aggregate!r}")
+        self.embedder = embedder
+        self.aggregate = aggregate
+        self.max_chars = cfg.classifier.max_prompt_chars
+        texts = tier_texts(cfg)
+        self.tiers: list[str] = list(texts)
+        default = cfg.classifier.threshold
+        self.thresholds = np.array(
+            [t if (t := cfg.tiers[name].threshold) is not None else default for name in self.tiers],
+            dtype=np.float32,
+        )
+        flat = [text for name in self.tiers for text in texts[name]]
+        self._matrix = embedder.embed(flat) if flat else np.zeros((0, embedder.dim), dtype=np.float32)
+        bounds = np.cumsum([0] + [len(texts[name]) for name in self.tiers])
+        self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._starts = bounds[:-1].astype(np.intp)
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Score of every describable tier for ``text`` (cosine, higher is closer); for diagnostics and tests."""
+        return dict(zip(self.tiers, self._score_vector(text).tolist(), strict=True))
+
+    def classify(self, body: JSON) -> tuple[str, float] | None:
+        """(tier, score) of the best tier clearing its threshold, or None when nothing matches confidently."""
+        if not self.tiers:
+            return None
+        text = prompt_text(body, self.max_chars)
+        if not text:
+            return None
+        scores = self._score_vector(text)
+        passing = scores >= self.thresholds
+        if not passing.any():
+            return None
+        best = int(np.argmax(np.where(passing, scores, -np.inf)))  # first max wins: config order breaks ties
+        return self.tiers[best], float(scores[best])
+
+    def _score_vector(self, text: str) -> np.ndarray:
+        sims = self._matrix @ self.embedder.embed([text])[0]
+        if self.aggregate == "max":
+            return np.maximum.reduceat(sims, self._starts)
+        out = np.empty(len(self._slices), dtype=np.float32)
+        for i, s in enumerate(self._slices):
+            part = np.sort(sims[s])[::-1]
+            out[i] = part[:2].mean()
+        return out
