@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tierwise import APIError, Router
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import config_for
+from tierwise import APIError, Router
 
 MSG = [{"role": "user", "content": "hello"}]
 

@@ -72,7 +72,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for tname, t in cfg.tiers.items():
         fb = t.fallback or cfg.fallback_model
         print(f"tier {tname}: policy={t.policy} models={t.models} fallback={fb}")
-    return 0
+    return _check_overlaps(cfg)
+
+
+def _check_overlaps(cfg: TierwiseConfig) -> int:
+    """Tier descriptions/utterances too alike to separate: a problem when the semantic classifier routes ``auto``
+    traffic (exit 1), a warning otherwise (only explicit tags pick tiers then)."""
+    described = [t for t in cfg.tiers.values() if t.description or t.utterances]
+    if len(described) < 2:
+        return 0
+    try:
+        from tierwise.embed import get_embedder
+        from tierwise.routing.signals.overlap import tier_overlaps
+
+        overlaps = tier_overlaps(cfg, get_embedder(cfg.classifier.embedder))
+    except Exception as exc:  # the embedder is an optional extra: say why the check did not run
+        if cfg.classifier.kind == "semantic":
+            print(f"classifier: cannot load embedder '{cfg.classifier.embedder}': {exc}", file=sys.stderr)
+            return 1
+        print(f"(tier overlap check skipped: {exc})")
+        return 0
+    semantic = cfg.classifier.kind == "semantic"
+    for o in overlaps:
+        level = "problem" if semantic else "warning"
+        print(f"{level}: tiers '{o.tier_a}' and '{o.tier_b}' overlap (cosine {o.similarity:.2f}): "
+              f"{o.worst_pair[0]!r} ~ {o.worst_pair[1]!r}; describe their output contracts apart",
+              file=sys.stderr if semantic else sys.stdout)
+    if not overlaps:
+        print(f"tier descriptions are separable ({cfg.classifier.embedder})")
+    return 1 if overlaps and semantic else 0
 
 
 def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]

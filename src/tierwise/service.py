@@ -31,6 +31,14 @@ from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
 log = logging.getLogger("tierwise")
 
 
+def build_semantic_classifier(cfg: TierwiseConfig) -> TierClassifier:
+    """The configured semantic classifier (tier texts are embedded once, here, at start-up)."""
+    from tierwise.embed import get_embedder
+    from tierwise.routing.signals.semantic import SemanticClassifier
+
+    return SemanticClassifier(cfg, get_embedder(cfg.classifier.embedder))
+
+
 @dataclass(slots=True)
 class ChatResult:
     body: JSON
@@ -52,6 +60,8 @@ class Tierwise:
         self.prices = PriceBook(cfg)
         self.pins = MemorySessionPins(cfg.sessions.ttl_s, cfg.sessions.max_sessions)
         self.health = MemoryHealth(cfg.retry.cooldown_failures, cfg.retry.cooldown_s)
+        if classifier is None and cfg.classifier.kind == "semantic":
+            classifier = build_semantic_classifier(cfg)
         self.engine = RoutingEngine(cfg, self.pins, self.health, classifier)
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
