@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-write", type=int, default=0)
     s.add_argument("--reasoning", type=int, default=0, help="of the output tokens, how many are reasoning")
     s.set_defaults(fn=cmd_price)
+
+    from tierwise.lab.eval_cli import add_parsers as add_lab_parsers
+
+    add_lab_parsers(sub)
     return ap
 
 

@@ -40,9 +40,12 @@ class ReplayProvider:
         if out is None:
             raise UpstreamError(ErrorKind.CLIENT, f"replay: no recorded outcome of model {model!r} for {pid}", status=404)
         n = body.get("n") or 1
-        texts = list(out.samples[:n]) if n > 1 and out.samples else [out.answer or ""]
-        # A recorded answer that the gate must not reject as empty: replay stands for "an answer was given".
-        texts = [t if t.strip() else "<recorded answer>" for t in texts]
+        if n > 1 and out.samples:
+            texts = list(out.samples[:n])  # a sample with no extracted answer stays empty: it is a lost vote
+        else:
+            # The recorded answer stands for "an answer was given": the hard empty-answer rule must not fire on
+            # a dataset that simply did not store the text.
+            texts = [out.answer if out.answer and out.answer.strip() else "<recorded answer>"]
         logprobs = None
         if out.confidence is not None and not math.isnan(out.confidence):
             logprobs = [math.log(max(out.confidence, 1e-12))]

@@ -17,22 +17,21 @@ from tierwise.types import JSON, Completion, ErrorKind, UpstreamError
 
 log = logging.getLogger("tierwise.cascade")
 
-_GATES: dict[int, list[Gate | None]] = {}
+def gates_for(ex: Executor, cascade: CascadeConfig) -> list[Gate | None]:
+    """Gate objects per rung, built once per cascade config and executor (learned gates load their artifact once).
 
-
-def gates_for(cascade: CascadeConfig) -> list[Gate | None]:
-    """Gate objects per rung, built once per cascade config (learned gates load their artifact once)."""
-    key = id(cascade)
-    gates = _GATES.get(key)
-    if gates is None:
-        gates = _GATES[key] = [build_gate(r.gate) if r.gate is not None else None for r in cascade.rungs]
-    return gates
+    The cache lives on the executor and holds the config object itself, so an id can never be reused by another
+    config while its entry exists (a new config means a new service, hence a new cache)."""
+    hit = ex.gate_cache.get(id(cascade))
+    if hit is None or hit[0] is not cascade:
+        hit = ex.gate_cache[id(cascade)] = (cascade, [build_gate(r.gate) if r.gate else None for r in cascade.rungs])
+    return hit[1]
 
 
 async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completion:
     assert call.cascade is not None
     rungs = call.cascade.rungs
-    gates = gates_for(call.cascade)
+    gates = gates_for(ex, call.cascade)
     rec = call.record
     last_err: UpstreamError | None = None
     for i in range(start_rung, len(rungs)):

@@ -96,6 +96,7 @@ class Executor:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self.gate_cache: dict[int, tuple[CascadeConfig, list]] = {}  # see routing.cascade.gates_for
 
     # -- shared pieces ---------------------------------------------------------------------------------------------
     def _prepare(self, call: Call, model: str) -> JSON:

@@ -15,7 +15,7 @@ import numpy as np
 
 from tierwise.routing.learned.numerics import kfold_indices
 
-K_GRID = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+K_GRID = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377)
 EPS = 1e-3
 
 
@@ -50,6 +50,7 @@ class KNNPredictor:
     quality: np.ndarray  # (n_train, m)
     k: int
     cv: dict[str, Any] = field(default_factory=dict)
+    oof: np.ndarray | None = field(default=None, repr=False)  # out-of-fold train predictions at the chosen k
 
     kind = "knn"
 
@@ -87,5 +88,5 @@ def fit_knn(E: np.ndarray, Q: np.ndarray, *, folds: int = 5, seed: int = 0, k: i
         scores = ((oof - Q[None]) ** 2).mean(axis=(1, 2))
         best = int(np.argmin(scores))
         cv = {"metric": "brier", "folds": folds, "grid": ks, "scores": [round(float(s), 6) for s in scores]}
-        return KNNPredictor(E, Q, ks[best], cv)
-    return KNNPredictor(E, Q, int(k))
+        return KNNPredictor(E, Q, ks[best], cv, oof[best])
+    return KNNPredictor(E, Q, int(k), {}, knn_oof(E, Q, [int(k)], folds, seed)[0])

@@ -20,7 +20,7 @@ import numpy as np
 
 from tierwise.routing.learned.numerics import add_bias, fit_logistic, kfold_indices, sigmoid
 
-L2_GRID = (3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 3.0, 1.0)  # strong → weak: the warm-start order
+L2_GRID = (30000.0, 10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 3.0, 1.0)  # strong → weak: the warm-start order
 
 
 @dataclass
@@ -56,6 +56,7 @@ class LogisticPredictor:
     weights: np.ndarray  # (dim + 1, m)
     l2: list[float]
     cv: dict[str, Any] = field(default_factory=dict)
+    oof: np.ndarray | None = field(default=None, repr=False)  # out-of-fold train predictions at the chosen penalties
 
     kind = "logreg"
 
@@ -93,8 +94,9 @@ def fit_logistic_router(
     E = np.asarray(E, dtype=float)
     Q = np.asarray(Q, dtype=float)
     cv: dict[str, Any] = {}
+    grid = L2_GRID if l2 is None else tuple(sorted(set(l2), reverse=True))
+    oof = logistic_oof(E, Q, grid, folds, seed)
     if l2 is None:
-        oof = logistic_oof(E, Q, L2_GRID, folds, seed)
         scores = ((oof - Q[None]) ** 2).mean(axis=1)  # (grid, m)
         l2 = [L2_GRID[int(np.argmin(scores[:, j]))] for j in range(Q.shape[1])]
         cv = {"metric": "brier", "folds": folds, "grid": list(L2_GRID),
@@ -105,4 +107,5 @@ def fit_logistic_router(
     for j in range(Q.shape[1]):
         path = [v for v in L2_GRID if v >= l2[j]] or [l2[j]]
         W[:, j] = logistic_path(X, Q[:, j], tuple(path))[-1]
-    return LogisticPredictor(std, W, list(l2), cv)
+    chosen_oof = np.stack([oof[grid.index(l2[j]), :, j] for j in range(Q.shape[1])], axis=1)
+    return LogisticPredictor(std, W, list(l2), cv, chosen_oof)

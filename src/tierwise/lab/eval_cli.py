@@ -1,0 +1,350 @@
+"""``tierwise calibrate`` and ``tierwise eval``: fit cascades on train, measure routers on the held-out split.
+
+Wire into the main CLI with ``add_parsers(subparsers)``. Both commands take ``--data`` as a registry name
+(``zellinger/mmlu/llama``, see ``tierwise.lab.datasets.list_sets``) or a path to an outcome file
+(``<stem>.jsonl.gz`` with its ``.meta.json``). Bad input (a malformed dataset, unknown model or set) prints one clear
+message and exits 2, never a traceback.
+
+The cascade knob (``eval --router cascade:GATE``): τ, the quality target as a multiple of the reference model's train
+quality, from 0.80 to 1.02 in steps of 0.01; each τ is calibrated on train (sub-chain + thresholds) and run on test
+through the engine. The hull over those test points is read in hindsight; the τ = ``--target-quality`` point is the
+honest, train-fitted one and is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tierwise.lab.calibrate import (
+    DEFAULT_TAUS,
+    CalibrationResult,
+    CascadeCalibrator,
+    calibrate_point,
+    calibrated_curve,
+)
+from tierwise.lab.datasets import (
+    OutcomeFormatError,
+    OutcomeSet,
+    SharedDataMissing,
+    load_set,
+    read_outcome_set,
+)
+from tierwise.lab.evaluate import run_tier, single_tier
+from tierwise.lab.metrics import Baselines, Point, apgr, compute_baselines, cpt, evaluate_curve
+from tierwise.lab.report import Row, metrics_table, plot_png, write_html
+
+
+class UsageError(Exception):
+    """A user mistake with a message that says how to fix it (exit 2)."""
+
+
+def progress_bar(label: str) -> Any:
+    """A dependency-free one-line progress bar on stderr (silent when stderr is not a terminal)."""
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def report(done: int, total: int) -> None:
+        if not tty and done < total:
+            return
+        frac = done / max(1, total)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r{label} [{bar:<30}] {done}/{total} {time.perf_counter() - start:5.1f}s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def load_data(spec: str) -> OutcomeSet:
+    """A registry name or an outcome-file path."""
+    if spec.endswith((".jsonl.gz", ".meta.json")) or Path(spec).exists():
+        return read_outcome_set(spec)
+    return load_set(spec)
+
+
+def check_models(oset: OutcomeSet, names: list[str], what: str) -> None:
+    priced = oset.priced_models()
+    bad = [m for m in names if m not in priced]
+    if bad:
+        raise UsageError(f"{what}: unknown or unpriced model(s) {bad} in {oset.name}; available: {', '.join(priced)}")
+
+
+def parse_budget(text: str) -> float:
+    """``--max-cost``: USD per request, or ``X/1k`` for USD per 1,000 requests."""
+    t = text.strip().lower()
+    try:
+        return float(t[:-3]) / 1000.0 if t.endswith("/1k") else float(t)
+    except ValueError:
+        raise UsageError(f"--max-cost {text!r}: give USD per request (0.0004) or per 1k requests (0.4/1k)") from None
+
+
+def _calibrator(oset: OutcomeSet, args: argparse.Namespace) -> CascadeCalibrator:
+    train = oset.split("train")
+    if not train.prompts or not oset.count("test"):
+        raise UsageError(f"{oset.name}: calibration needs prompts in both splits (train {len(train)}, "
+                         f"test {oset.count('test')})")
+    chain = None if args.chain in (None, "auto") else [m.strip() for m in args.chain.split(",") if m.strip()]
+    if chain:
+        check_models(oset, chain, "--chain")
+    ref = None if args.relative_to == "best" else args.relative_to
+    if ref:
+        check_models(oset, [ref], "--relative-to")
+    try:
+        return CascadeCalibrator(train, gate=args.gate, chain=chain, ref_model=ref)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------------- calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    oset = load_data(args.data)
+    calib = _calibrator(oset, args)
+    test = oset.split("test")
+    if args.max_cost is not None:
+        res = calibrate_point(calib, test, "cost", parse_budget(args.max_cost), args.z)
+    else:
+        res = calibrate_point(calib, test, "quality", args.target_quality, args.z)
+    print(describe(res, oset, args.z))
+    if args.config:
+        from tierwise.lab.configwrite import ConfigWriteError, write_cascade
+
+        if not args.tier:
+            raise UsageError("--config needs --tier NAME (the tier whose cascade to write)")
+        try:
+            backup = write_cascade(args.config, args.tier, res.cal.chain, res.cal.gate, res.cal.thresholds,
+                                   res.cal.params)
+        except ConfigWriteError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"wrote tier '{args.tier}' into {args.config} (previous version: {backup})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result_json(res, oset), indent=2), encoding="utf-8")
+    return 0
+
+
+def describe(res: CalibrationResult, oset: OutcomeSet, z: float) -> str:
+    c, h = res.cal, res.held
+    cref = oset.split("test").mean_cost(res.ref_model) or float("nan")
+    goal = (f"quality >= {res.knob:g} x {res.ref_model} (train target {res.target_train:.4f}, z={z:g})"
+            if res.mode == "quality" else f"mean cost <= ${res.knob:.6g}/request")
+    lines = [
+        f"{oset.name}: {goal}",
+        f"  chain: {' -> '.join(c.chain)}  gate: {c.gate}  thresholds: {[round(t, 6) for t in c.thresholds]}",
+        f"  train: quality {c.train_quality:.4f}, cost ${c.train_cost:.6g}/req"
+        + ("" if c.feasible else "  (target NOT reachable on train: closest point)"),
+        f"  test (engine, n={len(h.results)}): quality {h.quality:.4f} [95% CI {h.quality_ci[0]:.4f}, "
+        f"{h.quality_ci[1]:.4f}], cost ${h.cost:.6g}/req [{h.cost_ci[0]:.6g}, {h.cost_ci[1]:.6g}] "
+        f"= {100 * h.cost / cref:.1f}% of {res.ref_model}",
+        f"  test target {res.target_test:.4f}: {'met' if res.met_on_test else 'NOT met'}",
+    ]
+    return "\n".join(lines)
+
+
+def result_json(res: CalibrationResult, oset: OutcomeSet) -> dict[str, Any]:
+    c, h = res.cal, res.held
+    return {
+        "data": oset.name, "mode": res.mode, "knob": res.knob, "ref_model": res.ref_model,
+        "chain": c.chain, "gate": c.gate, "thresholds": c.thresholds, "gate_params": c.params,
+        "train": {"quality": c.train_quality, "cost": c.train_cost, "feasible": c.feasible},
+        "test": {"quality": h.quality, "quality_ci95": h.quality_ci, "cost": h.cost, "cost_ci95": h.cost_ci,
+                 "n": len(h.results), "target": res.target_test, "met": res.met_on_test},
+        "tier": c.tier(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ eval
+
+
+def knn_choices(train: OutcomeSet, test: OutcomeSet, models: list[str], embedder: str) -> tuple[list[float], np.ndarray]:
+    """kNN router (tierwise.routing.learned) over a knob sweep: (knobs, chosen model index (knobs, n_test)).
+
+    Bypasses the engine: the engine has no learned-router tier policy yet; choices are applied to the recorded
+    matrices directly.
+    """
+    from tierwise.routing.learned.choose import knob_grid, sweep
+    from tierwise.routing.learned.embed_cache import embed_prompts
+    from tierwise.routing.learned.knn import fit_knn
+
+    e_tr = embed_prompts(embedder, [p.prompt for p in train.prompts])
+    e_te = embed_prompts(embedder, [p.prompt for p in test.prompts])
+    knn = fit_knn(e_tr, train.quality_matrix(models))
+    pred = knn.predict(e_te)
+    costs = train.cost_matrix(models).mean(axis=0)
+    knobs = knob_grid(pred, costs, "lambda", n=101)
+    return [float(k) for k in knobs], sweep(pred, costs, "lambda", knobs)
+
+
+def knob_taus(calib: CascadeCalibrator, target: float, n: int = 40) -> list[float]:
+    """The cascade knob: τ from the cheapest model's relative train quality (or 0.80 if higher) to 1.02, ``n`` steps,
+    plus 0.80…1.02 by 0.01 and the calibrated target — all fitted on train, so the family is honest point by point."""
+    train = calib.train
+    lo = min(0.80, min(train.mean_quality(m) for m in train.priced_models()) / max(calib.q_ref, 1e-12))
+    return sorted({*DEFAULT_TAUS, *np.round(np.linspace(lo, 1.02, n), 4).tolist(), target})
+
+
+def _two_model_metrics(base: Baselines, pcts: list[float], quals: list[float]) -> tuple[float, float]:
+    weak, strong = base.cheapest_point.quality, base.best_point.quality
+    return apgr(pcts, quals, weak, strong), cpt(pcts, quals, weak, strong, 0.5)
+
+
+def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[dict[str, Any]] | None) -> tuple[
+        list[Row], Baselines, bool]:
+    """Router ``spec`` and the baselines on the test split: table rows, baselines, two-model flag."""
+    test, train = oset.split("test"), oset.split("train")
+    models = test.priced_models()
+    base = compute_baselines(test.quality_matrix(models), test.cost_matrix(models), models)
+    two = len(models) == 2
+    strong = base.best
+    rows: list[Row] = []
+    kind, _, arg = spec.partition(":")
+    if kind == "cascade":
+        args.gate = arg or None
+        calib = _calibrator(oset, args)
+        taus = knob_taus(calib, args.target_quality)
+        curve = calibrated_curve(calib, test, taus, args.z, progress=progress_bar(f"{oset.name} cascade"))
+        pts = [Point(r.held.cost, r.held.quality) for r in curve]
+        honest = next(r for r in curve if r.knob == args.target_quality)
+        row = Row(f"cascade:{calib.gate} (τ family)", evaluate_curve(pts, base), pts,
+                  calibrated=Point(honest.held.cost, honest.held.quality))
+        if two:
+            pcts = [100 * float(np.mean([strong in pr.models_called for pr in r.held.results])) for r in curve]
+            quals = [r.held.quality for r in curve]
+            row.apgr, row.cpt50 = _two_model_metrics(base, [0.0, *pcts, 100.0],
+                                                     [base.cheapest_point.quality, *quals, base.best_point.quality])
+        rows.append(row)
+        if dump is not None:
+            for r in curve:
+                dump.extend(_dump_rows(oset.name, r.knob, r.held.results))
+    elif kind == "single":
+        check_models(oset, [arg], "--router single:")
+        res = run_tier(test, single_tier(arg))
+        p = Point(float(np.mean([r.cost for r in res])), float(np.mean([r.quality for r in res])))
+        rows.append(Row(f"single:{arg}", evaluate_curve([p], base), [p]))
+        if dump is not None:
+            dump.extend(_dump_rows(oset.name, None, res))
+    elif kind == "learned":
+        raise UsageError("learned:ARTIFACT routers need the engine's learned tier policy, which is not wired yet; "
+                         "use --router knn for the kNN baseline")
+    elif kind != "knn":
+        raise UsageError(f"unknown router {spec!r}; use cascade:logprob, cascade:vote, knn, single:MODEL")
+    rows.append(_knn_row(train, test, models, base, two, args.embedder, dump if kind == "knn" else None, oset.name))
+    for m, p in base.singles.items():
+        rows.append(Row(f"single:{m}", evaluate_curve([p], base)))
+    rows.append(Row("random mixing (cheapest↔best)", evaluate_curve([base.best_point], base),
+                    apgr=0.5 if two else None, cpt50=50.0 if two else None, note="AUC 0 by definition"))
+    rows.append(Row("oracle", evaluate_curve([base.oracle], base), note="limit, per-prompt hindsight"))
+    return rows, base, two
+
+
+def _knn_row(train: OutcomeSet, test: OutcomeSet, models: list[str], base: Baselines, two: bool, embedder: str,
+             dump: list[dict[str, Any]] | None, name: str) -> Row:
+    try:
+        knobs, chosen = knn_choices(train, test, models, embedder)
+    except Exception as exc:  # noqa: BLE001 — the learned package may be mid-development or lack its embedder
+        return Row("knn", None, note=f"unavailable: {type(exc).__name__}: {str(exc)[:80]}")
+    q, c = test.quality_matrix(models), test.cost_matrix(models)
+    rows_idx = np.arange(len(test.prompts))
+    pts = [Point(float(c[rows_idx, ch].mean()), float(q[rows_idx, ch].mean())) for ch in chosen]
+    row = Row(f"knn ({embedder}, λ sweep)", evaluate_curve(pts, base), pts, note="bypasses the engine")
+    if two:
+        s = models.index(base.best)
+        row.apgr, row.cpt50 = _two_model_metrics(base, [100 * float((ch == s).mean()) for ch in chosen],
+                                                 [p.quality for p in pts])
+    if dump is not None:
+        for k, ch in zip(knobs, chosen, strict=True):
+            for i, p in enumerate(test.prompts):
+                m = models[ch[i]]
+                dump.append({"dataset": name, "prompt_id": p.id, "knob": k, "models_called": [m], "served": m,
+                             "cost": float(c[i, ch[i]]), "quality": float(q[i, ch[i]])})
+    return row
+
+
+def _dump_rows(name: str, knob: float | None, results: list[Any]) -> list[dict[str, Any]]:
+    return [{"dataset": name, "prompt_id": r.prompt_id, "knob": knob, "models_called": r.models_called,
+             "served": r.served, "cost": r.cost, "quality": r.quality} for r in results]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    oset = load_data(args.data)
+    dump: list[dict[str, Any]] | None = [] if args.dump else None
+    rows, base, two = evaluate(oset, args.router, args, dump)
+    table = metrics_table(rows, base, two)
+    print(f"{oset.name}: router {args.router} on the test split (n={oset.count('test')})\n{table}")
+    if dump is not None:
+        Path(args.dump).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.dump, "w", encoding="utf-8") as fh:
+            for d in dump:
+                fh.write(json.dumps(d) + "\n")
+        print(f"dump: {len(dump)} lines in {args.dump}")
+    if args.out or args.plot:
+        out = Path(args.out or "tierwise-eval")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+        title = f"{oset.name} — {args.router} (test split)"
+        if args.plot:
+            why = plot_png(out / "plot.png", rows, base, title)
+            if why:
+                print(why, file=sys.stderr)
+            write_html(out / "plot.html", rows, base, title, table)
+        print(f"wrote {out}/")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- wiring
+
+
+def _guard(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except (UsageError, OutcomeFormatError, SharedDataMissing) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyError as exc:  # unknown set name (registry) or model
+            print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="outcome set name (see list_sets) or path to <stem>.jsonl.gz")
+    p.add_argument("--target-quality", type=float, default=0.99, help="τ: quality target as a multiple of the "
+                   "reference model's train quality (default 0.99)")
+    p.add_argument("--relative-to", default="best", help="reference model, or 'best' (highest train quality)")
+    p.add_argument("--gate", choices=["logprob", "vote"], help="cascade gate (default: vote if samples exist, "
+                   "else logprob)")
+    p.add_argument("--chain", default="auto", help="m1,m2,... cheap→dear, or 'auto' (best sub-chain on train)")
+    p.add_argument("--z", type=float, default=1.0, help="overfitting guard: the constraint must hold on mean − "
+                   "z·standard error (paired with the reference model); 0 = on the train mean")
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``calibrate`` and ``eval`` on the main CLI's subparsers."""
+    p = sub.add_parser("calibrate", help="fit cascade thresholds on a dataset's train split, report held-out")
+    _common(p)
+    p.add_argument("--max-cost", help="instead of a quality target: maximise quality with mean cost ≤ this "
+                   "(USD per request, or 'X/1k' for USD per 1,000 requests)")
+    p.add_argument("--config", help="write the fitted cascade into this tierwise.yaml (keeps a .bak)")
+    p.add_argument("--tier", help="with --config: the tier to create or replace")
+    p.add_argument("--json", help="write the result as JSON here")
+    p.set_defaults(fn=_guard(cmd_calibrate))
+
+    p = sub.add_parser("eval", help="evaluate a router and the baselines on a dataset's held-out split")
+    _common(p)
+    p.add_argument("--router", required=True, help="cascade:logprob | cascade:vote | knn | single:MODEL")
+    p.add_argument("--out", help="directory for table.txt, plot.png, plot.html")
+    p.add_argument("--dump", help="JSONL: one line per held-out prompt and knob setting")
+    p.add_argument("--plot", action="store_true", help="write plot.png (matplotlib) and plot.html")
+    p.add_argument("--embedder", default="minilm-static", help="kNN baseline embedder (minilm-static|minilm-onnx)")
+    p.set_defaults(fn=_guard(cmd_eval))

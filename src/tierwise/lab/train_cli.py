@@ -1,0 +1,103 @@
+"""``tierwise train-router`` and ``tierwise train-gate``: fit learned routing parts from an outcome set.
+
+Wire into the main parser with ``add_parsers(sub)`` (``sub`` = the ``add_subparsers`` object); each command sets
+``fn`` to a function taking the parsed namespace and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Newton/IRLS and kNN are small dense algebra: a multi-threaded BLAS on a shared 2-core box is 10-100x slower.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+
+def load_data(spec: str):  # noqa: ANN201 - OutcomeSet (imported lazily to keep CLI start fast)
+    """A registry set name (``zellinger/mmlu/llama``) or a path to an outcome-format ``.jsonl.gz``."""
+    from tierwise.lab.datasets import list_sets, load_set, read_outcome_set
+
+    if spec in list_sets():
+        return load_set(spec)
+    path = Path(spec)
+    if path.exists() or spec.endswith((".jsonl.gz", ".meta.json")):
+        return read_outcome_set(path)
+    raise SystemExit(f"--data {spec!r}: neither a known set ({', '.join(list_sets())}) nor an existing file")
+
+
+def cmd_train_router(args: argparse.Namespace) -> int:
+    from tierwise.routing.learned.artifact import save_router
+    from tierwise.routing.learned.train import train_router
+
+    oset = load_data(args.data)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    start = time.perf_counter()
+    try:
+        res = train_router(oset, args.kind, args.embedder, models, folds=args.folds, seed=args.seed,
+                           target=args.target, progress=True)
+    except ValueError as exc:
+        print(f"train-router: {exc}", file=sys.stderr)
+        return 2
+    out = save_router(res.router, args.out)
+    r = res.report
+    cal = r["calibration"]
+    print(f"trained {args.kind} router on {oset.name} (train split, {len(res.oof)} prompts, "
+          f"{len(res.router.models)} models) with {args.embedder}")
+    print(f"  fit {res.seconds:.1f}s, total {time.perf_counter() - start:.1f}s (embedding included)")
+    print(f"  hyper-parameters (chosen by {args.folds}-fold CV on train): {r['params']}")
+    print(f"  CV Brier {r['cv_brier']:.4f} (constant per-model rate: {r['cv_brier_constant']:.4f})")
+    for rule, auc in r["cv_auc"].items():
+        print(f"  CV oracle-normalised AUC, rule {rule}: {'undefined' if auc is None else f'{auc:.3f}'}; "
+              f"calibrated knob for {cal['target']}: {cal[rule]:.6g}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train_gate(args: argparse.Namespace) -> int:
+    from tierwise.routing.learned.gate_train import save_gate, train_gate
+
+    oset = load_data(args.data)
+    start = time.perf_counter()
+    try:
+        res = train_gate(oset, args.model, folds=args.folds, seed=args.seed)
+    except ValueError as exc:
+        print(f"train-gate: {exc}", file=sys.stderr)
+        return 2
+    out = save_gate(res, args.out, set_name=oset.name, model=args.model)
+    print(f"trained learned gate for {args.model} on {oset.name} (train split): {res.n_rows} rows "
+          f"({res.n_skipped} without confidence skipped), {res.positive_rate:.1%} right, "
+          f"{time.perf_counter() - start:.2f}s")
+    print(f"  l2 {res.l2:g} (by {args.folds}-fold CV); CV log-loss {res.cv_log_loss:.4f} "
+          f"(base rate: {res.cv_log_loss_constant:.4f})")
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's private _SubParsersAction
+    """Register ``train-router`` and ``train-gate`` on the main CLI's subparsers."""
+    from tierwise.embed import EMBEDDERS
+    from tierwise.routing.learned.train import DEFAULT_KIND, FITTERS
+
+    s = sub.add_parser("train-router", help="train a learned (pre-generation) router on an outcome set")
+    s.add_argument("--data", required=True, help="registry set name or path to an outcome-format .jsonl.gz")
+    s.add_argument("--out", required=True, help="artifact path (.npz)")
+    s.add_argument("--kind", choices=sorted(FITTERS), default=DEFAULT_KIND)
+    s.add_argument("--embedder", choices=list(EMBEDDERS), default="minilm-onnx")
+    s.add_argument("--models", help="comma-separated models, in the tier's order (default: every priced model)")
+    s.add_argument("--folds", type=int, default=5, help="cross-validation folds for hyper-parameters")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--target", type=float, default=0.99,
+                   help="calibrated knob: reach this fraction of the best model's train quality")
+    s.set_defaults(fn=cmd_train_router)
+
+    s = sub.add_parser("train-gate", help="train a learned confidence gate for one cascade rung")
+    s.add_argument("--data", required=True, help="registry set name or path to an outcome-format .jsonl.gz")
+    s.add_argument("--model", required=True, help="the rung's model")
+    s.add_argument("--out", required=True, help="gate artifact path (.json)")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_train_gate)

@@ -1,0 +1,138 @@
+"""Train a learned router from an outcome set (train split only) and calibrate its knob on out-of-fold predictions.
+
+Every hyper-parameter is chosen on the training split by k-fold cross-validation (see each predictor's module); the
+same folds give out-of-fold predictions for every training prompt, which are used for the training report and for
+the *calibrated* knob: the cheapest setting whose out-of-fold routed quality reaches ``target`` × the best single
+model's training quality. Nothing here looks at the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from tierwise.lab.datasets import OutcomeSet
+from tierwise.lab.metrics import Point, compute_baselines, evaluate_curve
+from tierwise.routing.learned.artifact import PREDICTORS, LearnedRouter
+from tierwise.routing.learned.choose import RULES, Rule, choose, knob_grid
+from tierwise.routing.learned.embed_cache import TAIL_CHARS, embed_prompts
+from tierwise.routing.learned.ensemble import fit_ensemble
+from tierwise.routing.learned.knn import fit_knn
+from tierwise.routing.learned.logistic import fit_logistic_router
+from tierwise.routing.learned.numerics import brier, kfold_indices
+
+FITTERS = {"knn": fit_knn, "logreg": fit_logistic_router, "ensemble": fit_ensemble}
+assert set(FITTERS) == set(PREDICTORS)
+DEFAULT_KIND = "ensemble"
+
+
+@dataclass
+class TrainResult:
+    router: LearnedRouter
+    oof: np.ndarray  # (n_train, m) out-of-fold predictions
+    seconds: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def sweep_points(pred: np.ndarray, Q: np.ndarray, C: np.ndarray, costs: np.ndarray, rule: Rule,
+                 knobs: Sequence[float] | None = None) -> tuple[np.ndarray, list[Point]]:
+    """Knob values and the realised (mean cost, mean quality) of routing with each (per-prompt actual costs)."""
+    ks = knob_grid(pred, costs, rule) if knobs is None else np.asarray(knobs, dtype=float)
+    rows = np.arange(len(Q))
+    points = []
+    for k in ks:
+        idx = choose(pred, costs, rule, float(k))
+        points.append(Point(float(C[rows, idx].mean()), float(Q[rows, idx].mean())))
+    return ks, points
+
+
+def calibrate_knob(pred: np.ndarray, Q: np.ndarray, C: np.ndarray, costs: np.ndarray, rule: Rule,
+                   target_quality: float) -> float:
+    """The cheapest knob whose routed quality reaches ``target_quality`` on (pred, Q, C); else the best-quality one."""
+    ks, pts = sweep_points(pred, Q, C, costs, rule)
+    ok = [i for i, p in enumerate(pts) if p.quality >= target_quality - 1e-12]
+    if ok:
+        i = min(ok, key=lambda j: (pts[j].cost, -pts[j].quality))
+    else:
+        i = max(range(len(pts)), key=lambda j: (pts[j].quality, -pts[j].cost))
+    return float(ks[i])
+
+
+def resolve_models(oset: OutcomeSet, models: Sequence[str] | None) -> list[str]:
+    chosen = list(models) if models else oset.priced_models()
+    unknown = [m for m in chosen if m not in oset.models]
+    if unknown:
+        raise ValueError(f"set {oset.name!r} has no model(s) {unknown}; it has {oset.models}")
+    unpriced = [m for m in chosen if m not in oset.priced_models()]
+    if unpriced:
+        raise ValueError(f"set {oset.name!r} has no cost for model(s) {unpriced} on every prompt; a router needs costs")
+    if len(chosen) < 2:
+        raise ValueError(f"a router needs at least 2 priced models; set {oset.name!r} gives {chosen}")
+    return chosen
+
+
+def train_router(
+    oset: OutcomeSet,
+    kind: str = DEFAULT_KIND,
+    embedder: str = "minilm-onnx",
+    models: Sequence[str] | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    target: float = 0.99,
+    progress: bool = False,
+    embeddings: np.ndarray | None = None,
+) -> TrainResult:
+    """Fit ``kind`` on ``oset``'s train split. ``embeddings`` (routing embeddings of the train prompts, in order)
+    skips the embedding step, for benchmarks that reuse them."""
+    if kind not in FITTERS:
+        raise ValueError(f"unknown router kind {kind!r}; choose one of {list(FITTERS)}")
+    chosen = resolve_models(oset, models)
+    train = oset.split("train")
+    if len(train) < 2 * folds:
+        raise ValueError(f"set {oset.name!r} has {len(train)} train prompts; {folds}-fold CV needs {2 * folds}")
+    Q, C = train.quality_matrix(chosen), train.cost_matrix(chosen)
+    if np.isnan(Q).any():
+        raise ValueError(f"set {oset.name!r}: missing quality values in the train split")
+    E = embeddings
+    if E is None:
+        E = embed_prompts(embedder, [p.prompt for p in train.prompts], progress=progress, label=oset.name)
+    start = time.perf_counter()
+    predictor = FITTERS[kind](E, Q, folds=folds, seed=seed)
+    seconds = time.perf_counter() - start
+    oof = np.clip(predictor.oof, 0.0, 1.0)
+    mean_cost = C.mean(axis=0)
+
+    constant = np.zeros_like(Q)
+    for tr, ho in kfold_indices(len(Q), folds, seed):
+        constant[ho] = Q[tr].mean(axis=0)
+    base = compute_baselines(Q, C, chosen)
+    target_quality = target * base.best_point.quality
+    calibration: dict[str, Any] = {"target": f"{target}*best_train_quality", "target_quality": target_quality}
+    cv_auc: dict[str, float | None] = {}
+    for rule in RULES:
+        calibration[rule] = calibrate_knob(oof, Q, C, mean_cost, rule, target_quality)
+        cv_auc[rule] = evaluate_curve(sweep_points(oof, Q, C, mean_cost, rule)[1], base).auc
+    ids = "\n".join(train.ids())
+    header = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training": {
+            "set": oset.name, "split": "train", "n_prompts": len(train),
+            "ids_sha1": hashlib.sha1(ids.encode("utf-8")).hexdigest(),
+            "folds": folds, "seed": seed, "cv": predictor.cv, "fit_seconds": round(seconds, 3),
+        },
+        "embedding_dim": int(E.shape[1]),
+        "calibration": calibration,
+    }
+    router = LearnedRouter(chosen, mean_cost, embedder, predictor, header, TAIL_CHARS)
+    report = {
+        "cv_brier": brier(oof, Q), "cv_brier_constant": brier(constant, Q),
+        "cv_auc": cv_auc, "calibration": calibration, "params": predictor.params(),
+    }
+    return TrainResult(router, oof, seconds, report)
