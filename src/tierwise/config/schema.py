@@ -182,7 +182,10 @@ class ClassifierConfig(_Strict):
     embedder: Literal["minilm-onnx", "minilm-static"] = Field(
         default="minilm-onnx", description="minilm-onnx: int8 MiniLM (~ms); minilm-static: distilled static (~0.1 ms)"
     )
-    threshold: float = Field(default=0.35, ge=-1, le=1, description="default cosine threshold per tier")
+    threshold: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="cosine threshold per tier; unset = the embedder's measured default (0.10 minilm-onnx, 0.40 static)",
+    )
     fallback_tier: str | None = Field(default=None, description="tier when nothing clears its threshold")
     max_prompt_chars: PositiveInt = Field(default=2000, description="only the last user text up to this is embedded")
 
