@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
+
+# numpy's OpenBLAS spins extra threads that collapse on 2 cores next to the embedder and the event loop: pin it to
+# one thread before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
 import time
-from pathlib import Path
+from pathlib import Path  # noqa: E402
 
 from tierwise.config.load import ConfigError, load_config
 from tierwise.config.schema import TierwiseConfig
@@ -213,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_price)
 
     from tierwise.lab.eval_cli import add_parsers as add_lab_parsers
+    from tierwise.lab.train_cli import add_parsers as add_train_parsers
 
     add_lab_parsers(sub)
+    add_train_parsers(sub)
     return ap
 
 

@@ -11,9 +11,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import count_text_tokens
@@ -25,10 +26,38 @@ from tierwise.providers.registry import build_providers
 from tierwise.requests import validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed
+from tierwise.routing.signals.semantic import prompt_text
 from tierwise.state import MemoryHealth, MemorySessionPins
 from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
 
+if TYPE_CHECKING:
+    from tierwise.routing.learned.artifact import LearnedRouter
+
 log = logging.getLogger("tierwise")
+
+
+Predict = Callable[[str], Sequence[float]]
+
+
+def load_routers(cfg: TierwiseConfig) -> dict[str, LearnedRouter]:
+    """The learned routers the config names (policy 'learned', or a cascade's start router), by tier."""
+    from tierwise.routing.learned.artifact import load_router
+
+    out: dict[str, LearnedRouter] = {}
+    for name, tier in cfg.tiers.items():
+        if tier.policy == "learned" and tier.learned is not None:
+            out[name] = load_router(tier.learned.artifact, tier.models)
+        elif tier.cascade is not None and (tier.cascade.start is not None or tier.cascade.router is not None):
+            path = tier.cascade.start.artifact if tier.cascade.start is not None else tier.cascade.router
+            out[name] = load_router(path, [r.model for r in tier.cascade.rungs])  # type: ignore[arg-type]
+    return out
+
+
+def _embedding_predictor(router: LearnedRouter) -> Predict:
+    def predict(text: str) -> Sequence[float]:
+        return router.predict([text])[0]
+
+    return predict
 
 
 def build_semantic_classifier(cfg: TierwiseConfig) -> TierClassifier:
@@ -55,6 +84,7 @@ class Tierwise:
         providers: dict[str, Provider] | None = None,
         ledger: LedgerWriter | None = None,
         classifier: TierClassifier | None = None,
+        predictors: dict[str, Predict] | None = None,
     ) -> None:
         self.cfg = cfg
         self.prices = PriceBook(cfg)
@@ -62,7 +92,12 @@ class Tierwise:
         self.health = MemoryHealth(cfg.retry.cooldown_failures, cfg.retry.cooldown_s)
         if classifier is None and cfg.classifier.kind == "semantic":
             classifier = build_semantic_classifier(cfg)
-        self.engine = RoutingEngine(cfg, self.pins, self.health, classifier)
+        routers = load_routers(cfg)
+        self.engine = RoutingEngine(cfg, self.pins, self.health, classifier, routers)
+        # tier -> text -> predicted quality per model of the tier's router. Overridable so offline replay can feed
+        # cached embeddings through the very same routing code.
+        self._predictors: dict[str, Predict] = {t: _embedding_predictor(r) for t, r in routers.items()}
+        self._predictors.update(predictors or {})
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
         if ledger is None:
@@ -103,6 +138,12 @@ class Tierwise:
             loop = asyncio.get_running_loop()
             route.classified = await loop.run_in_executor(self._classify_pool, self.engine.classifier.classify, body)
             route.classifier_ran = True
+        if route.predicted is None:
+            tier_guess = self._tier_for_prediction(route, body)
+            if tier_guess is not None:
+                text = prompt_text(body, self.cfg.classifier.max_prompt_chars)
+                loop = asyncio.get_running_loop()
+                route.predicted = await loop.run_in_executor(self._classify_pool, self._predictors[tier_guess], text)
         record = LedgerRecord(
             id="chatcmpl-tw-" + uuid.uuid4().hex,
             ts=time.time(),
@@ -124,7 +165,25 @@ class Tierwise:
         if self._log_prompts:
             log.info("request %s messages=%s", record.id, body.get("messages"))
         cascade = self.cfg.tiers[decision.tier].cascade if decision.tier is not None else None
-        return Call(decision, body, record, deadline, route.session_id, cascade)
+        call = Call(decision, body, record, deadline, route.session_id, cascade)
+        if route.predicted is not None and decision.tier in self.engine.routers:
+            models = self.engine.routers[decision.tier].models
+            call.prior = {m: float(q) for m, q in zip(models, route.predicted, strict=True)}
+        if cascade is not None and cascade.start is not None:
+            call.start_rung = self.engine.start_rung(decision.tier, route.predicted)  # type: ignore[arg-type]
+            if call.start_rung:
+                record.notes.append(f"start router: began at rung {call.start_rung} ({cascade.rungs[call.start_rung].model})")
+        return call
+
+    def _tier_for_prediction(self, route: RouteRequest, body: JSON) -> str | None:
+        """The tier, when its policy needs a learned router's prediction for this request."""
+        if not self._predictors:
+            return None
+        try:
+            tier, _ = self.engine.choose_tier(route, body)
+        except RoutingError:
+            return None  # decide() raises the 404 below
+        return tier if tier in self._predictors else None
 
     def _finish(self, call: Call, started: float, status: str, http_status: int, error: str | None) -> None:
         rec = call.record

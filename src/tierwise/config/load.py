@@ -142,6 +142,16 @@ def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
                 problems.append(ConfigProblem(f"tiers.{tname}.models[{i}]", f"unknown model '{m}'"))
         if tier.fallback is not None and tier.fallback not in cfg.models:
             problems.append(ConfigProblem(f"tiers.{tname}.fallback", f"unknown model '{tier.fallback}'"))
+        routers = [(f"tiers.{tname}.learned.artifact", tier.learned.artifact, tier.models)] if tier.learned else []
+        rung_models = [r.model for r in tier.cascade.rungs] if tier.cascade is not None else []
+        if tier.cascade is not None and tier.cascade.start is not None:
+            routers.append((f"tiers.{tname}.cascade.start.artifact", tier.cascade.start.artifact, rung_models))
+        if tier.cascade is not None and tier.cascade.router is not None:
+            routers.append((f"tiers.{tname}.cascade.router", tier.cascade.router, rung_models))
+        for path, artifact, pool in routers:
+            problem = _router_problem(artifact, pool)
+            if problem:
+                problems.append(ConfigProblem(path, problem))
         if tier.cascade is not None:
             for i, rung in enumerate(tier.cascade.rungs):
                 path = f"tiers.{tname}.cascade.rungs[{i}]"
@@ -153,6 +163,20 @@ def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
                 if gate is not None and gate.kind == "learned" and not gate.artifact:
                     problems.append(ConfigProblem(f"{path}.gate.artifact", "a learned gate needs its artifact path"))
     return problems
+
+
+def _router_problem(artifact: str, pool: list[str] | None) -> str | None:
+    """Why a router artifact cannot serve this tier (missing, other version, other models), or None."""
+    from tierwise.routing.learned.artifact import RouterArtifactError, load_router
+
+    try:
+        router = load_router(artifact, check_embedder=False)
+    except (RouterArtifactError, OSError, ValueError) as exc:
+        return str(exc)
+    if pool is not None and router.models != pool:
+        return (f"router {artifact} was trained for models {router.models}; the tier's models are {pool} "
+                "(list them in the same order, or retrain)")
+    return None
 
 
 def load_config_text(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> TierwiseConfig:

@@ -127,6 +127,17 @@ class GateConfig(_Strict):
     artifact: str | None = Field(default=None, description="learned: path of the trained gate artifact")
 
 
+class LearnedConfig(_Strict):
+    """A trained pre-generation router (``tierwise train-router``) and its choice rule."""
+
+    artifact: str = Field(description="path of the router artifact (.npz)")
+    rule: Literal["threshold", "lambda"] = Field(
+        default="threshold",
+        description="threshold: cheapest model whose predicted quality >= knob; lambda: max predicted quality - knob x cost",
+    )
+    knob: float = Field(default=0.7, ge=0, description="the threshold, or lambda (per USD of mean request cost)")
+
+
 class RungConfig(_Strict):
     model: str
     gate: GateConfig | None = Field(default=None, description="required on every rung but the last")
@@ -136,6 +147,13 @@ class CascadeConfig(_Strict):
     """Small-to-big: each rung answers; its gate decides whether the answer is served or the next rung is tried."""
 
     rungs: list[RungConfig] = Field(min_length=1)
+    start: LearnedConfig | None = Field(
+        default=None, description="a learned router picks the starting rung (rungs before it are skipped)"
+    )
+    router: str | None = Field(
+        default=None,
+        description="router artifact whose per-model predictions contextual gates read as priors (default: start's)",
+    )
     stream_first_rung: bool = Field(
         default=False,
         description="streaming requests: stream rung 1 live with no gate (fast) instead of streaming the gated answer",
@@ -148,8 +166,9 @@ class TierConfig(_Strict):
     description: str = ""
     utterances: list[str] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list, description="pool; for a cascade, defaults to the rung models")
-    policy: Literal["priority", "cheapest", "fastest_ttft", "cascade"] = "priority"
+    policy: Literal["priority", "cheapest", "fastest_ttft", "cascade", "learned"] = "priority"
     cascade: CascadeConfig | None = None
+    learned: LearnedConfig | None = Field(default=None, description="policy 'learned': the router and its rule")
     fallback: str | None = Field(default=None, description="last resort for this tier; defaults to fallback_model")
     expected_output_tokens: PositiveInt | None = Field(default=None, description="overrides the model's")
     threshold: float | None = Field(
@@ -168,6 +187,8 @@ class TierConfig(_Strict):
                 self.models = [r.model for r in self.cascade.rungs]
         elif self.cascade is not None:
             raise ValueError(f"a cascade: block needs policy 'cascade' (policy is '{self.policy}')")
+        if self.policy == "learned" and self.learned is None:
+            raise ValueError("policy 'learned' needs a learned: block with the router artifact")
         if not self.models:
             raise ValueError("a tier needs at least one model")
         return self

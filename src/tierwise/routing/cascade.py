@@ -8,11 +8,13 @@ served as it is (if it fails outright, the tier's fallback model is the last res
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from tierwise.config.schema import CascadeConfig
 from tierwise.routing.executor import Call, Executor, RequestFailed, _empty_length
-from tierwise.routing.gates import Gate, GateContext, build_gate, hard_fail
+from tierwise.routing.gates import Gate, GateContext, RungAnswer, build_gate, hard_fail
+from tierwise.routing.gates.base import Ask
 from tierwise.types import JSON, Completion, ErrorKind, UpstreamError
 
 log = logging.getLogger("tierwise.cascade")
@@ -33,6 +35,8 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
     rungs = call.cascade.rungs
     gates = gates_for(ex, call.cascade)
     rec = call.record
+    chain = tuple(r.model for r in rungs)
+    history: list[RungAnswer] = []
     last_err: UpstreamError | None = None
     for i in range(start_rung, len(rungs)):
         model = rungs[i].model
@@ -57,8 +61,10 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
                 break
             ex._succeed(call, model, att.latency_ms)
             return result
-        confidence = await _judge(ex, call, gate, model, result)
+        ctx = GateContext(call.body, result, model, _asker(ex, call), i, chain, list(history), call.prior)
+        confidence = await _judge(call, gate, ctx)
         att.confidence = confidence
+        history.append(RungAnswer(model, result.text, _lp_conf(result)))
         if confidence >= gate.threshold:
             ex._succeed(call, model, att.latency_ms)
             return result
@@ -71,8 +77,8 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
     raise RequestFailed(last_err or UpstreamError(ErrorKind.CONNECTION, "no cascade rung answered"), rec.attempts)
 
 
-async def _judge(ex: Executor, call: Call, gate: Gate, model: str, result: Completion) -> float:
-    """The gate's confidence; 0 for an empty/truncated answer or when the gate itself fails."""
+def _asker(ex: Executor, call: Call) -> Ask:
+    """Model calls a gate makes (verifiers) go through the executor, so they are retried and booked."""
 
     async def ask(verifier: str, body: JSON) -> Completion:
         b = ex._prepare_for(call, verifier, body)
@@ -80,13 +86,23 @@ async def _judge(ex: Executor, call: Call, gate: Gate, model: str, result: Compl
         att.outcome = "verifier"
         return completion
 
+    return ask
+
+
+def _lp_conf(c: Completion) -> float | None:
+    return math.exp(min(0.0, sum(c.logprobs) / len(c.logprobs))) if c.logprobs else None
+
+
+async def _judge(call: Call, gate: Gate, ctx: GateContext) -> float:
+    """The gate's confidence; 0 for an empty/truncated answer or when the gate itself fails."""
+    model, result = ctx.model, ctx.completion
     if len(result.body.get("choices") or []) <= 1:  # judge a lone answer's hard failures before paying a verifier
         why = hard_fail(result)
         if why is not None:
             call.record.notes.append(f"{model}: {why}: escalated")
             return 0.0
     try:
-        confidence = float(await gate.confidence(GateContext(call.body, result, model, ask)))
+        confidence = float(await gate.confidence(ctx))
     except RequestFailed as exc:
         if exc.deadline_hit:
             raise

@@ -11,13 +11,18 @@ A concrete model name bypasses tiers entirely: the caller asked for that model, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
 
 from tierwise.config.schema import TierwiseConfig
 from tierwise.state.protocols import HealthState, SessionPins
 from tierwise.types import JSON
+
+if TYPE_CHECKING:
+    from tierwise.routing.learned.artifact import LearnedRouter
 
 
 class RoutingError(Exception):
@@ -48,6 +53,7 @@ class RouteRequest:
     session_id: str | None = None
     classified: tuple[str, float] | None = None  # the classifier's (tier, score) when it ran
     classifier_ran: bool = False
+    predicted: Sequence[float] | None = None  # a learned router's predicted quality per model of the tier's router
 
 
 @dataclass(slots=True)
@@ -72,11 +78,13 @@ class RoutingEngine:
         pins: SessionPins,
         health: HealthState,
         classifier: TierClassifier | None = None,
+        routers: Mapping[str, LearnedRouter] | None = None,
     ) -> None:
         self.cfg = cfg
         self.pins = pins
         self.health = health
         self.classifier = classifier
+        self.routers = dict(routers or {})  # tier -> learned router (policy 'learned' or a cascade's start)
 
     # -- step 1: classify ------------------------------------------------------------------------------------------
     def choose_tier(self, req: RouteRequest, body: JSON) -> tuple[str | None, str]:
@@ -120,7 +128,10 @@ class RoutingEngine:
             assert req.requested_model is not None
             return Decision(None, "direct", [req.requested_model], "direct", direct=True)
         tcfg = self.cfg.tiers[tier]
-        ordered = self._order(tcfg.models, tcfg.policy, estimate_cost)
+        if tcfg.policy == "learned":
+            ordered = self._learned_order(tier, req.predicted)
+        else:
+            ordered = self._order(tcfg.models, tcfg.policy, estimate_cost)
         fallback = tcfg.fallback or self.cfg.fallback_model
         if fallback not in ordered:
             ordered.append(fallback)
@@ -143,6 +154,28 @@ class RoutingEngine:
             # Unmeasured models sort first (TTFT 0) so each gets observed once instead of being starved forever.
             return sorted(models, key=lambda m: self.health.ttft_ms(m) or 0.0)
         return list(models)
+
+    def _learned_order(self, tier: str, predicted: Sequence[float] | None) -> list[str]:
+        """The router's choice first, then the other models by predicted quality (best first) as fallbacks."""
+        router = self.routers[tier]
+        if predicted is None:
+            raise ValueError(f"tier '{tier}' has a learned policy but no prediction was made for this request")
+        learned = self.cfg.tiers[tier].learned
+        assert learned is not None
+        pred = np.asarray(predicted, dtype=float)
+        chosen = router.models[int(router.choose(pred[None, :], learned.rule, learned.knob)[0])]
+        rest = [router.models[i] for i in np.argsort(-pred, kind="stable") if router.models[i] != chosen]
+        return [chosen, *rest]
+
+    def start_rung(self, tier: str, predicted: Sequence[float] | None) -> int:
+        """For a cascade with a start router: index of the rung whose model the router picks (0 without one)."""
+        cascade = self.cfg.tiers[tier].cascade
+        if cascade is None or cascade.start is None or predicted is None:
+            return 0
+        router = self.routers[tier]
+        pred = np.asarray(predicted, dtype=float)[None, :]
+        chosen = router.models[int(router.choose(pred, cascade.start.rule, cascade.start.knob)[0])]
+        return [r.model for r in cascade.rungs].index(chosen)
 
     def _demote_cooling(self, decision: Decision, now: float) -> None:
         """Models in cooldown go to the back: still tried if everything else fails, never first."""

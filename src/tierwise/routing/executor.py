@@ -55,6 +55,8 @@ class Call:
     session_id: str | None = None
     cascade: CascadeConfig | None = None  # set when the tier's policy is a cascade
     prebooked: bool = False  # a synthesised stream whose calls were already booked (cascade answers)
+    start_rung: int = 0  # a cascade's first rung to call (a start router may skip cheap rungs)
+    prior: dict[str, float] | None = None  # a learned router's predicted quality per model, when the tier has one
     started: float = field(default_factory=time.perf_counter)  # for the request's total latency
 
 
@@ -206,7 +208,7 @@ class Executor:
         if call.cascade is not None:
             from tierwise.routing.cascade import run_cascade
 
-            return await run_cascade(self, call)
+            return await run_cascade(self, call, call.start_rung)
         return await self.fallback_chain(call, call.decision.candidates)
 
     async def fallback_chain(self, call: Call, candidates: list[str]) -> Completion:
@@ -253,7 +255,7 @@ class Executor:
             from tierwise.routing.synth_stream import completion_chunks
 
             started = self.clock()
-            result = await run_cascade(self, call)
+            result = await run_cascade(self, call, call.start_rung)
             call.record.ttft_ms = (self.clock() - started) * 1000
             call.prebooked = True
             chunks = completion_chunks(result)

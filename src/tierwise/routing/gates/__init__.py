@@ -4,6 +4,6 @@ Hard rules come first and apply to every gate: an empty answer or ``finish_reaso
 that raises is treated as confidence 0 by the executor ("escalate"), never as a pass.
 """
 
-from tierwise.routing.gates.base import Gate, GateContext, GateError, build_gate, hard_fail
+from tierwise.routing.gates.base import Gate, GateContext, GateError, RungAnswer, build_gate, hard_fail
 
-__all__ = ["Gate", "GateContext", "GateError", "build_gate", "hard_fail"]
+__all__ = ["Gate", "GateContext", "GateError", "RungAnswer", "build_gate", "hard_fail"]

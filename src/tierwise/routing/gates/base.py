@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tierwise.config.schema import GateConfig
@@ -17,11 +17,24 @@ class GateError(Exception):
 
 
 @dataclass(slots=True)
+class RungAnswer:
+    """What an earlier rung of the same request answered (for gates that use agreement between rungs)."""
+
+    model: str
+    text: str
+    logprob_confidence: float | None  # exp(mean token log-prob), when the provider gave logprobs
+
+
+@dataclass(slots=True)
 class GateContext:
     request: JSON  # the client's request body (messages etc.)
     completion: Completion  # the rung's answer
     model: str  # the rung's model
     ask: Ask  # call a model through the executor (cost booked on the request), for verifiers
+    rung: int = 0  # index of this rung in the cascade
+    chain: tuple[str, ...] = ()  # every rung's model, cheap to strong
+    history: list[RungAnswer] = field(default_factory=list)  # earlier rungs' answers, in order
+    prior: dict[str, float] | None = None  # a learned router's predicted quality per model for this prompt
 
 
 class Gate(Protocol):
