@@ -141,7 +141,7 @@ class Tierwise:
         if route.predicted is None:
             tier_guess = self._tier_for_prediction(route, body)
             if tier_guess is not None:
-                text = prompt_text(body, self.cfg.classifier.max_prompt_chars)
+                text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
                 loop = asyncio.get_running_loop()
                 route.predicted = await loop.run_in_executor(self._classify_pool, self._predictors[tier_guess], text)
         record = LedgerRecord(

@@ -160,7 +160,7 @@ def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
                 gate = rung.gate
                 if gate is not None and gate.verifier_model and gate.verifier_model not in cfg.models:
                     problems.append(ConfigProblem(f"{path}.gate.verifier_model", f"unknown model '{gate.verifier_model}'"))
-                if gate is not None and gate.kind == "learned" and not gate.artifact:
+                if gate is not None and gate.kind in ("learned", "contextual") and not gate.artifact:
                     problems.append(ConfigProblem(f"{path}.gate.artifact", "a learned gate needs its artifact path"))
     return problems
 

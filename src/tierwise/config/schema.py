@@ -108,7 +108,7 @@ class GateConfig(_Strict):
     "escalate", never as "pass".
     """
 
-    kind: Literal["logprob", "vote", "verifier", "validator", "learned"]
+    kind: Literal["logprob", "vote", "verifier", "validator", "learned", "contextual"]
     threshold: float = Field(default=0.5, ge=0, le=1)
     # vote (self-consistency, Yue et al. 2024): k sampled answers, confidence = share agreeing with the majority
     samples: PositiveInt = Field(default=5, description="vote: number of sampled answers")
@@ -123,8 +123,9 @@ class GateConfig(_Strict):
     json_schema: dict[str, Any] | None = Field(default=None, description="validator: answer must be JSON matching")
     regex: str | None = Field(default=None, description="validator: answer must match (re.search)")
     reject_refusals: bool = Field(default=True, description="validator: refusal phrases fail")
-    # learned: a gate model trained on outcomes (tierwise train-gate)
-    artifact: str | None = Field(default=None, description="learned: path of the trained gate artifact")
+    # learned / contextual: a gate model trained on outcomes (tierwise train-gate); contextual gates also read the
+    # earlier rungs' answers and the cascade router's per-model priors
+    artifact: str | None = Field(default=None, description="learned/contextual: path of the trained gate artifact")
 
 
 class LearnedConfig(_Strict):

@@ -80,4 +80,8 @@ def build_gate(cfg: GateConfig) -> Gate:
         from tierwise.routing.gates.learned import LearnedGate
 
         return LearnedGate(cfg)
+    if cfg.kind == "contextual":
+        from tierwise.routing.gates.contextual import ContextualGate
+
+        return ContextualGate(cfg)
     raise ValueError(f"unknown gate kind {cfg.kind!r}")
