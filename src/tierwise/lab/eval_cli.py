@@ -33,9 +33,8 @@ from tierwise.lab.datasets import (
     OutcomeFormatError,
     OutcomeSet,
     SharedDataMissing,
-    load_set,
-    read_outcome_set,
 )
+from tierwise.lab.datasets.ledger import load_data
 from tierwise.lab.evaluate import run_tier, single_tier
 from tierwise.lab.metrics import Baselines, Point, apgr, compute_baselines, cpt, evaluate_curve
 from tierwise.lab.report import Row, metrics_table, plot_png, write_html
@@ -61,13 +60,6 @@ def progress_bar(label: str) -> Any:
         sys.stderr.flush()
 
     return report
-
-
-def load_data(spec: str) -> OutcomeSet:
-    """A registry name or an outcome-file path."""
-    if spec.endswith((".jsonl.gz", ".meta.json")) or Path(spec).exists():
-        return read_outcome_set(spec)
-    return load_set(spec)
 
 
 def check_models(oset: OutcomeSet, names: list[str], what: str) -> None:
@@ -307,7 +299,7 @@ def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args) or 0)
-        except (UsageError, OutcomeFormatError, SharedDataMissing) as exc:
+        except (UsageError, OutcomeFormatError, SharedDataMissing, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except KeyError as exc:  # unknown set name (registry) or model

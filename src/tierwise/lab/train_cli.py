@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 # Newton/IRLS and kNN are small dense algebra: a multi-threaded BLAS on a shared 2-core box is 10-100x slower.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -18,15 +17,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 
 def load_data(spec: str):  # noqa: ANN201 - OutcomeSet (imported lazily to keep CLI start fast)
-    """A registry set name (``zellinger/mmlu/llama``) or a path to an outcome-format ``.jsonl.gz``."""
-    from tierwise.lab.datasets import list_sets, load_set, read_outcome_set
+    from tierwise.lab.datasets.ledger import load_data as resolve
 
-    if spec in list_sets():
-        return load_set(spec)
-    path = Path(spec)
-    if path.exists() or spec.endswith((".jsonl.gz", ".meta.json")):
-        return read_outcome_set(path)
-    raise SystemExit(f"--data {spec!r}: neither a known set ({', '.join(list_sets())}) nor an existing file")
+    try:
+        return resolve(spec)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_train_router(args: argparse.Namespace) -> int:
