@@ -39,7 +39,7 @@ def test_unknown_models_name_the_available_ones(capsys: pytest.CaptureFixture[st
 
 def test_unknown_set_and_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["calibrate", "--data", "nope/set"]) == 2
-    assert "unknown outcome set 'nope/set'" in capsys.readouterr().err
+    assert "--data 'nope/set': neither a known set" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl.gz"
     (tmp_path / "bad.meta.json").write_text(json.dumps({"name": "bad", "models": ["a", "b"], "format_version": 1}))
     with gzip.open(bad, "wt") as fh:
