@@ -77,3 +77,33 @@ def validate_chat_body(body: JSON) -> None:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid(f"'tools' must be an array, got {_type_name(tools)}", "tools")
+
+
+def prompt_text(body: JSON, max_chars: int) -> str:
+    """The text a routing decision is about: the last user message (string or text parts), else ``prompt``.
+
+    Earlier turns and the system prompt are left out on purpose: they describe the conversation, while the tier is
+    about what is asked *now*. The head is kept when truncating because instructions usually open a prompt.
+    """
+    text = ""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in reversed(messages):
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                text = _content_text(msg.get("content"))
+                break
+    elif "prompt" in body:
+        prompt = body["prompt"]
+        if isinstance(prompt, list):
+            prompt = prompt[-1] if prompt and isinstance(prompt[-1], str) else ""
+        text = prompt if isinstance(prompt, str) else ""
+    return text.strip()[:max_chars]
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    return ""

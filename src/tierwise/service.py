@@ -8,6 +8,7 @@ a bug — exactly one ledger record is submitted for it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -23,10 +24,9 @@ from tierwise.ledger import LedgerWriter, fallback_path_for, import_unwritten, o
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
-from tierwise.requests import validate_chat_body
+from tierwise.requests import prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed
-from tierwise.routing.signals.semantic import prompt_text
 from tierwise.state import MemoryHealth, MemorySessionPins
 from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
 
@@ -37,6 +37,15 @@ log = logging.getLogger("tierwise")
 
 
 Predict = Callable[[str], Sequence[float]]
+
+# Request ids: a random per-process prefix plus a counter. Unique across processes and replicas (64 random bits),
+# and no os.urandom system call per request (uuid4 was 2% of the gateway's CPU).
+_ID_PREFIX = "chatcmpl-tw-" + uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 def load_routers(cfg: TierwiseConfig) -> dict[str, LearnedRouter]:
@@ -145,7 +154,7 @@ class Tierwise:
                 loop = asyncio.get_running_loop()
                 route.predicted = await loop.run_in_executor(self._classify_pool, self._predictors[tier_guess], text)
         record = LedgerRecord(
-            id="chatcmpl-tw-" + uuid.uuid4().hex,
+            id=_next_request_id(),
             ts=time.time(),
             principal=principal,
             requested_model=route.requested_model,

@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from tierwise.config.schema import TierwiseConfig
 from tierwise.state.protocols import HealthState, SessionPins
 from tierwise.types import JSON
@@ -160,6 +158,8 @@ class RoutingEngine:
         router = self.routers[tier]
         if predicted is None:
             raise ValueError(f"tier '{tier}' has a learned policy but no prediction was made for this request")
+        import numpy as np  # only learned tiers pay for numpy (14 MB RSS)
+
         learned = self.cfg.tiers[tier].learned
         assert learned is not None
         pred = np.asarray(predicted, dtype=float)
@@ -172,6 +172,8 @@ class RoutingEngine:
         cascade = self.cfg.tiers[tier].cascade
         if cascade is None or cascade.start is None or predicted is None:
             return 0
+        import numpy as np
+
         router = self.routers[tier]
         pred = np.asarray(predicted, dtype=float)[None, :]
         chosen = router.models[int(router.choose(pred, cascade.start.rule, cascade.start.knob)[0])]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from tierwise.config.schema import GateConfig
+from tierwise.requests import prompt_text
 from tierwise.routing.gates.base import GateContext, GateError
 from tierwise.types import JSON
 
@@ -17,17 +18,6 @@ PROMPT = (
     "Question:\n{question}\n\nProposed answer:\n{answer}\n\n"
     "Is the proposed answer correct? Reply with exactly one word: yes or no."
 )
-
-
-def last_user_text(request: JSON) -> str:
-    for m in reversed(request.get("messages") or []):
-        if m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 def verdict(text: str) -> bool | None:
@@ -48,7 +38,7 @@ class VerifierGate:
         return None
 
     async def confidence(self, ctx: GateContext) -> float:
-        prompt = PROMPT.format(question=last_user_text(ctx.request), answer=ctx.completion.text)
+        prompt = PROMPT.format(question=prompt_text(ctx.request, 1 << 30), answer=ctx.completion.text)
         body: JSON = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 4,
                       "temperature": 0.0 if self.samples == 1 else 0.7}
         if self.samples > 1:

@@ -22,6 +22,7 @@ import numpy as np
 
 from tierwise.config.schema import TierwiseConfig
 from tierwise.embed.base import Embedder
+from tierwise.requests import prompt_text
 from tierwise.types import JSON
 
 Aggregate = Literal["max", "top2"]
@@ -48,36 +49,6 @@ def tier_texts(cfg: TierwiseConfig) -> dict[str, list[str]]:
         if texts:
             out[name] = texts
     return out
-
-
-def prompt_text(body: JSON, max_chars: int) -> str:
-    """The text a routing decision is about: the last user message (string or text parts), else ``prompt``.
-
-    Earlier turns and the system prompt are left out on purpose: they describe the conversation, while the tier is
-    about what is asked *now*. The head is kept when truncating because instructions usually open a prompt.
-    """
-    text = ""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for msg in reversed(messages):
-            if isinstance(msg, dict) and msg.get("role") == "user":
-                text = _content_text(msg.get("content"))
-                break
-    elif "prompt" in body:
-        prompt = body["prompt"]
-        if isinstance(prompt, list):
-            prompt = prompt[-1] if prompt and isinstance(prompt[-1], str) else ""
-        text = prompt if isinstance(prompt, str) else ""
-    return text.strip()[:max_chars]
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        return "\n".join(p for p in parts if isinstance(p, str))
-    return ""
 
 
 class SemanticClassifier:
