@@ -70,10 +70,18 @@ def _load_keys(env_name: str | None) -> dict[str, str] | None:
     return keys
 
 
+def _has_content(chunk: JSON) -> bool:
+    choices = chunk.get("choices")
+    if not choices:
+        return False
+    delta = choices[0].get("delta") or {}
+    return bool(delta.get("content") or delta.get("tool_calls"))
+
+
 class _BatchedSSE:
     """Coalesce SSE events into few socket writes without delaying any of them.
 
-    The first event (time to first token) goes out at once. Later events are buffered and flushed by a task that runs
+    Events up to the first one carrying content (time to first token) go out at once. Later events are buffered and flushed by a task that runs
     as soon as the handler next waits on the upstream, so a burst of chunks parsed from one network read becomes one
     write, while a slow upstream still sees every chunk forwarded immediately. One send per event was 50-80% of the
     gateway's CPU on streams (bench/results/profile-stream.md).
@@ -89,9 +97,9 @@ class _BatchedSSE:
         self._task: asyncio.Task[None] | None = None
         self._first = True
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, urgent: bool = False) -> None:
         if self._first:
-            self._first = False
+            self._first = not urgent
             await self._resp.write(data)
             return
         if self._task is not None and self._task.done():
@@ -192,7 +200,7 @@ class Gateway:
         try:
             await resp.prepare(request)
             async for chunk in gen:
-                await out.send(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                await out.send(b"data: " + orjson.dumps(chunk) + b"\n\n", _has_content(chunk))
             if stream.error is not None:
                 await out.send(b"data: " + orjson.dumps(stream.error.body()) + b"\n\n")
             await out.send(b"data: [DONE]\n\n")
