@@ -216,6 +216,8 @@ def test_bad_requests(gateway: GatewayServer, upstream: FakeUpstream, payload: b
     assert r.json()["error"]["code"] == code
     assert r.json()["error"]["param"] == param
     assert upstream.calls == 0
+    row = gateway.rows()[-1]  # refused before routing, but booked
+    assert (row["status"], row["http_status"], row["id"]) == ("rejected", status, r.headers["x-tierwise-request-id"])
 
 
 def test_unknown_tier_paths_and_methods(gateway: GatewayServer) -> None:

@@ -194,6 +194,21 @@ class Tierwise:
             return None  # decide() raises the 404 below
         return tier if tier in self._predictors else None
 
+    def reject(self, err: APIError, principal: str | None, body: JSON | None, route: RouteRequest | None) -> str:
+        """Book a request refused before routing (bad input, unknown model, auth): status ``rejected``, no cost.
+        Returns its request id (for the response header)."""
+        rec = LedgerRecord(id=_next_request_id(), ts=time.time(), principal=principal or "unauthenticated")
+        if body is not None:
+            model = body.get("model")
+            rec.requested_model = model if isinstance(model, str) else None
+            rec.stream = body.get("stream") is True
+        if route is not None:
+            rec.session_id = route.session_id
+            rec.tier = route.endpoint_tier or route.task_header
+        rec.status, rec.http_status, rec.error = "rejected", err.status, err.message[:500]
+        self.ledger.submit(rec)
+        return rec.id
+
     def _finish(self, call: Call, started: float, status: str, http_status: int, error: str | None) -> None:
         rec = call.record
         rec.latency_ms = (time.perf_counter() - started) * 1000

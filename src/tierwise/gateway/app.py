@@ -164,19 +164,22 @@ class Gateway:
         return parse_json_body(raw)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        principal: str | None = None
+        body: JSON | None = None
+        h = request.headers
+        route = RouteRequest(
+            requested_model=None,
+            task_header=h.get("X-Task"),
+            endpoint_tier=request.match_info.get("tier"),
+            session_id=h.get("X-Session-Id"),
+        )
         try:
             principal = self._principal(request)
             body = await self._body(request)
-            h = request.headers
-            route = RouteRequest(
-                requested_model=None,
-                task_header=h.get("X-Task"),
-                endpoint_tier=request.match_info.get("tier"),
-                session_id=h.get("X-Session-Id"),
-            )
             call = await self.svc.begin(body, route, principal)
         except APIError as err:
-            return _error(err)
+            # Refused before routing: still one ledger record, so abuse and client bugs show up in the books.
+            return _error(err, self.svc.reject(err, principal, body, route))
         if body.get("stream"):
             return await self._stream(request, call)
         try:

@@ -23,6 +23,7 @@ split, computed by the runtime's own feature and scoring functions so the two ag
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Sequence
@@ -294,6 +295,13 @@ class ContextualCalibrator(CascadeCalibrator):
 
     def fit(self, con: Constraint) -> Calibrated:
         return self.fit_start(con)[0]
+
+    def restricted(self, pool: Sequence[str]) -> ContextualCalibrator:
+        """The same calibrator searching only the sub-chains made of ``pool``'s models (with their start knobs)."""
+        out = copy.copy(self)
+        keep = [i for i, s in enumerate(self.searches) if set(s.data.chain) <= set(pool)]
+        out.searches, out.starts = [self.searches[i] for i in keep], [self.starts[i] for i in keep]
+        return out
 
 
 @dataclass
