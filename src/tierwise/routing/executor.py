@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tierwise.config.schema import CascadeConfig, TierwiseConfig
 from tierwise.pricing import PriceBook
@@ -31,6 +32,7 @@ from tierwise.types import (
 )
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 Clock = Callable[[], float]
 
 
@@ -178,9 +180,15 @@ class Executor:
         call.record.cost = call.record.cost + cost
         return att
 
-    async def call_model(self, call: Call, model: str, body: JSON) -> tuple[Completion, Attempt]:
-        """One model, with retries and backoff; books every attempt. Raises the last :class:`UpstreamError`."""
-        provider, timeout_s = self._provider(model)
+    async def _with_retries(
+        self, call: Call, model: str, attempt: Callable[[float], Awaitable[T]]
+    ) -> tuple[T, float, int]:
+        """Run ``attempt(timeout_s)`` against one model with retries, backoff and the request deadline.
+
+        Returns (result, start time of the successful try, its retry number); books every failed try. Raises the
+        last :class:`UpstreamError` when retries are exhausted (the caller falls back), :class:`RequestFailed` for a
+        client error or the deadline (nothing else to try)."""
+        _, timeout_s = self._provider(model)
         retry = 0
         while True:
             remaining = self._remaining(call)
@@ -188,7 +196,7 @@ class Executor:
                 raise self._deadline_error(call)
             started = self.clock()
             try:
-                result = await provider.complete(body, timeout_s=min(timeout_s, remaining))
+                return await attempt(min(timeout_s, remaining)), started, retry
             except UpstreamError as err:
                 self._fail(call, model, err, started, retry)
                 if err.kind is ErrorKind.CLIENT:
@@ -200,8 +208,14 @@ class Executor:
                 if wait >= self._remaining(call):
                     raise self._deadline_error(call) from None
                 await self.sleep(wait)
-                continue
-            return result, self._book_ok(call, model, result, started, retry)
+
+    async def call_model(self, call: Call, model: str, body: JSON) -> tuple[Completion, Attempt]:
+        """One model, with retries and backoff; books every attempt. Raises the last :class:`UpstreamError`."""
+        provider, _ = self._provider(model)
+        result, started, retry = await self._with_retries(
+            call, model, lambda timeout: provider.complete(body, timeout_s=timeout)
+        )
+        return result, self._book_ok(call, model, result, started, retry)
 
     async def complete(self, call: Call) -> Completion:
         """Non-streaming request: a cascade tier runs its rungs; any other plan falls back down its candidates."""
@@ -267,39 +281,31 @@ class Executor:
         for i, model in enumerate(cands):
             if self._skip_or_deadline(call, model, i == len(cands) - 1):
                 continue
-            provider, timeout_s = self._provider(model)
+            provider, _ = self._provider(model)
             body = self._prepare(call, model)
-            retry = 0
-            while True:
-                remaining = self._remaining(call)
-                if remaining <= 0:
-                    raise self._deadline_error(call)
-                started = self.clock()
-                it = provider.stream(body, timeout_s=min(timeout_s, remaining)).__aiter__()
+
+            async def first_chunk(timeout: float) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
+                it = provider.stream(body, timeout_s=timeout).__aiter__()  # noqa: B023 - awaited in this iteration
                 try:
-                    first = await it.__anext__()
+                    return await it.__anext__(), it
                 except StopAsyncIteration:
-                    err = UpstreamError(ErrorKind.BAD_RESPONSE, "upstream closed the stream without any chunk")
-                except UpstreamError as e:
-                    err = e
-                else:
-                    ttft = (self.clock() - started) * 1000
-                    call.record.ttft_ms = ttft
-                    self._succeed(call, model, ttft)
-                    return model, first, it, started
-                await _aclose(it)
-                self._fail(call, model, err, started, retry)
+                    await _aclose(it)
+                    raise UpstreamError(ErrorKind.BAD_RESPONSE, "upstream closed the stream without any chunk") from None
+                except BaseException:
+                    await _aclose(it)
+                    raise
+
+            try:
+                (first, it), started, _ = await self._with_retries(call, model, first_chunk)
+            except UpstreamError as err:
                 last = err
-                if err.kind is ErrorKind.CLIENT:
-                    raise RequestFailed(err, call.record.attempts) from None
-                retry += 1
-                wait = self._backoff_s(retry, err)
-                if wait is None:
-                    break
-                if wait >= self._remaining(call):
-                    raise self._deadline_error(call) from None
-                await self.sleep(wait)
-        assert last is not None
+                continue
+            ttft = (self.clock() - started) * 1000
+            call.record.ttft_ms = ttft
+            self._succeed(call, model, ttft)
+            return model, first, it, started
+        if last is None:
+            last = UpstreamError(ErrorKind.CONNECTION, "no model could be tried")
         raise RequestFailed(last, call.record.attempts)
 
     def settle_stream(
