@@ -158,22 +158,14 @@ def result_json(res: CalibrationResult, oset: OutcomeSet) -> dict[str, Any]:
 
 
 def knn_choices(train: OutcomeSet, test: OutcomeSet, models: list[str], embedder: str) -> tuple[list[float], np.ndarray]:
-    """kNN router (tierwise.routing.learned) over a knob sweep: (knobs, chosen model index (knobs, n_test)).
+    """The kNN baseline over a λ sweep, through the engine: (knobs, served model index per knob and test prompt)."""
+    from tierwise.lab.datasets.format import OutcomeSet as _Set
+    from tierwise.lab.learned_eval import train_and_sweep
 
-    Bypasses the engine: the engine has no learned-router tier policy yet; choices are applied to the recorded
-    matrices directly.
-    """
-    from tierwise.routing.learned.choose import knob_grid, sweep
-    from tierwise.routing.learned.embed_cache import embed_prompts
-    from tierwise.routing.learned.knn import fit_knn
-
-    e_tr = embed_prompts(embedder, [p.prompt for p in train.prompts])
-    e_te = embed_prompts(embedder, [p.prompt for p in test.prompts])
-    knn = fit_knn(e_tr, train.quality_matrix(models))
-    pred = knn.predict(e_te)
-    costs = train.cost_matrix(models).mean(axis=0)
-    knobs = knob_grid(pred, costs, "lambda", n=101)
-    return [float(k) for k in knobs], sweep(pred, costs, "lambda", knobs)
+    both = _Set(test.name, test.models, [*train.prompts, *test.prompts], test.meta)
+    runs = train_and_sweep(both, models, "knn", embedder)
+    chosen = np.array([[models.index(r.served) for r in res] for _, res in runs])
+    return [k for k, _ in runs], chosen
 
 
 def knob_taus(calib: CascadeCalibrator, target: float, n: int = 40) -> list[float]:
@@ -192,7 +184,7 @@ def _two_model_metrics(base: Baselines, pcts: list[float], quals: list[float]) -
 def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[dict[str, Any]] | None) -> tuple[
         list[Row], Baselines, bool]:
     """Router ``spec`` and the baselines on the test split: table rows, baselines, two-model flag."""
-    test, train = oset.split("test"), oset.split("train")
+    test = oset.split("test")
     models = test.priced_models()
     base = compute_baselines(test.quality_matrix(models), test.cost_matrix(models), models)
     two = len(models) == 2
@@ -225,11 +217,13 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         if dump is not None:
             dump.extend(_dump_rows(oset.name, None, res))
     elif kind == "learned":
-        raise UsageError("learned:ARTIFACT routers need the engine's learned tier policy, which is not wired yet; "
-                         "use --router knn for the kNN baseline")
+        from tierwise.lab.learned_eval import sweep_learned
+
+        runs = sweep_learned(test, arg)
+        rows.append(_learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name))
     elif kind != "knn":
         raise UsageError(f"unknown router {spec!r}; use cascade:logprob, cascade:vote, knn, single:MODEL")
-    rows.append(_knn_row(train, test, models, base, two, args.embedder, dump if kind == "knn" else None, oset.name))
+    rows.append(_knn_row(oset, models, base, two, args.embedder, dump if kind == "knn" else None))
     for m, p in base.singles.items():
         rows.append(Row(f"single:{m}", evaluate_curve([p], base)))
     rows.append(Row("random mixing (cheapest↔best)", evaluate_curve([base.best_point], base),
@@ -238,26 +232,30 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
     return rows, base, two
 
 
-def _knn_row(train: OutcomeSet, test: OutcomeSet, models: list[str], base: Baselines, two: bool, embedder: str,
-             dump: list[dict[str, Any]] | None, name: str) -> Row:
+def _knn_row(oset: OutcomeSet, models: list[str], base: Baselines, two: bool, embedder: str,
+             dump: list[dict[str, Any]] | None) -> Row:
+    """The kNN baseline, trained on the train split and swept on test through the engine's learned policy."""
+    from tierwise.lab.learned_eval import train_and_sweep
+
     try:
-        knobs, chosen = knn_choices(train, test, models, embedder)
-    except Exception as exc:  # noqa: BLE001 — the learned package may be mid-development or lack its embedder
+        runs = train_and_sweep(oset, models, "knn", embedder)
+    except Exception as exc:  # noqa: BLE001 — e.g. the embedder's optional dependencies are missing
         return Row("knn", None, note=f"unavailable: {type(exc).__name__}: {str(exc)[:80]}")
-    q, c = test.quality_matrix(models), test.cost_matrix(models)
-    rows_idx = np.arange(len(test.prompts))
-    pts = [Point(float(c[rows_idx, ch].mean()), float(q[rows_idx, ch].mean())) for ch in chosen]
-    row = Row(f"knn ({embedder}, λ sweep)", evaluate_curve(pts, base), pts, note="bypasses the engine")
+    return _learned_row(f"knn ({embedder}, λ sweep)", runs, models, base, two, dump, oset.name)
+
+
+def _learned_row(label: str, runs: list[tuple[float, list[Any]]], models: list[str], base: Baselines, two: bool,
+                 dump: list[dict[str, Any]] | None, name: str) -> Row:
+    from tierwise.lab.evaluate import means
+
+    pts = [Point(*means(res)) for _, res in runs]
+    row = Row(label, evaluate_curve(pts, base), pts)
     if two:
-        s = models.index(base.best)
-        row.apgr, row.cpt50 = _two_model_metrics(base, [100 * float((ch == s).mean()) for ch in chosen],
-                                                 [p.quality for p in pts])
+        pcts = [100 * float(np.mean([r.served == base.best for r in res])) for _, res in runs]
+        row.apgr, row.cpt50 = _two_model_metrics(base, pcts, [p.quality for p in pts])
     if dump is not None:
-        for k, ch in zip(knobs, chosen, strict=True):
-            for i, p in enumerate(test.prompts):
-                m = models[ch[i]]
-                dump.append({"dataset": name, "prompt_id": p.id, "knob": k, "models_called": [m], "served": m,
-                             "cost": float(c[i, ch[i]]), "quality": float(q[i, ch[i]])})
+        for knob, res in runs:
+            dump.extend(_dump_rows(name, knob, res))
     return row
 
 

@@ -1,0 +1,61 @@
+"""Learned routers evaluated through the engine: the 'learned' tier policy in replay, one run per knob value.
+
+Prompts are embedded once, through the on-disk embedding cache, and handed to the service as its predictor (the
+``predictors`` hook of :class:`tierwise.service.Tierwise`): the routing decision itself is the engine's, exactly as
+live, only the embedding is not recomputed per knob value.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tierwise.lab.datasets.format import OutcomeSet
+from tierwise.lab.evaluate import EVAL_TIER, PromptResult, run_tier
+from tierwise.routing.learned.artifact import LearnedRouter, load_router, save_router
+from tierwise.routing.learned.choose import Rule, knob_grid
+from tierwise.routing.learned.embed_cache import embed_prompts
+
+
+def cached_predictor(router: LearnedRouter, oset: OutcomeSet) -> Callable[[str], np.ndarray]:
+    """text -> the router's predictions, for every prompt of ``oset`` (the text the replay driver sends)."""
+    texts = [p.prompt or p.id for p in oset.prompts]
+    pred = router.predict_embeddings(embed_prompts(router.embedder_name, texts))
+    by_text = {t.strip(): row for t, row in zip(texts, pred, strict=True)}
+    return lambda text: by_text[text.strip()]
+
+
+def learned_tier(models: Sequence[str], artifact: str | Path, rule: Rule, knob: float) -> dict:
+    return {"policy": "learned", "models": list(models),
+            "learned": {"artifact": str(artifact), "rule": rule, "knob": float(knob)}}
+
+
+def sweep_learned(
+    test: OutcomeSet, artifact: str | Path, rule: Rule = "lambda", knobs: Sequence[float] | None = None, n: int = 41
+) -> list[tuple[float, list[PromptResult]]]:
+    """Run the learned policy over ``test`` for each knob (default: ``n`` values spanning every choice)."""
+    router = load_router(artifact)
+    predict = cached_predictor(router, test)
+    if knobs is None:
+        pred = np.stack([predict(p.prompt or p.id) for p in test.prompts])
+        knobs = [float(k) for k in knob_grid(pred, router.mean_cost, rule, n=n)]
+    out = []
+    for k in knobs:
+        tier = learned_tier(router.models, artifact, rule, k)
+        out.append((float(k), run_tier(test, tier, predictors={EVAL_TIER: predict})))
+    return out
+
+
+def train_and_sweep(
+    oset: OutcomeSet, models: Sequence[str], kind: str, embedder: str, rule: Rule = "lambda", n: int = 41
+) -> list[tuple[float, list[PromptResult]]]:
+    """Train ``kind`` on ``oset``'s train split, then sweep it on the test split through the engine."""
+    from tierwise.routing.learned.train import train_router
+
+    res = train_router(oset, kind=kind, embedder=embedder, models=list(models))
+    with tempfile.TemporaryDirectory(prefix="tierwise-router-") as tmp:
+        artifact = save_router(res.router, Path(tmp) / f"{kind}.npz")
+        return sweep_learned(oset.split("test"), artifact, rule, n=n)
