@@ -50,16 +50,18 @@ def _next_request_id() -> str:
 
 def load_routers(cfg: TierwiseConfig) -> dict[str, LearnedRouter]:
     """The learned routers the config names (policy 'learned', or a cascade's start router), by tier."""
-    from tierwise.routing.learned.artifact import load_router
-
-    out: dict[str, LearnedRouter] = {}
+    wanted: dict[str, tuple[str, list[str]]] = {}
     for name, tier in cfg.tiers.items():
         if tier.policy == "learned" and tier.learned is not None:
-            out[name] = load_router(tier.learned.artifact, tier.models)
+            wanted[name] = (tier.learned.artifact, tier.models)
         elif tier.cascade is not None and (tier.cascade.start is not None or tier.cascade.router is not None):
             path = tier.cascade.start.artifact if tier.cascade.start is not None else tier.cascade.router
-            out[name] = load_router(path, [r.model for r in tier.cascade.rungs])  # type: ignore[arg-type]
-    return out
+            wanted[name] = (path, [r.model for r in tier.cascade.rungs])  # type: ignore[assignment]
+    if not wanted:
+        return {}
+    from tierwise.routing.learned.artifact import load_router  # numpy: only when a router is configured
+
+    return {name: load_router(path, models) for name, (path, models) in wanted.items()}
 
 
 def _embedding_predictor(router: LearnedRouter) -> Predict:
@@ -135,7 +137,8 @@ class Tierwise:
 
     # -- request set-up --------------------------------------------------------------------------------------------
     async def begin(self, body: JSON, route: RouteRequest, principal: str = "anonymous") -> Call:
-        """Validate and route; raises :class:`APIError` (400/404) and books nothing for requests never routed."""
+        """Validate and route; raises :class:`APIError` (400/404) for requests that cannot be routed (the gateway
+        books those with :meth:`reject`)."""
         validate_chat_body(body)
         if route.requested_model is None and isinstance(body.get("model"), str):
             route.requested_model = body["model"]

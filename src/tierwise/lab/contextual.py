@@ -8,13 +8,19 @@ Procedure (every step on the train split; nothing reads the test split):
    on unseen prompts. Test/serving priors come from the router fitted on all train prompts.
 2. **Gate per (chain, rung)**, for every ordered sub-chain of the priced models (cheap → dear) whose gated rungs
    have a recorded confidence or samples: features as the engine computes them on replayed answers
-   (:func:`replay_answer` mirrors :class:`tierwise.lab.replay.ReplayProvider`), target = the rung's quality,
-   L2-regularised logistic regression on standardised features. The penalty is chosen per gate from
+   (:func:`replay_answer` mirrors :class:`tierwise.lab.replay.ReplayProvider`), target = "serving here loses
+   nothing": 1 − max(0, q_top − q_rung) (what a threshold decision needs: a weak answer that is wrong where the top
+   rung is wrong too costs nothing to serve), L2-regularised logistic regression on standardised features. Rungs
+   after the first are trained on two views of every prompt: with the earlier rungs' answers, and as the first rung
+   run (for start routers). The penalty is chosen per gate from
    :data:`L2_GRID` by 5-fold CV log-loss on train (one global grid, no per-dataset tuning); the same folds give
    out-of-fold gate predictions for every train prompt.
-3. **Thresholds and sub-chain** by :class:`tierwise.lab.calibrate.CascadeCalibrator`'s search, run on the
-   out-of-fold gate confidences (reaching rung i means every earlier rung answered, so rung i's confidence is a
-   fixed function of the prompt: the (n, k) matrix form the search needs holds).
+3. **Thresholds, sub-chain and start router** by :class:`tierwise.lab.calibrate.CascadeCalibrator`'s search, run
+   on the out-of-fold gate confidences (reaching rung i means every earlier rung answered, so rung i's confidence is
+   a fixed function of the prompt: the (n, k) matrix form the search needs holds). A start router (the same learned
+   router, rule "threshold") may skip the first rungs: its knob is searched over 0 (none) and the
+   :data:`START_QUANTILES` of rung 0's out-of-fold prior, each (sub-chain, knob) one candidate of the search, with
+   skipped rungs costing nothing and never passing.
 
 Held-out numbers go through the engine (:func:`run_contextual`) with the router's priors fed by the replay
 ``predictors`` override from cached embeddings; :func:`held_out_data` gives the simulator's view of the same test

@@ -1,27 +1,29 @@
-"""Contextual gate: a calibrated P(this rung's answer is right | everything the cascade knows so far).
+"""Contextual gate: a calibrated P(serving this rung's answer loses nothing | what the cascade knows so far).
 
 A plain log-prob gate looks at one number. By the time rung *i* has answered, the cascade also knows what the
 earlier rungs answered (two cheap models agreeing on an MCQ letter is strong evidence), how confident they were,
-and — when the cascade names a router (``cascade.router``) — a learned prior per model for this very prompt (a
-prior that says "even the strongest model is unlikely to get this" makes escalating pointless, one that says
-"only the strong model gets this" makes serving a weak answer risky). One logistic model per (chain, rung) turns
-these into a success probability; thresholds on it are fitted by :mod:`tierwise.lab.calibrate`. Training lives in
-:mod:`tierwise.lab.contextual` and uses :func:`features` below, so training and serving compute the same numbers.
+and — when the cascade names a router (``cascade.router`` or a start router) — a learned prior per model for this
+very prompt (a prior that says "the strong model is no likelier to be right" makes escalating pointless). One
+logistic model per (chain, rung), trained on recorded outcomes to predict that serving here is as good as the top
+rung's answer, turns these into a probability; thresholds on it are fitted by :mod:`tierwise.lab.calibrate`.
+Training lives in :mod:`tierwise.lab.contextual` and uses :func:`features` below, so training and serving compute
+the same numbers.
 
 Features (all from :class:`GateContext`; :data:`FEATURES` is the full list, an artifact keeps a subset per rung):
 
-- ``conf_logit``: logit of the rung's own exp(mean token log-prob) — input ``logprobs``;
+- ``conf`` / ``conf_logit``: the rung's own exp(mean token log-prob), and its logit — input ``logprobs``;
 - ``vote_share``: share of the rung's k samples agreeing with the majority — input ``samples`` (gate ``samples: k``);
-- ``prior_logit`` / ``prior_gap``: logit of the router prior for this model, and minus the logit of the best prior
-  among the stronger rungs — input ``prior``;
+- ``prior`` / ``prior_gap``: the router's predicted quality for this model, and it minus the best prediction among
+  the stronger rungs — input ``prior``;
 - ``agree_prev`` / ``agree_frac``: the normalised final answer equals the previous rung's / share of earlier rungs
   it equals; ``prev_conf_agree``: the previous rung's confidence logit when it agrees (0 otherwise);
+  ``has_history``: 0 when this is the first rung run (a start router skipped the earlier ones);
 - ``log_len``: log(1 + answer characters); ``bias``.
 
 Missing inputs: a rung's artifact lists the inputs it was trained with (``requires``); if one of them is absent at
 serve time (no logprobs returned, no router prior, fewer than 2 samples) the gate raises :class:`GateError` and the
 cascade escalates. Inputs not required fall back to neutral values that carry no evidence: confidence 0.5 (logit
-0), prior 0.5 (logit 0, gap 0), vote share 1 (a single answer agrees with itself), earlier rungs without logprobs
+0), prior 0.5 (gap 0), vote share 1 (a single answer agrees with itself), earlier rungs without logprobs
 contribute logit 0.
 """
 
