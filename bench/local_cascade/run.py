@@ -3,11 +3,14 @@
 1. Record: every prompt of ``prompts.jsonl`` (short arithmetic, sentiment labels, capitals, unit conversions; known
    answers) goes through a real `tierwise serve` to the small model (SmolLM2-135M) and to the larger one
    (Qwen2.5-Coder-0.5B), asking for logprobs; answers are graded, costs read from ``x-tierwise-cost-usd``.
-2. Calibrate on the train half (even rows): the cheapest log-prob threshold whose cascade accuracy on train is at
-   least ``--target`` x the larger model's train accuracy (the same 1-D rule ``tierwise calibrate`` applies).
-3. Serve: a second gateway with that threshold in a cascade tier; the test half (odd rows) goes through it live.
-   The gate really decides: the small model answers, its mean token log-prob is computed from the provider's
-   logprobs, and the request escalates to the larger model when confidence < threshold.
+2. Calibrate on the train half (even rows) with tierwise's own calibrator (the recorded rows become an outcome set:
+   this is "thresholds fitted to your logged traffic"): the cheapest sub-chain and log-prob threshold whose train
+   accuracy is at least ``--target`` x the larger model's, with its one-standard-error guard. It may decide that
+   cascading does not pay and serve the larger model alone.
+3. Serve: a second gateway with the fitted policy; the test half (odd rows) goes through it live. In a cascade the
+   gate really decides: the small model answers, its mean token log-prob is computed from the provider's logprobs,
+   and the request escalates to the larger model when confidence < threshold. For transparency the report also
+   shows the whole threshold curve on the test half, replayed from the recorded answers (hindsight).
 
 Writes bench/results/local_cascade.md and .json. Run: ``.venv/bin/python bench/local_cascade/run.py``.
 Needs the local tier: ``scripts/install-local-models.sh``. Takes ~3-6 minutes on 2 cores.
@@ -31,6 +34,10 @@ from pathlib import Path
 
 import httpx
 
+from tierwise.lab.calibrate import CascadeCalibrator
+from tierwise.lab.datasets.format import ModelOutcome, OutcomeSet, PromptOutcomes
+from tierwise.lab.evaluate import cascade_tier, means, run_tier
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -40,7 +47,17 @@ SYSTEM = "Reply with the final answer only: a number, a single word or a city na
 MODELS_YAML = (ROOT / "examples" / "local.yaml").read_text().split("models:", 1)[1].split("tiers:", 1)[0]
 
 
-def config(port: int, db: Path, threshold: float) -> str:
+def config(port: int, db: Path, threshold: float | None) -> str:
+    if threshold is None:  # calibration chose the larger model alone
+        tier = f"""  cascade:
+    models: [{LARGE}]"""
+    else:
+        tier = f"""  cascade:
+    policy: cascade
+    cascade:
+      rungs:
+        - {{model: {SMALL}, gate: {{kind: logprob, threshold: {threshold:.6f}}}}}
+        - {{model: {LARGE}}}"""
     return f"""
 server: {{port: {port}, request_deadline_s: 300}}
 ledger: {{path: "{db}"}}
@@ -48,12 +65,7 @@ providers:
   local: {{format: llamacpp, n_threads: 1, n_ctx: 1024, timeout_s: 240}}
 models:{MODELS_YAML}
 tiers:
-  cascade:
-    policy: cascade
-    cascade:
-      rungs:
-        - {{model: {SMALL}, gate: {{kind: logprob, threshold: {threshold:.6f}}}}}
-        - {{model: {LARGE}}}
+{tier}
 default_tier: cascade
 fallback_model: {SMALL}
 """
@@ -66,7 +78,7 @@ def free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, threshold: float, workdir: Path) -> None:
+    def __init__(self, threshold: float | None, workdir: Path) -> None:
         self.port = free_port()
         cfg = workdir / f"cascade-{self.port}.yaml"
         cfg.write_text(config(self.port, workdir / "ledger.db", threshold))
@@ -119,16 +131,38 @@ def confidence(resp: dict) -> float:
     return math.exp(sum(lps) / len(lps)) if lps else 0.0
 
 
-def calibrate(train: list[dict], target: float) -> float:
-    """Cheapest threshold whose train cascade accuracy >= target x the large model's train accuracy."""
-    goal = target * sum(r["large_ok"] for r in train) / len(train)
-    best = (math.inf, 1.0)
-    for t in sorted({r["conf"] for r in train} | {0.0, 1.0}):
-        ok = sum(r["small_ok"] if r["conf"] >= t else r["large_ok"] for r in train) / len(train)
-        cost = sum(r["small_cost"] + (0 if r["conf"] >= t else r["large_cost"]) for r in train)
-        if ok >= goal - 1e-12 and cost < best[0]:
-            best = (cost, t)
-    return best[1]
+def outcome_set(rows: list[dict]) -> OutcomeSet:
+    """The recorded rows in tierwise's outcome format (train = even rows, test = odd rows)."""
+    prompts = []
+    for i, r in enumerate(rows):
+        models = {
+            SMALL: ModelOutcome(r["small_answer"], float(r["small_ok"]), None, None, r["small_cost"], r["conf"]),
+            LARGE: ModelOutcome(r["large_answer"], float(r["large_ok"]), None, None, r["large_cost"]),
+        }
+        prompts.append(PromptOutcomes(r["id"], "train" if i % 2 == 0 else "test", r["prompt"], models))
+    return OutcomeSet("local-cascade", [SMALL, LARGE], prompts, {"source": "bench/local_cascade"})
+
+
+def calibrate(oset: OutcomeSet, target: float, force_cascade: bool = False) -> tuple[float | None, str]:
+    """(threshold, or None for 'large alone'; a description) fitted on the train split by tierwise's calibrator."""
+    chain = [SMALL, LARGE] if force_cascade else None
+    calib = CascadeCalibrator(oset.split("train"), gate="logprob", chain=chain, ref_model=LARGE)
+    fit = calib.fit(calib.constraint_quality(target, z=1.0))
+    if fit.chain == [SMALL, LARGE]:
+        return fit.thresholds[0], f"cascade, log-prob threshold {fit.thresholds[0]:.3f}"
+    if fit.chain == [LARGE]:
+        return None, "larger model alone (cascading does not pay on train)"
+    return 0.0, "small model alone (it meets the target on train)"
+
+
+def replayed_curve(test: OutcomeSet) -> list[tuple[float, float, float]]:
+    """(threshold, accuracy, cost per 1M requests) of the cascade on the test half, replayed through the engine."""
+    out = []
+    for t in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        res = run_tier(test, cascade_tier([SMALL, LARGE], "logprob", [t]))
+        cost, quality = means(res)
+        out.append((t, quality, cost * 1e6))
+    return out
 
 
 def main() -> None:
@@ -141,7 +175,7 @@ def main() -> None:
     gw = Gateway(1.0, work)
     try:
         for r in rows:
-            s, sh = gw.ask(SMALL, r["prompt"], logprobs=True)
+            s, sh = gw.ask(SMALL, r["prompt"], logprobs=True)  # the confidence the gate will see
             lg, lh = gw.ask(LARGE, r["prompt"])
             r["small_answer"], r["large_answer"] = s["choices"][0]["message"]["content"], lg["choices"][0]["message"]["content"]
             r["small_ok"], r["large_ok"] = correct(r, r["small_answer"]), correct(r, r["large_answer"])
@@ -150,17 +184,20 @@ def main() -> None:
     finally:
         gw.stop()
     train, test = rows[0::2], rows[1::2]
-    threshold = calibrate(train, args.target)
-    gw = Gateway(threshold, work)
-    try:
-        for r in test:
-            resp, h = gw.ask("cascade", r["prompt"])
-            r["cascade_answer"] = resp["choices"][0]["message"]["content"]
-            r["cascade_ok"] = correct(r, r["cascade_answer"])
-            r["cascade_cost"] = float(h["x-tierwise-cost-usd"])
-            r["cascade_model"] = h["x-tierwise-model"]
-    finally:
-        gw.stop()
+    oset = outcome_set(rows)
+    threshold, policy = calibrate(oset, args.target)
+    forced, forced_policy = calibrate(oset, args.target, force_cascade=True)
+    for key, thr in (("cascade", threshold), ("forced", forced)):
+        gw = Gateway(thr, work)
+        try:
+            for r in test:
+                resp, h = gw.ask("cascade", r["prompt"])
+                r[f"{key}_answer"] = resp["choices"][0]["message"]["content"]
+                r[f"{key}_ok"] = correct(r, r[f"{key}_answer"])
+                r[f"{key}_cost"] = float(h["x-tierwise-cost-usd"])
+                r[f"{key}_model"] = h["x-tierwise-model"]
+        finally:
+            gw.stop()
     n = len(test)
 
     def acc(key: str) -> float:
@@ -172,8 +209,10 @@ def main() -> None:
     table = [
         ("always small (SmolLM2-135M)", acc("small_ok"), cost("small_cost"), 0.0),
         ("always large (Qwen2.5-Coder-0.5B)", acc("large_ok"), cost("large_cost"), 1.0),
-        (f"cascade, log-prob gate, threshold {threshold:.3f} (fit on train)", acc("cascade_ok"),
+        (f"calibrated on train: {policy}", acc("cascade_ok"),
          cost("cascade_cost"), sum(r["cascade_model"] == LARGE for r in test) / n),
+        (f"cascade forced (chain fixed to small → large): {forced_policy}", acc("forced_ok"),
+         cost("forced_cost"), sum(r["forced_model"] == LARGE for r in test) / n),
     ]
     lines = [
         "# Local cascade, end to end (SmolLM2-135M -> Qwen2.5-Coder-0.5B, llama.cpp in-process)",
@@ -190,6 +229,13 @@ def main() -> None:
         "",
         f"Train accuracy: small {sum(r['small_ok'] for r in train) / len(train):.3f}, "
         f"large {sum(r['large_ok'] for r in train) / len(train):.3f}.",
+        "",
+        "The cascade's whole threshold curve on the test half, replayed from the recorded answers through the engine "
+        "(thresholds read off the test set: hindsight, for transparency only):",
+        "",
+        "| threshold | accuracy | cost $ per 1M requests |",
+        "|---|---|---|",
+        *[f"| {t:.1f} | {q:.3f} | {c:.2f} |" for t, q, c in replayed_curve(oset.split("test"))],
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "local_cascade.md").write_text("\n".join(lines) + "\n")
