@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ class Router:
         svc = self.service
         return (await svc.complete(await svc.begin(req, route))).body
 
-    async def astream(self, body: JSON | None = None, **params: Any) -> AsyncIterator[JSON]:
+    async def astream(self, body: JSON | None = None, **params: Any) -> AsyncGenerator[JSON, None]:
         """Stream chunk dicts. A mid-stream upstream failure raises :class:`tierwise.APIError` after the chunks."""
         req, route = self._request(body, params)
         req["stream"] = True

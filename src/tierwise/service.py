@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -280,11 +280,12 @@ class ChatStream:
         self._client_wants_usage = bool(opts.get("include_usage"))
         self.error: APIError | None = None
 
-    async def chunks(self) -> AsyncIterator[JSON]:
+    async def chunks(self) -> AsyncGenerator[JSON, None]:
         """Yield OpenAI chunk dicts for the client; after an upstream failure mid-stream, ``self.error`` is set."""
         text_parts: list[str] = []
         usage_chunks: list[StreamChunk] = []
-        outcome, err_msg = "client_cancelled", "client disconnected mid-stream"
+        outcome: str = "client_cancelled"
+        err_msg: str | None = "client disconnected mid-stream"
         try:
             chunk: StreamChunk | None = self._first
             while chunk is not None:
