@@ -84,7 +84,7 @@ class Calibrated:
 # ------------------------------------------------------------------------------------------ exact 1-D scoring
 
 
-def _features(data: CascadeData, ref: np.ndarray | None) -> np.ndarray:
+def served_features(data: CascadeData, ref: np.ndarray | None) -> np.ndarray:
     """(n, k, 5): what each prompt contributes if served at rung r: cumulative cost, q, q², q·ref, cost²."""
     c = np.cumsum(data.cost, axis=1)
     q = data.quality
@@ -92,7 +92,7 @@ def _features(data: CascadeData, ref: np.ndarray | None) -> np.ndarray:
     return np.stack([c, q, q * q, q * r[:, None], c * c], axis=2)
 
 
-def _candidates(data: CascadeData) -> list[np.ndarray]:
+def threshold_candidates(data: CascadeData) -> list[np.ndarray]:
     """Per gated rung: every threshold that changes a decision (the recorded confidences), plus 0 (always pass)."""
     return [np.unique(np.concatenate([[0.0], data.confidence[:, j]])) for j in range(len(data.chain) - 1)]
 
@@ -152,8 +152,8 @@ class ChainSearch:
     frontier: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.F = _features(self.data, self.ref)
-        self.cands = _candidates(self.data)
+        self.F = served_features(self.data, self.ref)
+        self.cands = threshold_candidates(self.data)
         self.c_ref = max(float(self.data.cost[:, -1].mean()), 1e-300)
         if len(self.data.chain) > 1:
             self._sweep()

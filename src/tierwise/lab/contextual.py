@@ -265,8 +265,8 @@ class StartAwareSearch(ChainSearch):
     def __post_init__(self) -> None:
         from tierwise.lab import calibrate as _cal
 
-        self.F = _cal._features(self.data, self.ref)
-        self.cands = [c[c >= 0] for c in _cal._candidates(self.data)]
+        self.F = _cal.served_features(self.data, self.ref)
+        self.cands = [c[c >= 0] for c in _cal.threshold_candidates(self.data)]
         self.c_ref = max(float(self.data.cost[:, -1].mean()), 1e-300)
         if len(self.data.chain) > 1:
             self._sweep()
