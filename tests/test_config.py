@@ -73,12 +73,14 @@ models:
   mystery-model-xyz: {provider: up}
 tiers:
   chat: {models: [small, ghost]}
+classifier: {kind: semantic, fallback_tier: nowhere-too}
 default_tier: nowhere
 fallback_model: ghost2
 """
     with pytest.raises(ConfigError) as ei:
         load_config_text(bad, env={})
     text = str(ei.value)
+    assert "classifier.fallback_tier" in text and "unknown tier 'nowhere-too'" in text
     for needle in (
         "models.small.provider", "unknown provider 'nope'",
         "tiers.chat.models[1]", "unknown model 'ghost'",

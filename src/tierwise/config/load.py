@@ -115,6 +115,8 @@ def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
         problems.append(ConfigProblem("default_tier", f"unknown tier '{cfg.default_tier}'"))
     if cfg.fallback_model not in cfg.models:
         problems.append(ConfigProblem("fallback_model", f"unknown model '{cfg.fallback_model}'"))
+    if cfg.classifier.fallback_tier is not None and cfg.classifier.fallback_tier not in cfg.tiers:
+        problems.append(ConfigProblem("classifier.fallback_tier", f"unknown tier '{cfg.classifier.fallback_tier}'"))
     for name, model in cfg.models.items():
         if name in cfg.tiers:
             problems.append(ConfigProblem(f"models.{name}", f"'{name}' is both a model and a tier name"))
