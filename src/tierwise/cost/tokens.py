@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tierwise.fsutil import atomic_write
+
 if TYPE_CHECKING:
     from tiktoken import Encoding
 
@@ -278,11 +280,7 @@ def _prefill(directory: Path, name: str) -> None:
             return
     except OSError:
         pass
-    data = _bundled_bpe(name)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)  # atomic: concurrent processes never see a half-written file
+    atomic_write(target, _bundled_bpe(name))  # concurrent processes never see a half-written file
 
 
 def _ensure_cache(name: str) -> None:

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tierwise.fsutil import atomic_write
+
 __all__ = [
     "REGISTRY",
     "LocalModelError",
@@ -189,19 +191,7 @@ def _stamp_ok(model: PackagedModel, path: Path) -> bool:
 def _write_stamp(model: PackagedModel, path: Path) -> None:
     """Record a successful hash check; best effort, since a read-only cache only costs a re-hash next time."""
     with contextlib.suppress(OSError):
-        _atomic_write(_stamp_path(model), json.dumps({**_fingerprint(path), "sha256": model.sha256}).encode())
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(_stamp_path(model), json.dumps({**_fingerprint(path), "sha256": model.sha256}).encode())
 
 
 def _verified(model: PackagedModel, path: Path, *, force: bool) -> bool:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from tierwise.fsutil import atomic_write
 from tierwise.lab.datasets.format import SPLITS, ModelOutcome, OutcomeSet, PromptOutcomes
 
 FORMAT_VERSION = 1
@@ -72,21 +72,9 @@ def write_outcome_set(oset: OutcomeSet, directory: str | os.PathLike[str], stem:
         }
     )
     lines = b"".join(orjson.dumps(p.to_json()) + b"\n" for p in oset.prompts)
-    _atomic_write(data_path, gzip.compress(lines, compresslevel=6, mtime=0))
-    _atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    atomic_write(data_path, gzip.compress(lines, compresslevel=6, mtime=0))
+    atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
     return data_path
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    # Concurrent writers (parallel test workers, two CLI runs) must never expose a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------- reading

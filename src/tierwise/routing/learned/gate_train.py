@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tierwise.fsutil import atomic_write
 from tierwise.lab.datasets import OutcomeSet
 from tierwise.routing.gates.learned import FEATURES, GATE_ARTIFACT_VERSION, gate_features
 from tierwise.routing.learned.numerics import fit_logistic, kfold_indices, sigmoid
@@ -103,9 +104,4 @@ def save_gate(result: GateTrainResult, path: str | os.PathLike[str], *, set_name
                      "cv_log_loss_constant": result.cv_log_loss_constant, "positive_rate": result.positive_rate},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(doc, indent=1).encode())
