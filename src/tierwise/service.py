@@ -26,7 +26,7 @@ from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
 from tierwise.requests import prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
-from tierwise.routing.executor import Call, Executor, RequestFailed
+from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
 from tierwise.state import MemoryHealth, MemorySessionPins
 from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
 
@@ -216,8 +216,7 @@ class Tierwise:
         rec = call.record
         rec.latency_ms = (time.perf_counter() - started) * 1000
         rec.status, rec.http_status, rec.error = status, http_status, error
-        if rec.model is None or rec.fallbacks == 0:
-            rec.fallbacks = len({a.model for a in rec.attempts if a.model != rec.model and a.outcome != "ok"})
+        rec.fallbacks = count_fallbacks(rec.attempts, rec.model)
         self.ledger.submit(rec)
 
     def _fail(self, call: Call, started: float, exc: BaseException) -> APIError:

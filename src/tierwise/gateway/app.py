@@ -19,6 +19,7 @@ from aiohttp import web
 from tierwise.errors import APIError
 from tierwise.requests import parse_json_body
 from tierwise.routing.engine import RouteRequest
+from tierwise.routing.executor import count_fallbacks
 from tierwise.service import Tierwise
 from tierwise.types import JSON, LedgerRecord
 
@@ -44,7 +45,7 @@ def _route_headers(rec: LedgerRecord, final: bool = True) -> dict[str, str]:
         "x-tierwise-tier-source": rec.tier_source or "",
         "x-tierwise-model": rec.model or "",
         "x-tierwise-escalations": str(rec.escalations),
-        "x-tierwise-fallbacks": str(rec.fallbacks),
+        "x-tierwise-fallbacks": str(count_fallbacks(rec.attempts, rec.model)),
     }
     if final:
         h["x-tierwise-cost-usd"] = f"{rec.cost.total_usd:.10f}"

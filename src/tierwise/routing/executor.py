@@ -72,6 +72,15 @@ def apply_completion_floor(body: JSON, floor: int) -> str | None:
     return None
 
 
+_NOT_A_FAILURE = frozenset({"ok", "escalated", "verifier"})
+
+
+def count_fallbacks(attempts: list[Attempt], served: str | None) -> int:
+    """Models, other than the one that served, that were passed over because they failed or were cooling down
+    (cascade escalations are counted apart, as escalations)."""
+    return len({a.model for a in attempts if a.model != served and a.outcome not in _NOT_A_FAILURE})
+
+
 def _empty_length(c: Completion) -> bool:
     if c.finish_reason != "length" or c.text:
         return False
@@ -142,7 +151,6 @@ class Executor:
         self.health.record_success(model, ttft_ms, time.time())
         rec = call.record
         rec.model = model
-        rec.fallbacks = len({a.model for a in rec.attempts if a.model != model})
         if call.session_id and call.cascade is None:  # a cascade decides per request: pins would bypass gates
             pinned = call.decision.pinned
             if pinned != model:
@@ -151,7 +159,7 @@ class Executor:
                     why = next((a.outcome for a in reversed(rec.attempts) if a.model == pinned), "unavailable")
                     rec.notes.append(f"session re-pinned from {pinned} to {model}: {pinned} {why}")
 
-    def _skip_or_deadline(self, call: Call, model: str, is_last: bool) -> bool:
+    def _skip_cooling(self, call: Call, model: str, is_last: bool) -> bool:
         if self.health.cooling_down(model, time.time()) and not is_last:
             call.record.attempts.append(Attempt(model, "skipped_cooldown"))
             return True
@@ -228,7 +236,7 @@ class Executor:
     async def fallback_chain(self, call: Call, candidates: list[str]) -> Completion:
         last: UpstreamError | None = None
         for i, model in enumerate(candidates):
-            if self._skip_or_deadline(call, model, i == len(candidates) - 1):
+            if self._skip_cooling(call, model, i == len(candidates) - 1):
                 continue
             try:
                 result, att = await self.call_model(call, model, self._prepare(call, model))
@@ -279,7 +287,7 @@ class Executor:
         last: UpstreamError | None = None
         cands = call.decision.candidates
         for i, model in enumerate(cands):
-            if self._skip_or_deadline(call, model, i == len(cands) - 1):
+            if self._skip_cooling(call, model, i == len(cands) - 1):
                 continue
             provider, _ = self._provider(model)
             body = self._prepare(call, model)
