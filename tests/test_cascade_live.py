@@ -92,6 +92,8 @@ def test_logprob_gate_escalates_and_costs_add_up(cclient: openai.OpenAI, upstrea
     assert by_model(upstream) == {"small-up": 1, "large-up": 1}
     row = cgw.rows()[-1]
     assert [(a["model"], a["outcome"]) for a in row["attempts"]] == [("small", "escalated"), ("large", "ok")]
+    assert (row["escalations"], row["fallbacks"]) == (1, 0)  # an escalation is not a fallback
+    assert raw.headers["x-tierwise-fallbacks"] == "0"
     small, large = (100 * 0.1 + 10 * 0.4) / 1e6, (100 * 2.5 + 10 * 10) / 1e6
     assert row["cost_usd"] == pytest.approx(small + large, rel=1e-12)
     assert float(raw.headers["x-tierwise-cost-usd"]) == pytest.approx(small + large, abs=1e-10)
