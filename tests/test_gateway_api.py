@@ -135,3 +135,20 @@ def test_cached_tokens_billed_once(client: openai.OpenAI, upstream: FakeUpstream
     # large: $2.50/M input, $1.25/M cache read, $10/M output: 86*2.5 + 1920*1.25 + 300*10 = 5615 micro-dollars
     assert row["cost_usd"] == pytest.approx(0.005615, rel=1e-12)
     assert row["cost_breakdown"]["cache_read"] == pytest.approx(0.0024, rel=1e-12)
+
+
+def test_anthropic_stream_through_gateway_conforms(anthropic_upstream: FakeUpstream, gateway: GatewayServer) -> None:
+    import orjson
+
+    anthropic_upstream.set(reply="Bonjour tout le monde", prompt_tokens=120, cached_tokens=100, completion_tokens=4)
+    body = {"model": "claude", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", gateway.base_url + "/chat/completions", json=body, timeout=10) as r:
+        events = [orjson.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+    for e in events:
+        validate(e, "CreateChatCompletionStreamResponse")
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == \
+        "Bonjour tout le monde"
+    assert events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 100
+    row = gateway.rows()[-1]
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (20, 100, 4)
+    assert row["cost_usd"] == pytest.approx((20 * 3 + 100 * 0.3 + 4 * 15) / 1e6, rel=1e-12)
