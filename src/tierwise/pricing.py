@@ -6,6 +6,8 @@ so the ``cheapest`` policy and budget reservations cost one tokenisation, not on
 
 from __future__ import annotations
 
+import re
+
 from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import (
     ResolvedPrice,
@@ -18,18 +20,31 @@ from tierwise.cost import (
 )
 from tierwise.types import JSON, Cost, Usage
 
+_OPENAI_MODEL = re.compile(r"^(?:ft:)?(?:gpt-|chatgpt-|o\d|text-|davinci|babbage|codex-)")
+
 
 class PriceBook:
     def __init__(self, cfg: TierwiseConfig) -> None:
         self.cfg = cfg
         self.prices: dict[str, ResolvedPrice] = {}
         self._encodings: dict[str, str] = {}
+        approximate: list[str] = []
         for name, model in cfg.models.items():
             price = resolve_price(name, model, cfg.providers[model.provider])
             if price is None:  # the loader already refuses this; keep the invariant local too
                 raise ValueError(f"no price known for model '{name}'")
             self.prices[name] = price
-            self._encodings[name] = encoding_for(model.upstream or name, model.tokenizer)
+            upstream = model.upstream or name
+            if model.tokenizer or _OPENAI_MODEL.match(upstream.lower().rsplit("/", 1)[-1]):
+                self._encodings[name] = encoding_for(upstream, model.tokenizer)
+            else:
+                approximate.append(name)
+        # Non-OpenAI models (Claude, Llama, Qwen…) are counted with an OpenAI encoding only as an approximation:
+        # reuse one the config loads anyway (each costs 40-80 MB of RSS), else the smaller cl100k.
+        loaded = set(self._encodings.values())
+        fallback = "o200k_base" if "o200k_base" in loaded else "cl100k_base"
+        for name in approximate:
+            self._encodings[name] = fallback
         for enc in set(self._encodings.values()):
             get_encoding(enc)  # load the BPE tables now, not on the first request (0.1-0.3 s, 40-80 MB each)
 
