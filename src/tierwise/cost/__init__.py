@@ -4,7 +4,7 @@ Importing this package is cheap: the price catalogue and the BPE tables load on 
 """
 
 from tierwise.cost.calc import cost_of
-from tierwise.cost.estimate import estimate, expected_output
+from tierwise.cost.estimate import expected_output
 from tierwise.cost.prices import PriceSource, ResolvedPrice, resolve_price
 from tierwise.cost.report import price_report
 from tierwise.cost.tco import TCOBreakdown, tco_breakdown
@@ -28,7 +28,6 @@ __all__ = [
     "count_chat_tokens",
     "count_text_tokens",
     "encoding_for",
-    "estimate",
     "expected_output",
     "get_encoding",
     "price_report",
