@@ -150,12 +150,14 @@ class Tierwise:
             loop = asyncio.get_running_loop()
             route.classified = await loop.run_in_executor(self._classify_pool, self.engine.classifier.classify, body)
             route.classifier_ran = True
-        if route.predicted is None:
-            tier_guess = self._tier_for_prediction(route, body)
-            if tier_guess is not None:
-                text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
-                loop = asyncio.get_running_loop()
-                route.predicted = await loop.run_in_executor(self._classify_pool, self._predictors[tier_guess], text)
+        try:
+            tier, source = self.engine.choose_tier(route, body)
+        except RoutingError as exc:
+            raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
+        if route.predicted is None and tier in self._predictors:
+            text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
+            loop = asyncio.get_running_loop()
+            route.predicted = await loop.run_in_executor(self._classify_pool, self._predictors[tier], text)
         record = LedgerRecord(
             id=_next_request_id(),
             ts=time.time(),
@@ -164,12 +166,8 @@ class Tierwise:
             session_id=route.session_id,
             stream=bool(body.get("stream")),
         )
-        try:
-            tier, _ = self.engine.choose_tier(route, body)
-            estimator = self.prices.estimator(body, tier)
-            decision = self.engine.decide(route, body, time.time(), estimator)
-        except RoutingError as exc:
-            raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
+        estimator = self.prices.estimator(body, tier)
+        decision = self.engine.decide(route, body, time.time(), estimator, choice=(tier, source))
         record.tier, record.tier_source = decision.tier, decision.tier_source
         record.notes.extend(decision.notes)
         record.estimated_cost_usd = estimator(decision.candidates[0])
@@ -186,16 +184,6 @@ class Tierwise:
             if call.start_rung:
                 record.notes.append(f"start router: began at rung {call.start_rung} ({cascade.rungs[call.start_rung].model})")
         return call
-
-    def _tier_for_prediction(self, route: RouteRequest, body: JSON) -> str | None:
-        """The tier, when its policy needs a learned router's prediction for this request."""
-        if not self._predictors:
-            return None
-        try:
-            tier, _ = self.engine.choose_tier(route, body)
-        except RoutingError:
-            return None  # decide() raises the 404 below
-        return tier if tier in self._predictors else None
 
     def reject(self, err: APIError, principal: str | None, body: JSON | None, route: RouteRequest | None) -> str:
         """Book a request refused before routing (bad input, unknown model, auth): status ``rejected``, no cost.

@@ -120,8 +120,16 @@ class RoutingEngine:
         )
 
     # -- steps 2 and 4: pin and plan -------------------------------------------------------------------------------
-    def decide(self, req: RouteRequest, body: JSON, now: float, estimate_cost: Callable[[str], float]) -> Decision:
-        tier, source = self.choose_tier(req, body)
+    def decide(
+        self,
+        req: RouteRequest,
+        body: JSON,
+        now: float,
+        estimate_cost: Callable[[str], float],
+        choice: tuple[str | None, str] | None = None,
+    ) -> Decision:
+        """The plan for ``req``; ``choice`` is :meth:`choose_tier`'s result when the caller already has it."""
+        tier, source = choice if choice is not None else self.choose_tier(req, body)
         if tier is None:
             assert req.requested_model is not None
             return Decision(None, "direct", [req.requested_model], "direct", direct=True)
