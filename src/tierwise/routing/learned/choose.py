@@ -37,14 +37,21 @@ def cost_order(costs: np.ndarray) -> np.ndarray:
     return np.argsort(np.asarray(costs, dtype=float), kind="stable")
 
 
+def _allowed_by_cost(
+    pred: np.ndarray, costs: np.ndarray, allowed: Sequence[bool] | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pred as a 2-D float array, allowed model indices from cheapest to dearest)."""
+    pred = np.atleast_2d(np.asarray(pred, dtype=float))
+    mask = _allowed_mask(pred.shape[1], allowed)
+    order = cost_order(costs)
+    return pred, order[mask[order]]
+
+
 def choose_threshold(
     pred: np.ndarray, costs: np.ndarray, threshold: float, allowed: Sequence[bool] | np.ndarray | None = None
 ) -> np.ndarray:
     """Per prompt, the cheapest allowed model with pred ≥ threshold, else the allowed argmax of pred."""
-    pred = np.atleast_2d(np.asarray(pred, dtype=float))
-    mask = _allowed_mask(pred.shape[1], allowed)
-    order = cost_order(costs)
-    order = order[mask[order]]
+    pred, order = _allowed_by_cost(pred, costs, allowed)
     p = pred[:, order]
     clears = p >= threshold
     first = np.argmax(clears, axis=1)
@@ -56,10 +63,7 @@ def choose_lambda(
     pred: np.ndarray, costs: np.ndarray, lam: float, allowed: Sequence[bool] | np.ndarray | None = None
 ) -> np.ndarray:
     """Per prompt, the allowed argmax of pred − lam·cost (ties to the cheaper model)."""
-    pred = np.atleast_2d(np.asarray(pred, dtype=float))
-    mask = _allowed_mask(pred.shape[1], allowed)
-    order = cost_order(costs)
-    order = order[mask[order]]
+    pred, order = _allowed_by_cost(pred, costs, allowed)
     c = np.asarray(costs, dtype=float)[order]
     if np.isinf(lam):
         return np.full(pred.shape[0], order[0])
