@@ -16,10 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tierwise.lab.datasets.format import ModelOutcome, OutcomeSet, PromptOutcomes
-from tierwise.lab.datasets.outcome_io import OutcomeFormatError
+from tierwise.lab.datasets.outcome_io import OutcomeFormatError, json_lines
 from tierwise.lab.datasets.splits import hash_split
 from tierwise.ledger.store import LedgerStore
 
@@ -27,13 +25,9 @@ from tierwise.ledger.store import LedgerStore
 def _labels(path: Path) -> dict[str, tuple[int, dict[str, Any]]]:
     out: dict[str, tuple[int, dict[str, Any]]] = {}
     with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise OutcomeFormatError(path, lineno, "<line>", f"not JSON ({exc})") from None
+        for lineno, row in json_lines(path, f):
+            if not isinstance(row, dict):
+                raise OutcomeFormatError(path, lineno, "<json>", "each line must be a JSON object")
             for key in ("id", "prompt", "quality"):
                 if key not in row:
                     raise OutcomeFormatError(path, lineno, key, "missing")

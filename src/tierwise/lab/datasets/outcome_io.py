@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,7 @@ def read_outcome_set(path_or_stem: str | os.PathLike[str]) -> OutcomeSet:
         raise OutcomeFormatError(data_path, None, "<file>", "data file is missing")
     with gzip.open(data_path, "rb") as fh:
         try:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise OutcomeFormatError(data_path, lineno, "<json>", f"not valid JSON ({exc})") from exc
+            for lineno, row in json_lines(data_path, fh):
                 prompts.append(checker.check(row, lineno))
         except (OSError, EOFError) as exc:
             raise OutcomeFormatError(data_path, None, "<file>", f"cannot read gzip data: {exc}") from exc
@@ -107,6 +102,17 @@ def read_outcome_set(path_or_stem: str | os.PathLike[str]) -> OutcomeSet:
             meta_path, None, "n_prompts", f"says {expected} but {data_path.name} has {len(prompts)} rows"
         )
     return OutcomeSet(name=meta["name"], models=models, prompts=prompts, meta=meta)
+
+
+def json_lines(path: Path, lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) of every non-blank JSON line; a bad line names the file and line."""
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise OutcomeFormatError(path, lineno, "<json>", f"not valid JSON ({exc})") from exc
 
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:
