@@ -19,7 +19,7 @@ from aiohttp import web
 from tierwise.errors import APIError
 from tierwise.requests import parse_json_body
 from tierwise.routing.engine import RouteRequest
-from tierwise.routing.executor import count_fallbacks
+from tierwise.routing.executor import Call, count_fallbacks
 from tierwise.service import Tierwise
 from tierwise.types import JSON, LedgerRecord
 
@@ -189,11 +189,11 @@ class Gateway:
             return _json(err.status, err.body(), _route_headers(call.record))
         return _json(200, result.body, _route_headers(result.record))
 
-    async def _stream(self, request: web.Request, call: object) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
         try:
-            stream = await self.svc.open_stream(call)  # type: ignore[arg-type]
+            stream = await self.svc.open_stream(call)
         except APIError as err:
-            return _json(err.status, err.body(), _route_headers(call.record))  # type: ignore[attr-defined]
+            return _json(err.status, err.body(), _route_headers(call.record))
         resp = web.StreamResponse(
             status=200,
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
