@@ -125,7 +125,9 @@ async def test_completion_is_openai_shaped_with_usage(provider) -> None:
     from openai.types.chat import ChatCompletion
 
     c = await provider.complete(
-        _body("What is the capital of France?", temperature=0, max_tokens=24), timeout_s=30
+        # a prompt whose first token wins by a wide margin (−0.45 vs −3.5 nats here): "What is the capital of
+        # France?" gave "Paris" on one CPU and French prose on another (its top two tokens were 0.1 nats apart)
+        _body("Complete the sentence: The capital of France is", temperature=0, max_tokens=24), timeout_s=30
     )
     assert isinstance(provider, Provider)
     parsed = ChatCompletion.model_validate(c.body)  # the SDK's own schema: required fields and types
