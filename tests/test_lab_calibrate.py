@@ -100,6 +100,18 @@ def test_budget_mode_respects_budget() -> None:
     assert sim.quality.mean() >= simulate(d, g).quality.mean()
 
 
+def test_coarse_grid_never_passes_a_rung_a_start_router_skipped() -> None:
+    d = _synthetic()
+    conf = d.confidence.copy()
+    conf[: d.n // 2, 0] = -1.0  # SKIPPED: the start router began these prompts at rung 1
+    skipped = CascadeData(d.chain, d.gate, d.gate_params, conf, d.quality, d.cost, d.ids)
+    grid = grid_points(skipped, "coarse")
+    judged = conf[d.n // 2 :, 0]
+    assert grid[:, 0].min() == judged.min() >= 0  # the lowest level is the least confident *judged* answer
+    for thr in grid:
+        assert (simulate(skipped, thr).served[: d.n // 2] != 0).all()
+
+
 CONFIG = """
 providers:
   p: {format: openai, base_url: "http://127.0.0.1:9/v1"}

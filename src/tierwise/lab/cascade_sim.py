@@ -197,14 +197,20 @@ def tier_spec(chain: Sequence[str], gate: str, thresholds: Sequence[float], para
 
 def grid_points(data: CascadeData, how: Literal["shared", "coarse"], levels: int = 6) -> np.ndarray:
     """Threshold vectors of plain grid search: one quantile level shared by every rung (101 levels), or every
-    combination of ``levels`` per-rung quantiles (``levels ** (k-1)`` vectors)."""
+    combination of ``levels`` per-rung quantiles (``levels ** (k-1)`` vectors).
+
+    Per-rung quantiles are taken over the prompts the rung actually judged: a rung a start router skipped carries a
+    negative confidence (``tierwise.lab.contextual.SKIPPED``), and a threshold drawn from those would "pass" it."""
     conf = data.confidence[:, :-1]
     if conf.shape[1] == 0:
         return np.zeros((1, 0))
     if how == "shared":
         return np.quantile(conf, np.linspace(0, 1, 101), axis=0, method="inverted_cdf")
-    per = [np.unique(np.quantile(conf[:, j], np.linspace(0, 1, levels), method="inverted_cdf"))
-           for j in range(conf.shape[1])]
+    per = []
+    for j in range(conf.shape[1]):
+        judged = conf[:, j][conf[:, j] >= 0]
+        per.append(np.unique(np.quantile(judged, np.linspace(0, 1, levels), method="inverted_cdf")) if judged.size
+                   else np.array([0.0]))
     return np.array(list(itertools.product(*per)))
 
 
