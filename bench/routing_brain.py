@@ -19,7 +19,7 @@ confidences, every sub-chain, the sub-chain and grid point read off the test hul
 out-of-fold confidences, with the start-router knob as one more grid dimension (so its knob space is larger than the
 grid baseline's: said wherever it is reported); **ours-H** / **ours-τ** — thresholds and start knob fitted on train
 for each τ, the sub-pool (H) or nothing but τ (τ) read on test; and the **calibrated** point (τ = 0.99 fitted on
-train, applied once: no hindsight at all). Baselines exactly as
+train with the calibrator's cross-validated selection guard, applied once: no hindsight at all). Baselines exactly as
 ``bench/routing_quality.py`` computes them (functions imported from there): kNN (minilm-static, λ sweep) and the
 logprob/vote cascade grid-searched over every sub-chain, sub-chain and knob chosen on the test hull.
 """
@@ -61,13 +61,16 @@ EMBEDDER = "minilm-onnx"
 ROUTER_KINDS = ("knn", "logreg", "ensemble")
 
 
-def contextual_curve(test, P_te, model, taus, calib=None):  # noqa: ANN001, ANN201
-    """Each τ: fit on train, run on test through the engine; check the simulator agrees. (points, per-τ rows)."""
+def contextual_curve(test, P_te, model, taus, calib=None, guard: bool = False):  # noqa: ANN001, ANN201
+    """Each τ: fit on train, run on test through the engine; check the simulator agrees. (points, per-τ rows).
+
+    ``guard``: the calibrator's cross-validated selection guard — on for the calibrated point; off for the τ
+    families read on the test hull, where it would only relabel which τ gives which point (and cost 5 searches)."""
     calib = calib or model.calibrator
     cache: dict[str, tuple[float, float, list]] = {}
     rows = []
     for tau in taus:
-        cal, knob = calib.fit_start(calib.constraint_quality(float(tau), 1.0))
+        cal, knob = calib.fit_start(calib.constraint_quality(float(tau), 1.0), guard)
         key = repr(model.tier(cal, knob))
         if key not in cache:
             res = run_contextual(model, test, cal, P_te, knob)
@@ -92,7 +95,7 @@ def hindsight_chain(test, P_te, model, taus, base):  # noqa: ANN001, ANN201
         calib = model.calibrator.restricted(chain)
         pts = []
         for tau in taus:
-            cal, knob = calib.fit_start(calib.constraint_quality(float(tau), 1.0))
+            cal, knob = calib.fit_start(calib.constraint_quality(float(tau), 1.0), guard=False)
             key = (tuple(cal.chain), knob)
             if key not in sims:
                 sims[key] = held_out_data(model, test, cal.chain, P_te, knob)
@@ -171,7 +174,7 @@ def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noq
     hrep = evaluate_curve(hpts, base)
     prior_oof = res.oof[:, [res.router.models.index(m) for m in model.pool]]
     grep_ours, gchain, gpts = grid_protocol(test, P_te, model, prior_oof, base)
-    cal = next(r for r in rows if r["tau"] == 0.99)
+    cal = contextual_curve(test, P_te, model, [0.99], guard=True)[1][0]
     target = 0.99 * test.mean_quality(model.calibrator.ref_model)
     out = {"kind": "contextual cascade", "hull": _rep(hrep), "hindsight_chain": list(hchain), "hull_tau": _rep(rep),
            "hull_grid": _rep(grep_ours), "grid_chain": list(gchain),
@@ -320,7 +323,8 @@ def render(rows: list[dict], secs: float) -> str:
          "contextual gate's out-of-fold confidence in place of the raw log-prob/vote share: same protocol, other "
          "signal. **ours-H** is stricter (sub-pool chosen on the test hull, every threshold "
          "and start knob fitted on train, τ read on test); **ours-τ** chooses the sub-chain on train too (only τ read on "
-         "test). **cal@0.99** = fitted on train for 0.99 × the best train model's quality with the z = 1 margin, applied "
+         "test). **cal@0.99** = fitted on train for 0.99 × the best train model's quality with the z = 1 margin and the "
+         "cross-validated selection guard (cascade sets; learned-router sets: the router's out-of-fold knob), applied "
          "once: test quality / 0.99·qB, ✓ when met, cost % of cB (the honest number). c99 / c100 = hull cost to "
          "0.99·qB / qB (% of cB). Baselines exactly as `bench/routing_quality.py` (imported). Sets without a "
          "confidence signal use our learned router (hull = knob sweep; ours-G = ours-H = ours-τ).", "",

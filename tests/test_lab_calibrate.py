@@ -41,7 +41,7 @@ def test_simulator_equals_engine(name: str, gate: str) -> None:
 @needs_data
 def test_calibration_meets_target_on_train_and_ci_brackets_test() -> None:
     oset = load_set("zellinger/mmlu/llama")
-    calib = CascadeCalibrator(oset.split("train"))
+    calib = CascadeCalibrator(oset.split("train"), cv_folds=0)  # the selection guard is tested below
     res = calibrate_point(calib, oset.split("test"), "quality", 0.97, z=1.0, resamples=1000)
     assert res.cal.feasible and res.cal.train_quality >= 0.97 * calib.q_ref
     # the train numbers are what the engine does on train
@@ -66,6 +66,42 @@ def _synthetic(n: int = 600, seed: int = 0) -> CascadeData:
     quality = np.stack([right0, right1, np.ones(n)], axis=1).astype(float)
     cost = np.tile([1e-5, 1e-4, 1e-3], (n, 1))
     return CascadeData(("a", "b", "c"), "logprob", ({}, {}), conf, quality, cost, tuple(map(str, range(n))))
+
+
+@needs_data
+def test_selection_guard_holds_its_margin_and_falls_back_to_the_reference() -> None:
+    train = load_set("zellinger/mmlu/llama").split("train")
+    calib = CascadeCalibrator(train)
+    con = calib.constraint_quality(0.95, 1.0)
+    assert CascadeCalibrator(train, cv_folds=0).optimism(con) == 0.0
+    off = calib.optimism(con)
+    assert off > 0  # picking the best of 31 chains × thresholds on 285 prompts flatters the winner
+    cal = calib.fit(con)
+    assert cal.feasible and cal.guard == pytest.approx(off)
+    d = next(s.data for s in calib.searches if list(s.data.chain) == cal.chain)
+    sim = simulate(d, cal.thresholds)
+    assert con.slack_of(sim.cost, sim.quality) >= off  # the margin is on top of the z bound
+    assert sim.quality.mean() == pytest.approx(cal.train_quality)
+    unguarded = calib.fit(con, guard=False)
+    assert unguarded.guard == 0.0 and unguarded.train_cost <= cal.train_cost
+    # a target the guard cannot certify: the reference model alone, not the search's most flattered candidate
+    ref = calib.fit(calib.constraint_quality(0.999, 1.0))
+    assert not ref.feasible and ref.chain == [calib.ref_model] and ref.thresholds == []
+
+
+@needs_data
+def test_selection_guard_meets_held_out_targets_the_bare_margin_misses() -> None:
+    """Sets where z = 1 alone misses 0.99 × the best model's test quality (bench: 4 of 16 cascade sets)."""
+    for name in ("zellinger/medmcqa/llama", "zellinger/medmcqa/qwen_oai", "zellinger/gsm8k/llama"):
+        oset = load_set(name)
+        test = oset.split("test")
+        calib = CascadeCalibrator(oset.split("train"))
+        target = 0.99 * test.mean_quality(calib.ref_model)
+        met = []
+        for guard in (False, True):
+            cal = calib.fit(calib.constraint_quality(0.99, 1.0), guard=guard)
+            met.append(simulate(cascade_data(test, cal.chain, calib.gate), cal.thresholds).quality.mean() >= target)
+        assert met == [False, True], name
 
 
 def test_real_search_at_least_as_cheap_as_grid_search() -> None:

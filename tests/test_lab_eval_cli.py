@@ -81,11 +81,23 @@ def test_calibrate_writes_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
                 "--tier", "qa", "--json", str(out_json)]) == 0
     res = json.loads(out_json.read_text())
     assert res["train"]["feasible"] and res["test"]["quality_ci95"][0] <= res["test"]["quality"]
+    assert "selection guard: the train slack had to exceed" in capsys.readouterr().out
+    assert res["train"]["selection_guard"] >= 0
     assert (tmp_path / "tierwise.yaml.bak").exists()
     from tierwise.config.load import load_config
 
     tier = load_config(cfg).tiers["qa"]
     assert [r.model for r in tier.cascade.rungs] == res["chain"]
+
+
+@needs_data
+def test_calibrate_cv_folds_zero_turns_the_guard_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    for folds in ("0", "5"):
+        assert run(["calibrate", "--data", "zellinger/gsm8k/llama", "--cv-folds", folds, "--json", str(out)]) == 0
+        guard = json.loads(out.read_text())["train"]["selection_guard"]
+        assert (guard == 0.0) if folds == "0" else (guard > 0.0)
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_local_outcome_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,12 @@ reference, so the bound is tight where the data allow). Budget mode uses ``mean(
 ``z`` (default 1.0, i.e. ~84% one-sided) is one global constant, not tuned per dataset; ``bench/routing_quality.py``
 measures how often z = 0 and z = 1 miss the target on test.
 
+Selection guard: the search picks the best of hundreds of (chain, thresholds) candidates on the same prompts it
+scores them on, so the winner's train slack flatters it (winner's curse) — the z margin covers sampling noise, not
+that. :meth:`CascadeCalibrator.optimism` measures it by k-fold cross-validation *of the whole search* on train
+(fit on k−1 folds, score the chosen point on the held-out fold; the mean drop of the slack, z = 0, floored at 0), and
+:meth:`CascadeCalibrator.fit` requires the slack to exceed it (``Constraint.offset``). ``cv_folds = 0`` turns it off.
+
 Everything the search returns is re-run on the test split through :func:`tierwise.lab.evaluate.run_tier` (the
 engine) with bootstrap 95% intervals; the simulator is never the source of a reported number.
 """
@@ -31,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -40,9 +46,11 @@ from tierwise.lab.cascade_sim import CascadeData, cascade_data, default_gate_par
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.evaluate import PromptResult, run_tier
 from tierwise.lab.metrics import compute_baselines
+from tierwise.routing.learned.numerics import kfold_indices
 
 Mode = Literal["quality", "cost"]
 MU_GRID = np.concatenate([[0.0], np.logspace(-3, 4, 57)])
+CV_FOLDS, CV_SEED = 5, 0  # the selection guard's cross-validation (one global setting)
 _F_C, _F_Q, _F_Q2, _F_QR, _F_C2 = range(5)
 
 
@@ -55,6 +63,7 @@ class Constraint:
     tau: float = 1.0  # target = tau · mean(ref) in quality mode
     ref: np.ndarray | None = None  # per-prompt reference quality (quality mode)
     z: float = 1.0
+    offset: float = 0.0  # the slack must exceed this (the search's cross-validated selection optimism)
 
     def slack_of(self, cost: np.ndarray, quality: np.ndarray) -> float:
         """The constraint's slack (≥ 0: met) for per-prompt outcomes of one policy."""
@@ -76,6 +85,7 @@ class Calibrated:
     train_quality: float
     feasible: bool  # the constraint (with its margin) holds on train
     method: str = "lagrangian+polish"
+    guard: float = 0.0  # the cross-validated selection optimism the slack had to exceed (0: guard off)
 
     def tier(self) -> dict[str, Any]:
         return tier_spec(self.chain, self.gate, self.thresholds, self.params)
@@ -134,10 +144,10 @@ def _slack(tot: np.ndarray, n: int, con: Constraint) -> np.ndarray:
         sd2 = tot[..., _F_Q2] - 2 * con.tau * tot[..., _F_QR] + con.tau**2 * sr2
         mean = sd_ / n
         var = np.maximum(0.0, (sd2 - sd_ * sd_ / n) / max(1, n - 1))
-        return mean - con.z * np.sqrt(var / n)
+        return mean - con.z * np.sqrt(var / n) - con.offset
     mean = tot[..., _F_C] / n
     var = np.maximum(0.0, (tot[..., _F_C2] - tot[..., _F_C] ** 2 / n) / max(1, n - 1))
-    return con.value - (mean + con.z * np.sqrt(var / n))
+    return con.value - (mean + con.z * np.sqrt(var / n)) - con.offset
 
 
 # ------------------------------------------------------------------------------------------------ search
@@ -259,7 +269,10 @@ class CascadeCalibrator:
         chain: Sequence[str] | None = None,
         ref_model: str | None = None,
         max_rungs: int = 5,
+        cv_folds: int = CV_FOLDS,
     ) -> None:
+        self.cv_folds = cv_folds
+        self._folds: list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]] | None = None
         priced = train.priced_models()
         self.train = train
         self.gate = gate or pick_gate(train, chain or priced)
@@ -291,10 +304,35 @@ class CascadeCalibrator:
     def constraint_cost(self, budget: float, z: float = 1.0) -> Constraint:
         return Constraint("cost", budget, z=z)
 
-    def fit(self, con: Constraint) -> Calibrated:
-        """Best (chain, thresholds) over every sub-chain for ``con``, on train."""
-        best: tuple[tuple[float, ...], ChainSearch, np.ndarray, np.ndarray, bool] | None = None
-        for s in self.searches:
+    def fit(self, con: Constraint, guard: bool = True) -> Calibrated:
+        """Best (chain, thresholds) over every sub-chain for ``con``, on train; with ``guard``, the constraint must
+        hold beyond the search's cross-validated selection optimism (:meth:`optimism`)."""
+        if guard:
+            con = self.guarded(con)
+        i, thr, tot, ok = self.pick(con)
+        s = self.searches[i]
+        n = s.data.n
+        return Calibrated(list(s.data.chain), self.gate, [float(t) for t in thr], list(s.data.gate_params),
+                          float(tot[_F_C] / n), float(tot[_F_Q] / n), ok, guard=con.offset)
+
+    def pick(self, con: Constraint) -> tuple[int, np.ndarray, np.ndarray, bool]:
+        """(search index, thresholds, feature sums, feasible) for ``con``.
+
+        When no candidate meets a quality target of τ ≤ 1, the reference model alone is served: it meets such a
+        target by definition, whereas the "closest to feasible" candidate is the one the search flatters most."""
+        i, thr, tot, ok = self._choose(self.searches, con)
+        if not ok and con.mode == "quality" and con.tau <= 1.0:
+            for j, s in enumerate(self.searches):
+                if list(s.data.chain) == [self.ref_model]:
+                    return j, np.zeros(0), s.totals(np.zeros(0)), False
+        return i, thr, tot, ok
+
+    @staticmethod
+    def _choose(searches: Sequence[ChainSearch], con: Constraint) -> tuple[int, np.ndarray, np.ndarray, bool]:
+        """(index, thresholds, feature sums, feasible) of the best search for ``con``: the cheapest feasible point
+        (quality mode) or the best-quality one (cost mode); when none is feasible, the closest to feasibility."""
+        best: tuple[tuple[float, ...], int, np.ndarray, np.ndarray, bool] | None = None
+        for i, s in enumerate(searches):
             thr, tot, ok = s.fit(con)
             n = s.data.n
             if con.mode == "quality":
@@ -302,12 +340,41 @@ class CascadeCalibrator:
             else:
                 key = (0.0, -tot[_F_Q] / n, tot[_F_C] / n) if ok else (1.0, tot[_F_C] / n, 0.0)
             if best is None or key < best[0]:
-                best = (key, s, thr, tot, ok)
+                best = (key, i, thr, tot, ok)
         assert best is not None
-        _, s, thr, tot, ok = best
-        n = s.data.n
-        return Calibrated(list(s.data.chain), self.gate, [float(t) for t in thr], list(s.data.gate_params),
-                          float(tot[_F_C] / n), float(tot[_F_Q] / n), ok)
+        return best[1], best[2], best[3], best[4]
+
+    def guarded(self, con: Constraint) -> Constraint:
+        """``con`` with its offset raised by :meth:`optimism`."""
+        return replace(con, offset=con.offset + self.optimism(con))
+
+    def optimism(self, con: Constraint) -> float:
+        """How much the search flatters the point it picks for ``con``, by k-fold cross-validation on train.
+
+        Per fold, the whole search (every sub-chain, the same ``con`` and z margin) runs on the other folds; the
+        point it picks is scored on the held-out fold. The estimate is the mean over folds of (slack on the rows it
+        was fitted on − slack on the held-out rows), both at z = 0, floored at 0. Fitting on (k−1)/k of the data
+        makes it slightly conservative."""
+        if self.cv_folds < 2:
+            return 0.0
+        drops = []
+        plain = replace(con, z=0.0, offset=0.0)
+        for tr, ho, searches in self._fold_searches():
+            i, thr, _, _ = self._choose(searches, replace(con, ref=None if con.ref is None else con.ref[tr]))
+            d = self.searches[i].data
+            fitted, held = simulate(d.rows(tr), thr), simulate(d.rows(ho), thr)
+            drops.append(replace(plain, ref=None if con.ref is None else con.ref[tr]).slack_of(fitted.cost, fitted.quality)
+                         - replace(plain, ref=None if con.ref is None else con.ref[ho]).slack_of(held.cost, held.quality))
+        return max(0.0, float(np.mean(drops)))
+
+    def _fold_searches(self) -> list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]]:
+        """Per fold: (fit rows, held-out rows, every search rebuilt on the fit rows), built once."""
+        if self._folds is None:
+            n = self.searches[0].data.n
+            self._folds = [(tr, ho, [type(s)(s.data.rows(tr), None if s.ref is None else s.ref[tr])
+                                     for s in self.searches])
+                           for tr, ho in kfold_indices(n, self.cv_folds, CV_SEED)]
+        return self._folds
 
 
 # ------------------------------------------------------------------------------------- held-out, via engine

@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 
 from tierwise.lab.calibrate import (
+    CV_FOLDS,
     Calibrated,
     CascadeCalibrator,
     ChainSearch,
@@ -275,38 +276,38 @@ class StartAwareSearch(ChainSearch):
 class ContextualCalibrator(CascadeCalibrator):
     """The calibrator's search over (sub-chain × start-router knob), on out-of-fold contextual confidences."""
 
-    def __init__(self, train: OutcomeSet, datas: Sequence[CascadeData], starts: Sequence[float], ref_model: str
-                 ) -> None:
+    def __init__(self, train: OutcomeSet, datas: Sequence[CascadeData], starts: Sequence[float], ref_model: str,
+                 cv_folds: int = CV_FOLDS) -> None:
         self.train = train
         self.gate = "contextual"
         self.ref_model = ref_model
         self.ref = train.quality_matrix([ref_model])[:, 0]
         self.searches = [StartAwareSearch(d, self.ref) for d in datas]
         self.starts = list(starts)
+        self.cv_folds = cv_folds
+        self._folds = None
 
-    def fit_start(self, con: Constraint) -> tuple[Calibrated, float]:
-        """Cheapest feasible (chain, start knob, thresholds) on train (else the closest to feasible)."""
-        best: tuple[tuple[float, float, float], Calibrated, float] | None = None
-        for srch, knob in zip(self.searches, self.starts, strict=True):
-            thr, _, ok = srch.fit(con)
-            sim = simulate(srch.data, thr)
-            c, q = sim.means()
-            key = (0.0, c, -q) if ok else (1.0, -con.slack_of(sim.cost, sim.quality), 0.0)
-            if best is None or key < best[0]:
-                cal = Calibrated(list(srch.data.chain), self.gate, [float(t) for t in thr],
-                                 list(srch.data.gate_params), c, q, ok)
-                best = (key, cal, knob)
-        assert best is not None
-        return best[1], best[2]
+    def fit_start(self, con: Constraint, guard: bool = True) -> tuple[Calibrated, float]:
+        """Cheapest feasible (chain, start knob, thresholds) on train (else the closest to feasible); ``guard`` as
+        in :meth:`CascadeCalibrator.fit`."""
+        if guard:
+            con = self.guarded(con)
+        i, thr, _, ok = self.pick(con)
+        srch = self.searches[i]
+        c, q = simulate(srch.data, thr).means()
+        return Calibrated(list(srch.data.chain), self.gate, [float(t) for t in thr], list(srch.data.gate_params), c,
+                          q, ok, guard=con.offset), self.starts[i]
 
-    def fit(self, con: Constraint) -> Calibrated:
-        return self.fit_start(con)[0]
+    def fit(self, con: Constraint, guard: bool = True) -> Calibrated:
+        return self.fit_start(con, guard)[0]
 
     def restricted(self, pool: Sequence[str]) -> ContextualCalibrator:
         """The same calibrator searching only the sub-chains made of ``pool``'s models (with their start knobs)."""
         out = copy.copy(self)
         keep = [i for i, s in enumerate(self.searches) if set(s.data.chain) <= set(pool)]
         out.searches, out.starts = [self.searches[i] for i in keep], [self.starts[i] for i in keep]
+        if self._folds is not None:
+            out._folds = [(tr, ho, [fs[i] for i in keep]) for tr, ho, fs in self._folds]
         return out
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tierwise.lab.calibrate import (
+    CV_FOLDS,
     DEFAULT_TAUS,
     CalibrationResult,
     CascadeCalibrator,
@@ -90,7 +91,7 @@ def _calibrator(oset: OutcomeSet, args: argparse.Namespace) -> CascadeCalibrator
     if ref:
         check_models(oset, [ref], "--relative-to")
     try:
-        return CascadeCalibrator(train, gate=args.gate, chain=chain, ref_model=ref)
+        return CascadeCalibrator(train, gate=args.gate, chain=chain, ref_model=ref, cv_folds=args.cv_folds)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -133,7 +134,10 @@ def describe(res: CalibrationResult, oset: OutcomeSet, z: float) -> str:
         f"{oset.name}: {goal}",
         f"  chain: {' -> '.join(c.chain)}  gate: {c.gate}  thresholds: {[round(t, 6) for t in c.thresholds]}",
         f"  train: quality {c.train_quality:.4f}, cost ${c.train_cost:.6g}/req"
-        + ("" if c.feasible else "  (target NOT reachable on train: closest point)"),
+        + ("" if c.feasible else f"  (target not provable on train with the margins: {res.ref_model} alone)"
+           if c.chain == [res.ref_model] else "  (target NOT reachable on train: closest point)"),
+        f"  selection guard: the train slack had to exceed {c.guard:.4f} (k-fold CV of the search; --cv-folds 0 "
+        "turns it off)",
         f"  test (engine, n={len(h.results)}): quality {h.quality:.4f} [95% CI {h.quality_ci[0]:.4f}, "
         f"{h.quality_ci[1]:.4f}], cost ${h.cost:.6g}/req [{h.cost_ci[0]:.6g}, {h.cost_ci[1]:.6g}] "
         f"= {100 * h.cost / cref:.1f}% of {res.ref_model}",
@@ -147,7 +151,8 @@ def result_json(res: CalibrationResult, oset: OutcomeSet) -> dict[str, Any]:
     return {
         "data": oset.name, "mode": res.mode, "knob": res.knob, "ref_model": res.ref_model,
         "chain": c.chain, "gate": c.gate, "thresholds": c.thresholds, "gate_params": c.params,
-        "train": {"quality": c.train_quality, "cost": c.train_cost, "feasible": c.feasible},
+        "train": {"quality": c.train_quality, "cost": c.train_cost, "feasible": c.feasible,
+                  "selection_guard": c.guard},
         "test": {"quality": h.quality, "quality_ci95": h.quality_ci, "cost": h.cost, "cost_ci95": h.cost_ci,
                  "n": len(h.results), "target": res.target_test, "met": res.met_on_test},
         "tier": c.tier(),
@@ -317,6 +322,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain", default="auto", help="m1,m2,... cheap→dear, or 'auto' (best sub-chain on train)")
     p.add_argument("--z", type=float, default=1.0, help="overfitting guard: the constraint must hold on mean − "
                    "z·standard error (paired with the reference model); 0 = on the train mean")
+    p.add_argument("--cv-folds", type=int, default=CV_FOLDS, help="selection guard: the train slack must also "
+                   f"exceed the search's optimism measured by this many-fold CV on train (default {CV_FOLDS}; 0 = off)")
 
 
 def add_parsers(sub: Any) -> None:
