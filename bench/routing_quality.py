@@ -212,7 +212,8 @@ def render(rows: list[dict], repro: dict, secs: float) -> str:
          "engine; its hull is read in hindsight like the baselines'. 'grid' = per-rung 6-level quantile grid over "
          "every sub-chain, sub-chain and knob chosen on the test hull (hindsight). kNN = minilm-static embeddings, "
          "k by 5-fold CV on train, λ sweep through the engine's learned policy. c99 = cost to reach 0.99·qB (% of cB). "
-         "cal@0.99 = the train-fitted τ=0.99 point (z=1): test quality / target, cost %.", "",
+         "cal@0.99 = the train-fitted τ=0.99 point (z=1, and z=0; both with the cross-validated selection guard, the "
+         "default of `tierwise calibrate`): test quality / target, cost %.", "",
          "| set | gate | AUC ours | AUC grid | AUC kNN | Δ vs better | c99 ours | c99 grid | c99 kNN | cost@qB ours "
          "| cal@0.99 (z=1) | cal@0.99 (z=0) |", "|" + "---|" * 12]
     gains, c99s, full50 = [], [], []
