@@ -5,7 +5,7 @@
    (Qwen2.5-Coder-0.5B), asking for logprobs; answers are graded, costs read from ``x-tierwise-cost-usd``.
 2. Calibrate on the train half (even rows) with tierwise's own calibrator (the recorded rows become an outcome set:
    this is "thresholds fitted to your logged traffic"): the cheapest sub-chain and log-prob threshold whose train
-   accuracy is at least ``--target`` x the larger model's, with its one-standard-error guard. It may decide that
+   accuracy is at least ``--target`` x the larger model's, with its standard-error and selection guards. It may decide that
    cascading does not pay and serve the larger model alone.
 3. Serve: a second gateway with the fitted policy; the test half (odd rows) goes through it live. In a cascade the
    gate really decides: the small model answers, its mean token log-prob is computed from the provider's logprobs,
