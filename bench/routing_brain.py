@@ -15,10 +15,9 @@ per set under ``bench/results/routing_brain/``. Needs the embedding cache warm (
   knn/logreg/ensemble), knob swept on test; hull vertices re-run through the engine (policy ``learned``).
 
 Readings, all reported: **ours-G** — the grid baseline's own protocol (coarse grid of per-rung quantiles of the train
-confidences, every sub-chain, the sub-chain and grid point read off the test hull) where, per sub-chain, the gate
-signal is our contextual gate's out-of-fold confidence or the raw one, whichever has the higher *train* AUC, and a
-contextual chain has the start-router knob as one more grid dimension (so its knob space is larger than the grid
-baseline's: said wherever it is reported); **ours-H** / **ours-τ** — thresholds and start knob fitted on train
+confidences, every sub-chain, the sub-chain and grid point read off the test hull) run on our contextual gate's
+out-of-fold confidences, with the start-router knob as one more grid dimension (so its knob space is larger than the
+grid baseline's: said wherever it is reported); **ours-H** / **ours-τ** — thresholds and start knob fitted on train
 for each τ, the sub-pool (H) or nothing but τ (τ) read on test; and the **calibrated** point (τ = 0.99 fitted on
 train with the calibrator's cross-validated selection guard, applied once: no hindsight at all). Baselines exactly as
 ``bench/routing_quality.py`` computes them (functions imported from there): kNN (minilm-static, λ sweep) and the
@@ -44,15 +43,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from routing_quality import SETS, _rep, grid_baseline  # noqa: E402
 
-from tierwise.lab.calibrate import Calibrated, CascadeCalibrator, gate_signal  # noqa: E402
-from tierwise.lab.cascade_sim import (  # noqa: E402
-    cascade_data,
-    default_gate_params,
-    grid_points,
-    simulate,
-    simulate_many,
-    tier_spec,
-)
+from tierwise.lab.calibrate import Calibrated, CascadeCalibrator  # noqa: E402
+from tierwise.lab.cascade_sim import grid_points, simulate, simulate_many  # noqa: E402
 from tierwise.lab.contextual import fit_contextual, held_out_data, run_contextual  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
 from tierwise.lab.eval_cli import knn_choices, knob_taus  # noqa: E402
@@ -117,43 +109,23 @@ def hindsight_chain(test, P_te, model, taus, base):  # noqa: ANN001, ANN201
 START_GRID = np.round(np.linspace(0.05, 0.95, 19), 2)  # ours-G's start-router knobs: these quantiles of the train prior
 
 
-def grid_protocol(train, test, P_te, model, prior_oof, gate, base):  # noqa: ANN001, ANN201
-    """**ours-G**: the grid baseline's protocol, with the gate signal chosen per sub-chain on train and the start
-    router's knob as one more grid dimension.
+def grid_protocol(test, P_te, model, prior_oof, base):  # noqa: ANN001, ANN201
+    """**ours-G**: the grid baseline's protocol, with our contextual confidences in place of the raw one and the
+    start router's knob as one more grid dimension.
 
-    Per sub-chain, the signal is our contextual gate's confidence or the raw one (``gate``: log-prob or vote share),
-    whichever gives the higher AUC on **train** (each signal's coarse grid simulated on train: out-of-fold
-    contextual confidences, raw confidences as recorded). Its grid is the coarse grid of per-rung quantiles of the
-    train confidences (``grid_points(…, "coarse")``, exactly as the grid baseline builds its grid); a contextual
-    chain is crossed with the start-router knob — 0 (no start router) and the :data:`START_GRID` quantiles of the
-    first rung's out-of-fold train prior. The sub-chain, start knob and grid point are read off the **test** hull
-    (hindsight, as the grid baseline is read). ``prior_oof``: (n_train, len(model.pool)) out-of-fold router priors.
-    Hull vertices are re-run through the engine and must agree with the simulator. Returns (report, chain, points,
-    {chain: signal})."""
-    pool = model.pool
-    base_tr = compute_baselines(train.quality_matrix(pool), train.cost_matrix(pool), pool)
+    Per sub-chain: the coarse grid of per-rung quantiles of the *out-of-fold train* contextual confidences
+    (``grid_points(…, "coarse")``, exactly as the grid baseline builds its grid), crossed with the
+    start-router knob — 0 (no start router) and the :data:`START_GRID` quantiles of the first rung's out-of-fold
+    train prior. The sub-chain, start knob and grid point are read off the **test** hull (hindsight, as the grid
+    baseline is read). ``prior_oof``: (n_train, len(model.pool)) out-of-fold router priors. Hull vertices are re-run
+    through the engine and must agree with the simulator. Returns (report, chain, points)."""
     by_chain: dict = {}
-    signal: dict = {}
     for srch, knob0 in zip(model.calibrator.searches, model.calibrator.starts, strict=True):
         if len(srch.data.chain) < 2 or knob0 != 0.0:
             continue
         chain = srch.data.chain
         grid = grid_points(srch.data, "coarse")
-        raw = None
-        if gate is not None and all(gate_signal(train, m, gate) for m in chain[:-1]):
-            raw_tr = cascade_data(train, chain, gate)
-            raw_grid = grid_points(raw_tr, "coarse")
-            auc = {k: evaluate_curve([Point(*x) for x in zip(*simulate_many(d, g), strict=True)], base_tr).auc
-                   for k, d, g in (("contextual", srch.data, grid), ("raw", raw_tr, raw_grid))}
-            if (auc["raw"] or -1e9) > (auc["contextual"] or -1e9):
-                raw = (cascade_data(test, chain, gate), raw_grid)
-        signal[chain] = "contextual" if raw is None else gate
-        if raw is not None:
-            c, q = simulate_many(*raw)
-            by_chain[chain] = [(float(a), float(b), None, tuple(float(x) for x in t))
-                               for a, b, t in zip(c, q, raw[1], strict=True)]
-            continue
-        prior0 = prior_oof[:, pool.index(chain[0])]
+        prior0 = prior_oof[:, model.pool.index(chain[0])]
         for knob in sorted({0.0, *np.quantile(prior0, START_GRID).tolist()}):
             c, q = simulate_many(held_out_data(model, test, chain, P_te, knob), grid)
             by_chain.setdefault(chain, []).extend(
@@ -171,17 +143,13 @@ def grid_protocol(train, test, P_te, model, prior_oof, gate, base):  # noqa: ANN
         if (a, b) not in hull:
             continue
         hull.discard((a, b))
-        if knob is None:  # the raw signal won on train for this chain
-            params = [default_gate_params(test, m, gate) for m in chain[:-1]]
-            pc, pq = means(run_tier(test, tier_spec(chain, gate, thr, params)))
-        else:
-            cal = Calibrated(list(chain), "contextual", list(thr), list(model.params[chain]), float("nan"),
-                             float("nan"), True)
-            pc, pq = means(run_contextual(model, test, cal, P_te, knob))
+        cal = Calibrated(list(chain), "contextual", list(thr), list(model.params[chain]), float("nan"), float("nan"),
+                         True)
+        pc, pq = means(run_contextual(model, test, cal, P_te, knob))
         if abs(pc - a) > 1e-12 * max(1.0, abs(a)) or abs(pq - b) > 1e-12:
             raise AssertionError(f"{test.name}: ours-G: simulator and engine disagree for {chain} {thr} start {knob}")
         pts.append(Point(pc, pq))
-    return evaluate_curve(pts, base), chain, pts, signal
+    return evaluate_curve(pts, base), chain, pts
 
 
 def family_taus(calib, train) -> list[float]:  # noqa: ANN001
@@ -205,13 +173,11 @@ def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noq
     hpts, _ = contextual_curve(test, P_te, model, taus, hcalib)
     hrep = evaluate_curve(hpts, base)
     prior_oof = res.oof[:, [res.router.models.index(m) for m in model.pool]]
-    gate = CascadeCalibrator(train).gate
-    grep_ours, gchain, gpts, signal = grid_protocol(train, test, P_te, model, prior_oof, gate, base)
+    grep_ours, gchain, gpts = grid_protocol(test, P_te, model, prior_oof, base)
     cal = contextual_curve(test, P_te, model, [0.99], guard=True)[1][0]
     target = 0.99 * test.mean_quality(model.calibrator.ref_model)
     out = {"kind": "contextual cascade", "hull": _rep(hrep), "hindsight_chain": list(hchain), "hull_tau": _rep(rep),
-           "hull_grid": _rep(grep_ours), "grid_chain": list(gchain), "grid_signal": signal[gchain],
-           "raw_signal_chains": sum(v != "contextual" for v in signal.values()), "chains": len(signal),
+           "hull_grid": _rep(grep_ours), "grid_chain": list(gchain),
            "calibrated": {"chain": cal["chain"], "start_knob": cal["start_knob"], "thresholds": cal["thresholds"],
                           "test_quality": cal["quality"], "cost_pct": 100 * cal["cost"] / base.best_point.cost,
                           "target": target, "met": cal["quality"] >= target - 1e-12},
@@ -352,11 +318,10 @@ def render(rows: list[dict], secs: float) -> str:
     L = ["# Routing brain vs the issue-3 baselines (held-out test splits)", "",
          f"Generated by `bench/routing_brain.py` in {secs:.0f} s; the method is in its docstring. AUC = oracle-normalised "
          "AUC (design §5). All hull numbers read knob settings off the **test** curve (hindsight), for ours and for the "
-         "baselines. **ours-G** is the grid baseline's protocol (the same 6 per-rung quantile levels of the "
-         "train confidences, every sub-chain; sub-chain, start knob and grid point read on the test hull) with, per "
-         "sub-chain, our contextual gate's out-of-fold confidence or the raw log-prob/vote share — whichever has the "
-         "higher train AUC — and, for contextual chains, the start-router knob as one more grid dimension (a larger "
-         "knob space than the grid's). **ours-H** is stricter (sub-pool chosen on the test hull, every threshold "
+         "baselines. **ours-G** is the grid baseline's protocol (the same 6 per-rung quantile levels of the train "
+         "confidences, every sub-chain; sub-chain and grid point read on the test hull) with our contextual gate's "
+         "out-of-fold confidence in place of the raw log-prob/vote share, and the start-router knob (0 and 19 "
+         "quantiles of the train prior) as one more grid dimension — a larger knob space than the grid's. **ours-H** is stricter (sub-pool chosen on the test hull, every threshold "
          "and start knob fitted on train, τ read on test); **ours-τ** chooses the sub-chain on train too (only τ read on "
          "test). **cal@0.99** = fitted on train for 0.99 × the best train model's quality with the z = 1 margin and the "
          "cross-validated selection guard (cascade sets; learned-router sets: the router's out-of-fold knob), applied "
@@ -377,7 +342,7 @@ def render(rows: list[dict], secs: float) -> str:
                  f"{_p(o['hull']['ctp99'], '.0f')} | {_p(t['ctp99'], '.0f')} | {_p(g and g['ctp99'], '.0f')} | "
                  f"{_p(k['ctp99'], '.0f')} | {_p(gg['ctp'], '.0f')} | {cal_s} |")
     cal_met = sum(r["ours"]["calibrated"]["met"] for r in rows)
-    L += ["", "## Targets (issue 3), plainly", "", "ours-G (the grid baseline's protocol; signal per sub-chain chosen on train; start knob as a grid dimension):",
+    L += ["", "## Targets (issue 3), plainly", "", "ours-G (the grid baseline's protocol on our gate's confidence; start knob as a grid dimension):",
           "", *_targets(rows, "hull_grid"), "",
           "ours-H (sub-pool read on test; thresholds and start knob fitted on train, τ read on test):", "",
           *_targets(rows, "hull"), "", "ours-τ (sub-chain fitted on train; only τ read on test):", "",
@@ -399,8 +364,7 @@ def render(rows: list[dict], secs: float) -> str:
             continue
         used = o["chains_used"]
         cal = o["calibrated"]
-        sig = "" if o.get("grid_signal", "contextual") == "contextual" else f" ({o['grid_signal']} signal)"
-        L.append(f"| {r['set']} | {' > '.join(o['grid_chain'])}{sig} | {' > '.join(o['hindsight_chain'])} | {len(used)} | {sum('start' in u for u in used)} "
+        L.append(f"| {r['set']} | {' > '.join(o['grid_chain'])} | {' > '.join(o['hindsight_chain'])} | {len(used)} | {sum('start' in u for u in used)} "
                  f"| {' > '.join(cal['chain'])} ({cal['start_knob']:.2f}) |")
     return "\n".join(L) + "\n"
 
