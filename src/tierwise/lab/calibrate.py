@@ -357,14 +357,17 @@ class CascadeCalibrator:
         makes it slightly conservative."""
         if self.cv_folds < 2:
             return 0.0
+        def on(c: Constraint, rows: np.ndarray) -> Constraint:  # the constraint restricted to some prompts
+            return c if c.ref is None else replace(c, ref=c.ref[rows])
+
         drops = []
         plain = replace(con, z=0.0, offset=0.0)
         for tr, ho, searches in self._fold_searches():
-            i, thr, _, _ = self._choose(searches, replace(con, ref=None if con.ref is None else con.ref[tr]))
+            i, thr, _, _ = self._choose(searches, on(con, tr))
             d = self.searches[i].data
             fitted, held = simulate(d.rows(tr), thr), simulate(d.rows(ho), thr)
-            drops.append(replace(plain, ref=None if con.ref is None else con.ref[tr]).slack_of(fitted.cost, fitted.quality)
-                         - replace(plain, ref=None if con.ref is None else con.ref[ho]).slack_of(held.cost, held.quality))
+            drops.append(on(plain, tr).slack_of(fitted.cost, fitted.quality)
+                         - on(plain, ho).slack_of(held.cost, held.quality))
         return max(0.0, float(np.mean(drops)))
 
     def _fold_searches(self) -> list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]]:

@@ -288,8 +288,8 @@ class ContextualCalibrator(CascadeCalibrator):
         self._folds = None
 
     def fit_start(self, con: Constraint, guard: bool = True) -> tuple[Calibrated, float]:
-        """Cheapest feasible (chain, start knob, thresholds) on train (else the closest to feasible); ``guard`` as
-        in :meth:`CascadeCalibrator.fit`."""
+        """Cheapest feasible (chain, start knob, thresholds) on train (when none is, as :meth:`pick` says);
+        ``guard`` as in :meth:`CascadeCalibrator.fit`."""
         if guard:
             con = self.guarded(con)
         i, thr, _, ok = self.pick(con)
