@@ -18,6 +18,20 @@ def upstream() -> Iterator[FakeUpstream]:
         yield fake
 
 
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[FakeUpstream]:
+    """One fake upstream for a whole test module (provider tests make many requests); see :func:`fake`."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(module_upstream: FakeUpstream) -> FakeUpstream:
+    """The module's fake upstream with its scripted faults, delays and recorded requests cleared for this test."""
+    module_upstream.reset()
+    return module_upstream
+
+
 @pytest.fixture
 def anthropic_upstream() -> Iterator[FakeUpstream]:
     with FakeUpstream() as fake:

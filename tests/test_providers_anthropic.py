@@ -206,18 +206,6 @@ def test_stream_translator_ignores_ping_and_thinking() -> None:
 # ---- over HTTP ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(upstream: FakeUpstream) -> FakeUpstream:
-    upstream.reset()
-    return upstream
-
-
 @pytest.fixture
 async def provider(fake: FakeUpstream):
     cfg = ProviderConfig(format="anthropic", base_url=fake.base_url, api_key="ant-test-key-0001")

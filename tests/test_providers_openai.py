@@ -21,18 +21,6 @@ from tierwise.types import ErrorKind, UpstreamError, Usage
 BODY = {"model": "gpt-test", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(upstream: FakeUpstream) -> FakeUpstream:
-    upstream.reset()
-    return upstream
-
-
 @pytest.fixture
 async def provider(fake: FakeUpstream):
     p = OpenAIProvider("up", ProviderConfig(format="openai", base_url=fake.base_url, api_key="sk-test-key-123456"))
