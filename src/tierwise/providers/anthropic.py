@@ -143,11 +143,7 @@ class AnthropicProvider(HttpProvider):
         request.pop("stream", None)
         model = body.get("model") or ""
         async with self._post("/messages", orjson.dumps(request), timeout_s=timeout_s, streaming=False) as resp:
-            raw = await resp.read()
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise bad_response(self.name, "response body is not JSON", status=resp.status) from None
+            parsed = await self._read_json(resp)
         if isinstance(parsed, dict) and parsed.get("type") == "error":
             raise stream_error(self.name, parsed.get("error"))
         try:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
+import orjson
 
 from tierwise.config.schema import ProviderConfig
-from tierwise.providers.errors import status_error, transport_error
+from tierwise.providers.errors import bad_response, status_error, transport_error
 from tierwise.types import UpstreamError
 
 _KEEPALIVE_S = 30.0
@@ -108,6 +110,15 @@ class HttpProvider:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(self.name, exc) from exc
+
+    async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
+        """The whole response body parsed as JSON; a body that is not JSON is a ``bad_response`` naming the provider.
+        Call it inside :meth:`_post`'s ``async with``, so read failures are mapped too."""
+        raw = await resp.read()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise bad_response(self.name, "response body is not JSON", status=resp.status) from None
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

@@ -88,11 +88,7 @@ class OpenAIProvider(HttpProvider):
             body["stream"] = False
         model = body.get("model") or ""
         async with self._post("/chat/completions", orjson.dumps(body), timeout_s=timeout_s, streaming=False) as resp:
-            raw = await resp.read()
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise bad_response(self.name, "response body is not JSON", status=resp.status) from None
+            parsed = await self._read_json(resp)
         if isinstance(parsed, dict) and "error" in parsed and "choices" not in parsed:
             raise stream_error(self.name, parsed["error"])  # 200 with an error object (some proxies do this)
         try:
@@ -148,11 +144,7 @@ class OpenAIProvider(HttpProvider):
             raise bad_response(self.name, f"malformed stream chunk: {exc}") from None
 
     async def _json_instead_of_stream(self, resp: aiohttp.ClientResponse, model: str) -> list[StreamChunk]:
-        raw = await resp.read()
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise bad_response(self.name, "response body is not JSON") from None
+        parsed = await self._read_json(resp)
         if isinstance(parsed, dict) and "error" in parsed and "choices" not in parsed:
             raise stream_error(self.name, parsed["error"])
         try:
