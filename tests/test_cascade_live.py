@@ -51,7 +51,7 @@ MSG = [{"role": "user", "content": "What is 6*7?"}]
 
 @pytest.fixture
 def cgw(upstream: FakeUpstream, tmp_path: Path) -> Iterator[GatewayServer]:
-    gw = GatewayServer(config_for(upstream.base_url, tmp_path, extra=CASCADES.replace("\n  ", "\n  ", 1))).start()
+    gw = GatewayServer(config_for(upstream.base_url, tmp_path, extra=CASCADES)).start()
     try:
         yield gw
     finally:
