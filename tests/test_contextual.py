@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.shared_data import needs_data
 from tierwise.config.schema import GateConfig
 from tierwise.lab.cascade_sim import simulate
 from tierwise.lab.contextual import fit_contextual, held_out_data, run_contextual
@@ -29,9 +29,6 @@ from tierwise.routing.gates.contextual import (
 from tierwise.routing.learned.train import train_router
 from tierwise.types import Completion, Usage
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TIERWISE_SHARED_DATA") or REPO.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared outcome data not found at {DATA}")
 CHAIN = ("small", "mid", "big")
 
 

@@ -4,22 +4,18 @@ fitted cascade round-trips through a tierwise config."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.shared_data import needs_data
 from tierwise.config.load import load_config
 from tierwise.lab.calibrate import CascadeCalibrator, ChainSearch, Constraint, calibrate_point
 from tierwise.lab.cascade_sim import CascadeData, cascade_data, grid_fit, grid_points, simulate, tier_spec
 from tierwise.lab.configwrite import ConfigWriteError, write_cascade
 from tierwise.lab.datasets import load_set
 from tierwise.lab.evaluate import run_tier
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TIERWISE_SHARED_DATA") or REPO.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared outcome data not found at {DATA}")
 
 
 @needs_data

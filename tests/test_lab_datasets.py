@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.shared_data import DATA, needs_data
 from tierwise.lab.datasets import (
     AGGREGATE_ONLY,
     OutcomeSet,
@@ -30,13 +30,7 @@ from tierwise.lab.datasets._common import read_json
 from tierwise.lab.datasets.splits import hash_split
 from tierwise.lab.datasets.tokens import count_tokens
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TIERWISE_SHARED_DATA") or REPO.parent / "shared" / "data")
-
-pytestmark = pytest.mark.skipif(
-    not DATA.is_dir(),
-    reason=f"shared outcome data not found at {DATA} (set TIERWISE_SHARED_DATA to its folder)",
-)
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="session", autouse=True)

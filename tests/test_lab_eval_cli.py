@@ -6,17 +6,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.shared_data import needs_data
 from tierwise.lab.datasets import load_set, write_outcome_set
 from tierwise.lab.eval_cli import add_parsers
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("TIERWISE_SHARED_DATA") or REPO.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared outcome data not found at {DATA}")
 
 
 def run(argv: list[str]) -> int:

@@ -6,12 +6,11 @@ import math
 
 import pytest
 
+from tests.shared_data import needs_data
 from tierwise.lab.datasets import load_set
-from tierwise.lab.datasets.paths import shared_data_root
 from tierwise.lab.evaluate import cascade_tier, means, run_tier, single_tier
 
-if not shared_data_root().exists():  # pragma: no cover - CI always has it
-    pytest.skip(f"shared outcome data not found at {shared_data_root()}", allow_module_level=True)
+pytestmark = needs_data
 
 
 def test_single_models_reproduce_recorded_means() -> None:

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from tierwise.lab.datasets import OutcomeSet, PromptOutcomes, SharedDataMissing, load_set
+from tests.shared_data import needs_data
+from tierwise.lab.datasets import OutcomeSet, PromptOutcomes
 from tierwise.lab.datasets.format import ModelOutcome
 from tierwise.routing.gates.learned import FEATURES, load_gate_artifact
 from tierwise.routing.learned.gate_train import gate_design, save_gate, train_gate
@@ -62,11 +63,8 @@ def _cli(*argv: str) -> int:
     return args.fn(args)
 
 
+@needs_data
 def test_train_router_on_a_real_shared_set(tmp_path, capsys) -> None:
-    try:
-        load_set("mot/date")
-    except SharedDataMissing:
-        pytest.skip("../shared/data is absent (set TIERWISE_SHARED_DATA): no real outcome set to train on")
     from tierwise.routing.learned import load_router
 
     out = tmp_path / "date.npz"

@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.shared_data import needs_data
 from tierwise.config import ConfigError, load_config_text
 from tierwise.lab.datasets import load_set
-from tierwise.lab.datasets.paths import shared_data_root
 from tierwise.lab.evaluate import run_tier
 from tierwise.routing.learned.artifact import load_router, save_router
 from tierwise.routing.learned.train import train_router
 
-if not shared_data_root().exists():  # pragma: no cover - CI always has it
-    pytest.skip(f"shared outcome data not found at {shared_data_root()}", allow_module_level=True)
+pytestmark = needs_data
 
 MODELS = ["gpt-3.5-turbo", "gpt-4"]
 
