@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 from fakes import FakeUpstream
 from schemas import errors as schema_errors
 
+from tests.provider_calls import collect
+from tests.provider_calls import expect_error as expect_upstream_error
 from tierwise.config.schema import ProviderConfig
 from tierwise.providers.anthropic import AnthropicProvider, StreamTranslator
 from tierwise.providers.anthropic_translate import from_anthropic_response, to_anthropic_request
@@ -214,10 +217,6 @@ async def provider(fake: FakeUpstream):
     await p.aclose()
 
 
-async def collect(provider: AnthropicProvider, body: dict, timeout_s: float = 5.0) -> list:
-    return [chunk async for chunk in provider.stream(body, timeout_s=timeout_s)]
-
-
 async def test_complete_over_http(provider: AnthropicProvider, fake: FakeUpstream) -> None:
     fake.set(reply="Hello from Claude", prompt_tokens=20)
     result = await provider.complete(dict(BODY), timeout_s=5)
@@ -288,13 +287,7 @@ async def test_empty_length(provider: AnthropicProvider, fake: FakeUpstream) -> 
     assert (result.finish_reason, result.text) == ("length", "")
 
 
-async def expect_error(provider: AnthropicProvider, *, stream: bool = False, timeout_s: float = 5.0) -> UpstreamError:
-    with pytest.raises(UpstreamError) as info:
-        if stream:
-            await collect(provider, dict(BODY), timeout_s=timeout_s)
-        else:
-            await provider.complete(dict(BODY), timeout_s=timeout_s)
-    return info.value
+expect_error = partial(expect_upstream_error, body=BODY)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -6,11 +6,14 @@ import json
 import socket
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from functools import partial
 
 import pytest
 from fakes import FakeUpstream
 from schemas import errors as schema_errors
 
+from tests.provider_calls import collect
+from tests.provider_calls import expect_error as expect_upstream_error
 from tierwise.config.schema import ProviderConfig
 from tierwise.providers.base import Provider
 from tierwise.providers.errors import parse_retry_after, sanitize_message
@@ -26,10 +29,6 @@ async def provider(fake: FakeUpstream):
     p = OpenAIProvider("up", ProviderConfig(format="openai", base_url=fake.base_url, api_key="sk-test-key-123456"))
     yield p
     await p.aclose()
-
-
-async def collect(provider: Provider, body: dict, timeout_s: float = 5.0) -> list:
-    return [chunk async for chunk in provider.stream(body, timeout_s=timeout_s)]
 
 
 def assert_conforms(obj: dict, name: str) -> None:
@@ -154,13 +153,7 @@ async def test_empty_length_is_reported_not_hidden(provider: OpenAIProvider, fak
 # ---- faults -> ErrorKind -------------------------------------------------------------------------------------------
 
 
-async def expect_error(provider: Provider, *, stream: bool = False, timeout_s: float = 5.0) -> UpstreamError:
-    with pytest.raises(UpstreamError) as info:
-        if stream:
-            await collect(provider, dict(BODY), timeout_s=timeout_s)
-        else:
-            await provider.complete(dict(BODY), timeout_s=timeout_s)
-    return info.value
+expect_error = partial(expect_upstream_error, body=BODY)
 
 
 @pytest.mark.parametrize("stream", [False, True])
