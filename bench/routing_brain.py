@@ -46,6 +46,7 @@ from routing_quality import SETS, _rep, grid_baseline  # noqa: E402
 from tierwise.lab.calibrate import Calibrated, CascadeCalibrator  # noqa: E402
 from tierwise.lab.cascade_sim import grid_points, simulate, simulate_many  # noqa: E402
 from tierwise.lab.contextual import fit_contextual, held_out_data, run_contextual  # noqa: E402
+from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws, interval  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
 from tierwise.lab.eval_cli import knn_choices, knob_taus  # noqa: E402
 from tierwise.lab.evaluate import means, run_tier  # noqa: E402
@@ -59,6 +60,7 @@ from tierwise.routing.learned.train import sweep_points, train_router  # noqa: E
 OUT = Path(__file__).parent / "results"
 EMBEDDER = "minilm-onnx"
 ROUTER_KINDS = ("knn", "logreg", "ensemble")
+BOOTSTRAP = 400  # paired bootstrap draws of each test split (tierwise.lab.curve_bootstrap)
 
 
 def contextual_curve(test, P_te, model, taus, calib=None, guard: bool = False):  # noqa: ANN001, ANN201
@@ -118,7 +120,7 @@ def grid_protocol(test, P_te, model, prior_oof, base):  # noqa: ANN001, ANN201
     start-router knob — 0 (no start router) and the :data:`START_GRID` quantiles of the first rung's out-of-fold
     train prior. The sub-chain, start knob and grid point are read off the **test** hull (hindsight, as the grid
     baseline is read). ``prior_oof``: (n_train, len(model.pool)) out-of-fold router priors. Hull vertices are re-run
-    through the engine and must agree with the simulator. Returns (report, chain, points)."""
+    through the engine and must agree with the simulator. Returns (report, chain, points, per-vertex engine results)."""
     by_chain: dict = {}
     for srch, knob0 in zip(model.calibrator.searches, model.calibrator.starts, strict=True):
         if len(srch.data.chain) < 2 or knob0 != 0.0:
@@ -138,18 +140,19 @@ def grid_protocol(test, P_te, model, prior_oof, base):  # noqa: ANN001, ANN201
     assert best is not None
     _, chain, cand = best
     hull = {(p.cost, p.quality) for p in upper_hull([Point(a, b) for a, b, _, _ in cand])}
-    pts = []
+    pts, runs = [], []
     for a, b, knob, thr in cand:
         if (a, b) not in hull:
             continue
         hull.discard((a, b))
         cal = Calibrated(list(chain), "contextual", list(thr), list(model.params[chain]), float("nan"), float("nan"),
                          True)
-        pc, pq = means(run_contextual(model, test, cal, P_te, knob))
+        runs.append(run_contextual(model, test, cal, P_te, knob))
+        pc, pq = means(runs[-1])
         if abs(pc - a) > 1e-12 * max(1.0, abs(a)) or abs(pq - b) > 1e-12:
             raise AssertionError(f"{test.name}: ours-G: simulator and engine disagree for {chain} {thr} start {knob}")
         pts.append(Point(pc, pq))
-    return evaluate_curve(pts, base), chain, pts
+    return evaluate_curve(pts, base), chain, pts, runs
 
 
 def family_taus(calib, train) -> list[float]:  # noqa: ANN001
@@ -173,7 +176,7 @@ def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noq
     hpts, _ = contextual_curve(test, P_te, model, taus, hcalib)
     hrep = evaluate_curve(hpts, base)
     prior_oof = res.oof[:, [res.router.models.index(m) for m in model.pool]]
-    grep_ours, gchain, gpts = grid_protocol(test, P_te, model, prior_oof, base)
+    grep_ours, gchain, gpts, gruns = grid_protocol(test, P_te, model, prior_oof, base)
     cal = contextual_curve(test, P_te, model, [0.99], guard=True)[1][0]
     target = 0.99 * test.mean_quality(model.calibrator.ref_model)
     out = {"kind": "contextual cascade", "hull": _rep(hrep), "hindsight_chain": list(hchain), "hull_tau": _rep(rep),
@@ -188,7 +191,7 @@ def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noq
         args = ([0.0, *pct, 100.0], [base.cheapest_point.quality, *[x["quality"] for x in rows], base.best_point.quality],
                 base.cheapest_point.quality, base.best_point.quality)
         out["apgr"], out["cpt50"] = apgr(*args), cpt(*args, 0.5)
-    return out, hrep, hpts, Point(cal["cost"], cal["quality"]), rep, pts, grep_ours, gpts
+    return out, hrep, hpts, Point(cal["cost"], cal["quality"]), rep, pts, grep_ours, gpts, PerPrompt.from_runs(gruns)
 
 
 def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: ANN001
@@ -202,6 +205,7 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
     pred = router.predict_embeddings(E_te)
     Q, C = test.quality_matrix(models), test.cost_matrix(models)
     knobs, pts = sweep_points(pred, Q, C, router.mean_cost, rule)
+    per_prompt = PerPrompt.from_choices(np.stack([choose(pred, router.mean_cost, rule, float(k)) for k in knobs]), C, Q)
     by_text = {(p.prompt or p.id).strip(): [float(v) for v in pred[i]] for i, p in enumerate(test.prompts)}
     predictors = {"eval": lambda t: by_text[t.strip()]}
     hull = {(p.cost, p.quality) for p in upper_hull(pts)}
@@ -236,7 +240,7 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
             qs.append(float(Q[rows, i].mean()))
         out["apgr"] = apgr(pct, qs, base.cheapest_point.quality, base.best_point.quality)
         out["cpt50"] = cpt(pct, qs, base.cheapest_point.quality, base.best_point.quality, 0.5)
-    return out, rep, pts, Point(c, q)
+    return out, rep, pts, Point(c, q), per_prompt
 
 
 def one_set(name: str, work: Path) -> dict:
@@ -251,6 +255,7 @@ def one_set(name: str, work: Path) -> dict:
     ix = np.arange(len(test.prompts))
     kpts = [Point(float(c[ix, ch].mean()), float(q[ix, ch].mean())) for ch in chosen]
     krep = evaluate_curve(kpts, base)
+    methods = {"knn": PerPrompt.from_choices(np.stack(chosen), c, q)}
     row["knn"] = _rep(krep)
     plot_rows = [Row("kNN (baseline)", krep, kpts)]
     if len(models) == 2:
@@ -266,11 +271,13 @@ def one_set(name: str, work: Path) -> dict:
     except ValueError:
         gate = None
     if gate is not None:
-        grep, gchain = grid_baseline(train, test, gate, base)
+        grep, gchain, gruns = grid_baseline(train, test, gate, base)
         row["grid"], row["grid_chain"] = (_rep(grep) if grep else None), gchain
         if grep:
             plot_rows.append(Row(f"{gate} cascade grid (baseline)", grep, grep.hull))
-        ours, rep, pts, calp, trep, tpts, grep_ours, gpts = contextual_set(s, train, test, base, E_tr, E_te, work)
+            methods["grid"] = PerPrompt.from_runs(gruns)
+        ours, rep, pts, calp, trep, tpts, grep_ours, gpts, methods["ours"] = contextual_set(
+            s, train, test, base, E_tr, E_te, work)
         plot_rows.append(Row("ours-G: contextual gate, grid protocol (chain and thresholds read on test)",
                              grep_ours, gpts))
         plot_rows.append(Row("ours-τ: contextual cascade fitted on train (τ read on test)", trep, tpts,
@@ -278,12 +285,13 @@ def one_set(name: str, work: Path) -> dict:
         calp = None  # the calibrated point belongs to the train-fitted family, drawn once
     else:
         row["grid"] = None
-        ours, rep, pts, calp = learned_set(s, train, test, base, E_tr, E_te, work)
+        ours, rep, pts, calp, methods["ours"] = learned_set(s, train, test, base, E_tr, E_te, work)
     row["ours"] = ours
     label = "ours-H: contextual cascade, sub-pool read on test like the grid" if gate else f"ours: {ours['kind']}"
     plot_rows.append(Row(label, rep, pts, calibrated=calp))
     (OUT / "routing_brain").mkdir(parents=True, exist_ok=True)
     plot_png(OUT / "routing_brain" / f"{name.replace('/', '_')}.png", plot_rows, base, f"{name} (test split)")
+    row["_draws"] = curve_draws(q, c, models, methods, BOOTSTRAP)
     return row
 
 
@@ -314,7 +322,50 @@ def _targets(rows: list[dict], key: str) -> list[str]:
             f"- full qB at ≤ 50% of cB on {len(full50)} sets (target ≥ 3) {ok(len(full50) >= 3)}: {', '.join(full50) or 'none'}"]
 
 
-def render(rows: list[dict], secs: float) -> str:
+def noise(rows: list[dict]) -> dict:
+    """Paired-bootstrap intervals (:mod:`tierwise.lab.curve_bootstrap`) for each set's ΔAUC vs the better baseline and for the
+    four target numbers across sets; draw i of every set is combined with draw i of the others (sets independent)."""
+    per_set, deltas, c99, c100 = {}, [], [], []
+    for r in rows:
+        d = r["_draws"]
+        better = np.fmax(d["knn"]["auc"], d["grid"]["auc"]) if "grid" in d else d["knn"]["auc"]
+        delta = d["ours"]["auc"] - better
+        deltas.append(delta)
+        c99.append(d["ours"]["ctp99"])
+        c100.append(d["ours"]["ctp"])
+        per_set[r["set"]] = {"delta_ci": interval(delta), "p_close": float(np.nanmean(delta >= -0.01)),
+                             "p_above": float(np.nanmean(delta > 0)), "c99_ci": interval(d["ours"]["ctp99"])}
+    D = np.array(deltas)
+    return {"per_set": per_set, "draws": BOOTSTRAP,
+            "mean_gain_ci": interval(np.nanmean(D, axis=0)),
+            "close_ci": interval((D >= -0.01).sum(axis=0).astype(float)),
+            "above_ci": interval((D > 0).sum(axis=0).astype(float)),
+            "c99_median_ci": interval(np.median(np.array(c99), axis=0)),
+            "full50_ci": interval((np.array(c100) <= 50).sum(axis=0).astype(float))}
+
+
+def _noise_lines(nz: dict, n: int) -> list[str]:
+    ci = lambda k, f: f"[{nz[k][0]:{f}}, {nz[k][1]:{f}}]"  # noqa: E731
+    L = ["## How much of this is noise (paired bootstrap of the test split)", "",
+         f"`tierwise.lab.curve_bootstrap`: {nz['draws']} draws of each test split with replacement; on each draw the best "
+         "model, the oracle and every method's hull, AUC and costs are recomputed from the same prompts (each method "
+         "keeps the operating points it reported above: ours-G's and the grid's hull vertices, the kNN and learned "
+         "routers' sweeps). 95 % percentile intervals; across sets, draw i of every set is combined.", "",
+         f"- mean AUC gain of ours-G over the better baseline: {ci('mean_gain_ci', '+.3f')} (target ≥ +0.03)",
+         f"- sets within 0.01 of the better baseline: {ci('close_ci', '.0f')} of {n}; strictly above: "
+         f"{ci('above_ci', '.0f')} (target ≥ {int(np.ceil(2 * n / 3))})",
+         f"- median cost to 99 % of qB: {ci('c99_median_ci', '.0f')} % of cB (target ≤ 65 %)",
+         f"- sets with full qB at ≤ 50 % of cB: {ci('full50_ci', '.0f')} (target ≥ 3)", "",
+         "| set | ΔAUC 95 % interval | P(Δ ≥ −0.01) | P(Δ > 0) | c99 ours 95 % interval |", "|---|---|---|---|---|"]
+    for name, v in nz["per_set"].items():
+        lo, hi = v["delta_ci"]
+        c_lo, c_hi = v["c99_ci"]
+        L.append(f"| {name} | [{lo:+.3f}, {hi:+.3f}] | {v['p_close']:.2f} | {v['p_above']:.2f} | "
+                 f"[{c_lo:.0f}, {c_hi:.0f}] |")
+    return L
+
+
+def render(rows: list[dict], secs: float, nz: dict) -> str:
     L = ["# Routing brain vs the issue-3 baselines (held-out test splits)", "",
          f"Generated by `bench/routing_brain.py` in {secs:.0f} s; the method is in its docstring. AUC = oracle-normalised "
          "AUC (design §5). All hull numbers read knob settings off the **test** curve (hindsight), for ours and for the "
@@ -348,6 +399,7 @@ def render(rows: list[dict], secs: float) -> str:
           *_targets(rows, "hull"), "", "ours-τ (sub-chain fitted on train; only τ read on test):", "",
           *_targets(rows, "hull_tau"), "",
           f"Calibrated point (no hindsight at all): meets its 0.99·qB target on {cal_met}/{len(rows)} sets.", "",
+          *_noise_lines(nz, len(rows)), "",
           "## RouteLLM two-model sets: APGR and CPT(50%) (arXiv 2406.18665 definitions), test split", "",
           "| set | kNN APGR | ours APGR | kNN CPT50 | ours CPT50 | met |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -383,10 +435,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: AUC ours-G {_p(o['auc'])} ours-H {_p(rows[-1]['ours']['hull']['auc'])} grid {_p((rows[-1].get('grid') or {}).get('auc'))} kNN "
                   f"{_p(rows[-1]['knn']['auc'])} ({time.time() - t:.1f}s)", file=sys.stderr, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    nz = noise(rows)
     for r in rows:
         r["ours"].pop("points", None)
-    (OUT / "routing_brain.json").write_text(json.dumps({"sets": rows}, indent=1, default=float))
-    (OUT / "routing_brain.md").write_text(render(rows, time.time() - t0))
+        r.pop("_draws")
+    (OUT / "routing_brain.json").write_text(json.dumps({"sets": rows, "noise": nz}, indent=1, default=float))
+    (OUT / "routing_brain.md").write_text(render(rows, time.time() - t0, nz))
     print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
     return 0
 

@@ -49,7 +49,8 @@ SETS += ["routerbench/arc_c", "routerbench/winogrande", "routellm/mmlu", "routel
 
 
 def grid_baseline(train, test, gate, base):  # noqa: ANN001, ANN201
-    """Coarse per-rung grid on every sub-chain; best sub-chain by test AUC (hindsight); vertices via the engine."""
+    """Coarse per-rung grid on every sub-chain; best sub-chain by test AUC (hindsight); vertices via the engine.
+    Returns (report, chain, per-vertex engine results) or (None, None, [])."""
     pool = cost_ordered(test, test.priced_models())
     gated = {m for m in pool if gate_signal(test, m, gate)}
     best = None
@@ -65,16 +66,16 @@ def grid_baseline(train, test, gate, base):  # noqa: ANN001, ANN201
         if rep.auc is not None and (best is None or rep.auc > best[0]):
             best = (rep.auc, chain, d, grid, c, q)
     if best is None:
-        return None, None
+        return None, None, []
     _, chain, d, grid, c, q = best
     hull = {(p.cost, p.quality) for p in upper_hull([Point(a, b) for a, b in zip(c, q, strict=True)])}
-    pts = []
+    pts, runs = [], []
     for i in range(len(grid)):
         if (c[i], q[i]) in hull:
             hull.discard((c[i], q[i]))
-            pc, pq = means(run_tier(test, tier_spec(chain, gate, grid[i], d.gate_params)))
-            pts.append(Point(pc, pq))
-    return evaluate_curve(pts, base), chain
+            runs.append(run_tier(test, tier_spec(chain, gate, grid[i], d.gate_params)))
+            pts.append(Point(*means(runs[-1])))
+    return evaluate_curve(pts, base), chain, runs
 
 
 def strong_pcts(results_list, strong):  # noqa: ANN001, ANN201
@@ -108,7 +109,7 @@ def one_set(name: str) -> dict:
         row["ours"] = None
         row["why_no_cascade"] = str(exc)
     else:
-        grep, gchain = grid_baseline(train, test, calib.gate, base)
+        grep, gchain, _ = grid_baseline(train, test, calib.gate, base)
         row["grid"] = _rep(grep) if grep else None
         row["grid_chain"] = gchain
         curve = calibrated_curve(calib, test, knob_taus(calib, 0.99), 1.0)

@@ -63,6 +63,15 @@ def test_dump_one_line_per_prompt_and_knob(tmp_path: Path, capsys: pytest.Captur
     html = (tmp_path / "out" / "plot.html").read_text()
     assert "<svg" in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert (tmp_path / "out" / "table.txt").exists()
+    assert "Paired bootstrap of the test split (200 draws" in out and "ΔAUC cascade:vote" in out
+    assert "Paired bootstrap" in (tmp_path / "out" / "table.txt").read_text()
+
+
+@needs_data
+def test_eval_without_bootstrap_has_no_interval_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["eval", "--data", "mot/date", "--router", "knn", "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "knn" in out and "Paired bootstrap" not in out
 
 
 @needs_data

@@ -30,6 +30,7 @@ from tierwise.lab.calibrate import (
     calibrate_point,
     calibrated_curve,
 )
+from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws, interval
 from tierwise.lab.datasets import (
     OutcomeFormatError,
     OutcomeSet,
@@ -204,7 +205,8 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         pts = [Point(r.held.cost, r.held.quality) for r in curve]
         honest = next(r for r in curve if r.knob == args.target_quality)
         row = Row(f"cascade:{calib.gate} (τ family)", evaluate_curve(pts, base), pts,
-                  calibrated=Point(honest.held.cost, honest.held.quality))
+                  calibrated=Point(honest.held.cost, honest.held.quality),
+                  per_prompt=PerPrompt.from_runs([r.held.results for r in curve]))
         if two:
             pcts = [100 * float(np.mean([strong in pr.models_called for pr in r.held.results])) for r in curve]
             quals = [r.held.quality for r in curve]
@@ -218,7 +220,7 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         check_models(oset, [arg], "--router single:")
         res = run_tier(test, single_tier(arg))
         p = Point(float(np.mean([r.cost for r in res])), float(np.mean([r.quality for r in res])))
-        rows.append(Row(f"single:{arg}", evaluate_curve([p], base), [p]))
+        rows.append(Row(f"single:{arg}", evaluate_curve([p], base), [p], per_prompt=PerPrompt.from_runs([res])))
         if dump is not None:
             dump.extend(_dump_rows(oset.name, None, res))
     elif kind == "learned":
@@ -254,7 +256,7 @@ def _learned_row(label: str, runs: list[tuple[float, list[Any]]], models: list[s
     from tierwise.lab.evaluate import means
 
     pts = [Point(*means(res)) for _, res in runs]
-    row = Row(label, evaluate_curve(pts, base), pts)
+    row = Row(label, evaluate_curve(pts, base), pts, per_prompt=PerPrompt.from_runs([res for _, res in runs]))
     if two:
         pcts = [100 * float(np.mean([r.served == base.best for r in res])) for _, res in runs]
         row.apgr, row.cpt50 = _two_model_metrics(base, pcts, [p.quality for p in pts])
@@ -262,6 +264,28 @@ def _learned_row(label: str, runs: list[tuple[float, list[Any]]], models: list[s
         for knob, res in runs:
             dump.extend(_dump_rows(name, knob, res))
     return row
+
+
+def bootstrap_lines(rows: list[Row], quality: np.ndarray, cost: np.ndarray, models: list[str], draws: int) -> str:
+    """The paired-bootstrap section of the eval table: per router row, 95 % intervals of AUC and cost to 0.99·qB,
+    and for the evaluated router (the first row) its AUC difference against the kNN baseline — is a gain real or
+    noise of this test split?"""
+    methods = {r.name: r.per_prompt for r in rows if r.per_prompt is not None}
+    if not methods:
+        return ""
+    d = curve_draws(quality, cost, models, methods, draws)
+    lines = [f"Paired bootstrap of the test split ({draws} draws; each router keeps its points, the best model and",
+             "the oracle are recomputed on every draw): 95% intervals"]
+    for name in methods:
+        a, c = interval(d[name]["auc"]), interval(d[name]["ctp99"])
+        lines.append(f"  {name[:34]:<34} AUC [{a[0]:.3f}, {a[1]:.3f}]  c@.99qB% [{c[0]:.1f}, {c[1]:.1f}]")
+    first, knn = rows[0].name, next((n for n in methods if n.startswith("knn")), None)
+    if knn is not None and first in methods and first != knn:
+        delta = d[first]["auc"] - d[knn]["auc"]
+        lo, hi = interval(delta)
+        lines.append(f"  ΔAUC {first} − {knn}: [{lo:+.3f}, {hi:+.3f}], above in "
+                     f"{100 * float(np.nanmean(delta > 0)):.0f}% of draws")
+    return "\n".join(lines)
 
 
 def _dump_rows(name: str, knob: float | None, results: list[Any]) -> list[dict[str, Any]]:
@@ -274,6 +298,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dump: list[dict[str, Any]] | None = [] if args.dump else None
     rows, base, two = evaluate(oset, args.router, args, dump)
     table = metrics_table(rows, base, two)
+    if args.bootstrap > 0:
+        test = oset.split("test")
+        models = test.priced_models()
+        table += "\n\n" + bootstrap_lines(rows, test.quality_matrix(models), test.cost_matrix(models), models,
+                                           args.bootstrap)
     print(f"{oset.name}: router {args.router} on the test split (n={oset.count('test')})\n{table}")
     if dump is not None:
         Path(args.dump).parent.mkdir(parents=True, exist_ok=True)
@@ -343,5 +372,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", help="directory for table.txt, plot.png, plot.html")
     p.add_argument("--dump", help="JSONL: one line per held-out prompt and knob setting")
     p.add_argument("--plot", action="store_true", help="write plot.png (matplotlib) and plot.html")
+    p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap draws of the test split for 95%% "
+                   "intervals of AUC, cost to 0.99·qB and the router's AUC gain over kNN (default 200; 0 = off)")
     p.add_argument("--embedder", default="minilm-static", help="kNN baseline embedder (minilm-static|minilm-onnx)")
     p.set_defaults(fn=_guard(cmd_eval))

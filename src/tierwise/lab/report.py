@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tierwise.lab.curve_bootstrap import PerPrompt
 from tierwise.lab.metrics import Baselines, CurveReport, Point
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
@@ -28,6 +29,7 @@ class Row:
     cpt50: float | None = None
     note: str = ""
     calibrated: Point | None = None  # the train-fitted point, drawn apart from the hindsight hull
+    per_prompt: PerPrompt | None = None  # per-prompt cost/quality of each point: for the paired bootstrap
 
 
 def _f(v: float | None, fmt: str) -> str:
