@@ -53,7 +53,7 @@ from tierwise.lab.evaluate import means, run_tier  # noqa: E402
 from tierwise.lab.metrics import Point, apgr, compute_baselines, cpt, evaluate_curve, upper_hull  # noqa: E402
 from tierwise.lab.report import Row, plot_png  # noqa: E402
 from tierwise.routing.learned.artifact import save_router  # noqa: E402
-from tierwise.routing.learned.choose import choose  # noqa: E402
+from tierwise.routing.learned.choose import choose, sweep  # noqa: E402
 from tierwise.routing.learned.embed_cache import embed_prompts  # noqa: E402
 from tierwise.routing.learned.train import sweep_points, train_router  # noqa: E402
 
@@ -205,7 +205,8 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
     pred = router.predict_embeddings(E_te)
     Q, C = test.quality_matrix(models), test.cost_matrix(models)
     knobs, pts = sweep_points(pred, Q, C, router.mean_cost, rule)
-    per_prompt = PerPrompt.from_choices(np.stack([choose(pred, router.mean_cost, rule, float(k)) for k in knobs]), C, Q)
+    chosen = sweep(pred, router.mean_cost, rule, knobs)  # served model per knob and test prompt
+    per_prompt = PerPrompt.from_choices(chosen, C, Q)
     by_text = {(p.prompt or p.id).strip(): [float(v) for v in pred[i]] for i, p in enumerate(test.prompts)}
     predictors = {"eval": lambda t: by_text[t.strip()]}
     hull = {(p.cost, p.quality) for p in upper_hull(pts)}
@@ -232,12 +233,8 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
                           "target": target, "met": q >= target - 1e-12}}
     if len(models) == 2:
         strong = models.index(base.best)
-        rows = np.arange(len(Q))
-        pct, qs = [], []
-        for k in knobs:
-            i = choose(pred, router.mean_cost, rule, float(k))
-            pct.append(100.0 * float(np.mean(i == strong)))
-            qs.append(float(Q[rows, i].mean()))
+        pct = [100.0 * float(np.mean(i == strong)) for i in chosen]
+        qs = [float(q) for q in per_prompt.quality.mean(axis=1)]
         out["apgr"] = apgr(pct, qs, base.cheapest_point.quality, base.best_point.quality)
         out["cpt50"] = cpt(pct, qs, base.cheapest_point.quality, base.best_point.quality, 0.5)
     return out, rep, pts, Point(c, q), per_prompt
@@ -255,7 +252,7 @@ def one_set(name: str, work: Path) -> dict:
     ix = np.arange(len(test.prompts))
     kpts = [Point(float(c[ix, ch].mean()), float(q[ix, ch].mean())) for ch in chosen]
     krep = evaluate_curve(kpts, base)
-    methods = {"knn": PerPrompt.from_choices(np.stack(chosen), c, q)}
+    methods = {"knn": PerPrompt.from_choices(chosen, c, q)}
     row["knn"] = _rep(krep)
     plot_rows = [Row("kNN (baseline)", krep, kpts)]
     if len(models) == 2:
