@@ -76,8 +76,9 @@ class LedgerSchemaError(RuntimeError):
 class LedgerStore(Protocol):
     """Storage for ledger rows. See the module docstring for the contract a new backend must honour."""
 
-    def write_batch(self, rows: list[Row]) -> None:
-        """Insert ``rows`` in one transaction, replacing rows with the same ``id``. Called from one writer thread."""
+    def write_batch(self, rows: list[Row], *, replace: bool = True) -> None:
+        """Insert ``rows`` in one transaction, replacing rows with the same ``id`` (``replace=False``: keeping
+        them, for journal replay of interrupted requests). Called from one writer thread."""
         ...
 
     def tail(self, n: int) -> list[Row]:
@@ -115,12 +116,14 @@ class MemoryLedgerStore:
         self._index: dict[str, Row] = {}
         self._lock = threading.Lock()
 
-    def write_batch(self, rows: list[Row]) -> None:
+    def write_batch(self, rows: list[Row], *, replace: bool = True) -> None:
         copies = [orjson.loads(orjson.dumps(row, default=str)) for row in rows]
         with self._lock:
             for row in copies:
                 old = self._index.get(row["id"])
                 if old is not None:  # same id again (a retried batch): replace, as SQLite does
+                    if not replace:
+                        continue
                     self._rows.remove(old)
                 if self._rows.maxlen is not None and len(self._rows) == self._rows.maxlen:
                     self._index.pop(self._rows[0]["id"], None)
@@ -169,6 +172,8 @@ class SQLiteLedgerStore:
         f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})"
     )
 
+    _INSERT_NEW = _INSERT.replace("INSERT OR REPLACE", "INSERT OR IGNORE", 1)
+
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
             raise ValueError("SQLiteLedgerStore needs a file path; use MemoryLedgerStore for an in-memory ledger")
@@ -204,7 +209,7 @@ class SQLiteLedgerStore:
 
     # -- writes (writer thread) ------------------------------------------------------------------------------
 
-    def write_batch(self, rows: list[Row]) -> None:
+    def write_batch(self, rows: list[Row], *, replace: bool = True) -> None:
         if not rows:
             return
         params = [_encode(row) for row in rows]  # before BEGIN: an encoding error must not leave a transaction open
@@ -216,7 +221,7 @@ class SQLiteLedgerStore:
             conn = self._write_conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(self._INSERT, params)
+                conn.executemany(self._INSERT if replace else self._INSERT_NEW, params)
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
