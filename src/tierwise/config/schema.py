@@ -231,6 +231,27 @@ class LedgerConfig(_Strict):
     path: str = "tierwise-ledger.db"
     batch_size: PositiveInt = 256
     flush_interval_ms: PositiveFloat = 200.0
+    journal: bool = Field(
+        default=True,
+        description="crash journal: every record written to disk before the response completes, replayed at start "
+                    "(sqlite backend; the memory backend keeps nothing to replay into)",
+    )
+    journal_dir: str | None = Field(default=None, description="journal directory (default: '<path>.journal')")
+    fsync: Literal["never", "interval", "always"] = Field(
+        default="never",
+        description="journal fsync: never (survives process crashes), interval (once per flush interval: also "
+                    "power loss, minus the last interval), always (per record: slowest)",
+    )
+    on_unwritable: Literal["refuse", "serve"] = Field(
+        default="refuse",
+        description="when the journal cannot be written (disk full, read-only): refuse new requests with 503 "
+                    "(nothing served unbooked) or serve and keep records in memory only",
+    )
+    fallback_path: str | None = Field(
+        default=None,
+        description="where rows the store refuses at shutdown go (default: '<path>.unwritten.jsonl'); "
+                    "put it on another disk than the database",
+    )
 
 
 class ServerConfig(_Strict):
