@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import count_text_tokens
 from tierwise.errors import APIError, from_upstream
-from tierwise.ledger import LedgerWriter, fallback_path_for, import_unwritten, open_store, open_writer
+from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
@@ -28,7 +28,7 @@ from tierwise.requests import prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
 from tierwise.state import MemoryHealth, MemorySessionPins
-from tierwise.types import JSON, LedgerRecord, StreamChunk, Usage
+from tierwise.types import JSON, Cost, LedgerRecord, StreamChunk, Usage
 
 if TYPE_CHECKING:
     from tierwise.routing.learned.artifact import LearnedRouter
@@ -111,13 +111,7 @@ class Tierwise:
         self._predictors.update(predictors or {})
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
-        if ledger is None:
-            store = open_store(cfg.ledger)
-            recovered = import_unwritten(store, fallback_path_for(store))  # rows a past outage saved aside
-            if recovered:
-                log.warning("ledger: re-imported %d record(s) from the fallback file", recovered)
-            ledger = open_writer(cfg.ledger, store)
-        self.ledger = ledger
+        self.ledger = ledger if ledger is not None else open_ledger(cfg.ledger)
         self._log_prompts = cfg.server.log_prompts
         # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
         self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
@@ -183,7 +177,26 @@ class Tierwise:
             call.start_rung = self.engine.start_rung(decision.tier, route.predicted)  # type: ignore[arg-type]
             if call.start_rung:
                 record.notes.append(f"start router: began at rung {call.start_rung} ({cascade.rungs[call.start_rung].model})")
+        self._journal_begin(record)
         return call
+
+    def _journal_begin(self, record: LedgerRecord) -> None:
+        """Put the request in the crash journal before any upstream call. When the journal cannot be written
+        (disk full, read-only), refuse the request (``ledger.on_unwritable: refuse``): serving it would spend money
+        no record could show."""
+        try:
+            self.ledger.begin(record)
+        except JournalError as exc:
+            if self.cfg.ledger.on_unwritable == "serve":
+                record.notes.append("not crash-safe: the ledger journal could not be written")
+                log.critical("serving %s without a crash-safe record: %s", record.id, exc)
+                return
+            log.critical("refusing request %s: %s", record.id, exc)
+            raise APIError(
+                503, "tierwise cannot record requests right now (its ledger journal cannot be written), so it "
+                "refuses them rather than spend money it could not account for; the operator has been told",
+                type="server_error", code="ledger_unavailable",
+            ) from None
 
     def reject(self, err: APIError, principal: str | None, body: JSON | None, route: RouteRequest | None) -> str:
         """Book a request refused before routing (bad input, unknown model, auth): status ``rejected``, no cost.
@@ -226,6 +239,7 @@ class Tierwise:
         try:
             completion = await self.executor.complete(call)
         except asyncio.CancelledError:
+            self._book_cancelled(call)
             self._finish(call, started, "client_cancelled", 499, "client disconnected before the answer")
             raise
         except Exception as exc:
@@ -237,6 +251,17 @@ class Tierwise:
         self._finish(call, started, "ok", 200, None)
         return ChatResult(body, call.record)
 
+    @staticmethod
+    def _book_cancelled(call: Call) -> None:
+        """A client that hangs up does not stop the upstream from billing the call in flight: book the pre-call
+        estimate for it, marked as such, unless some attempt already reported its real cost."""
+        rec = call.record
+        if rec.cost.total_usd > 0 or rec.estimated_cost_usd <= 0:
+            return
+        rec.cost = Cost(estimated_usd=rec.estimated_cost_usd)
+        rec.notes.append("cost booked at tierwise's pre-call estimate: the client disconnected while the upstream "
+                         "call was in flight, and the upstream may bill it")
+
     # -- streaming -------------------------------------------------------------------------------------------------
     async def open_stream(self, call: Call) -> ChatStream:
         """Get the first chunk (falling back as needed) before the caller commits to a 200 response."""
@@ -244,6 +269,7 @@ class Tierwise:
         try:
             model, first, rest, attempt_started = await self.executor.open_stream(call)
         except asyncio.CancelledError:
+            self._book_cancelled(call)
             self._finish(call, started, "client_cancelled", 499, "client disconnected before the first token")
             raise
         except Exception as exc:

@@ -76,10 +76,14 @@ class Cost:
     cache_read_usd: float = 0.0
     cache_write_usd: float = 0.0
     reasoning_usd: float = 0.0  # only non-zero when the model prices reasoning apart from output
+    # tierwise's pre-call estimate, booked where no usage could be known (a call cut off in flight by a client
+    # hang-up or a crash) because the upstream may bill it anyway
+    estimated_usd: float = 0.0
 
     @property
     def total_usd(self) -> float:
-        return self.input_usd + self.output_usd + self.cache_read_usd + self.cache_write_usd + self.reasoning_usd
+        return (self.input_usd + self.output_usd + self.cache_read_usd + self.cache_write_usd + self.reasoning_usd
+                + self.estimated_usd)
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(
@@ -88,6 +92,7 @@ class Cost:
             self.cache_read_usd + other.cache_read_usd,
             self.cache_write_usd + other.cache_write_usd,
             self.reasoning_usd + other.reasoning_usd,
+            self.estimated_usd + other.estimated_usd,
         )
 
 
@@ -99,7 +104,13 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"  # connect/read timeout: retry, then fall back
     CONNECTION = "connection"  # refused/reset/disconnect: retry, then fall back
     BAD_RESPONSE = "bad_response"  # upstream sent something that is not its protocol: fall back, no retry
-    CLIENT = "client"  # 4xx other than 429: the request itself is wrong; return it, no fallback
+    # 401/402/403: the upstream refused tierwise's own credentials or account — the operator's fault, not the
+    # caller's: no retry on that model (the key will not get better), fall back, count toward its cooldown
+    AUTH = "auth"
+    # 404/405/410: the upstream has no such model or endpoint — the operator's config (tierwise chose the upstream
+    # model name and URL, not the caller): no retry, fall back, count toward the model's cooldown
+    NOT_FOUND = "not_found"
+    CLIENT = "client"  # other 4xx (400, 413, 422, …): the request itself is wrong; return it, no fallback
     EMPTY_LENGTH = "empty_length"  # finish_reason=length with no content (reasoning ran out of tokens)
 
     @property
@@ -235,6 +246,7 @@ class LedgerRecord:
                 "cache_read": self.cost.cache_read_usd,
                 "cache_write": self.cost.cache_write_usd,
                 "reasoning": self.cost.reasoning_usd,
+                "estimated": self.cost.estimated_usd,
             },
             "estimated_cost_usd": self.estimated_cost_usd,
             "ttft_ms": self.ttft_ms,

@@ -2,21 +2,22 @@
 
 Typical wiring (the gateway's start-up and SIGTERM handler)::
 
-    store = open_store(cfg.ledger)
-    import_unwritten(store, fallback_path_for(store))   # rows a previous outage left in the fallback file
-    writer = LedgerWriter(store, cfg.ledger.batch_size, cfg.ledger.flush_interval_ms)
+    writer = open_ledger(cfg.ledger)   # store + journal replay + fallback import + writer with its journal
     ...
-    writer.submit(record)                                # per request, from the event loop or any thread
+    writer.begin(record)               # before the first upstream call (crash journal)
+    writer.submit(record)              # when the request ends, from the event loop or any thread
     ...
-    writer.close(); store.close()                        # on shutdown, in that order
+    writer.close(); writer.store.close()   # on shutdown, in that order
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from tierwise.config.schema import LedgerConfig
 from tierwise.ledger.export import csv_cells, export_rows, flatten_attempts, format_tail
+from tierwise.ledger.journal import Journal, JournalError, ReplayReport, replay_orphans
 from tierwise.ledger.recover import fallback_path_for, import_unwritten
 from tierwise.ledger.store import (
     COLUMN_NAMES,
@@ -38,9 +39,48 @@ def open_store(cfg: LedgerConfig) -> LedgerStore:
     raise ValueError(f"unknown ledger backend {cfg.backend!r}")
 
 
-def open_writer(cfg: LedgerConfig, store: LedgerStore) -> LedgerWriter:
-    """A writer with the batch size and flush interval from the config."""
-    return LedgerWriter(store, batch_size=cfg.batch_size, flush_interval_ms=cfg.flush_interval_ms)
+log = logging.getLogger("tierwise.ledger")
+
+
+def journal_dir(cfg: LedgerConfig) -> Path | None:
+    """Where the crash journal lives, or None when there is none (turned off, or the memory backend)."""
+    if not cfg.journal or cfg.backend == "memory":
+        return None
+    return Path(cfg.journal_dir).expanduser() if cfg.journal_dir else Path(f"{Path(cfg.path).expanduser()}.journal")
+
+
+def _fallback_path(cfg: LedgerConfig, store: LedgerStore) -> Path:
+    return Path(cfg.fallback_path).expanduser() if cfg.fallback_path else fallback_path_for(store)
+
+
+def open_writer(cfg: LedgerConfig, store: LedgerStore, journal: Journal | None = None) -> LedgerWriter:
+    """A writer with the batch size, flush interval and fallback file from the config."""
+    return LedgerWriter(store, batch_size=cfg.batch_size, flush_interval_ms=cfg.flush_interval_ms,
+                        fallback_path=_fallback_path(cfg, store), journal=journal)
+
+
+def open_ledger(cfg: LedgerConfig) -> LedgerWriter:
+    """Open the store, bring back what a crash or an outage left behind (journal segments of dead processes,
+    the fallback file), and start a writer with its own journal. Raises ``OSError``/``LedgerSchemaError`` with
+    the path in the message when the ledger cannot be used at all."""
+    store = open_store(cfg)
+    try:
+        jdir = journal_dir(cfg)
+        journal = None
+        if jdir is not None:
+            report = replay_orphans(jdir, store)
+            if report.segments:
+                log.warning("ledger: replayed %d record(s) from %d journal segment(s) of a stopped process "
+                            "(%d interrupted request(s) booked at their estimate)",
+                            report.records, report.segments, report.interrupted)
+            journal = Journal(jdir, fsync=cfg.fsync)
+        recovered = import_unwritten(store, _fallback_path(cfg, store))  # rows a past outage saved aside
+        if recovered:
+            log.warning("ledger: re-imported %d record(s) from the fallback file", recovered)
+    except BaseException:
+        store.close()
+        raise
+    return open_writer(cfg, store, journal)
 
 
 __all__ = [
@@ -49,8 +89,11 @@ __all__ = [
     "LedgerSchemaError",
     "LedgerStore",
     "LedgerWriteError",
+    "Journal",
+    "JournalError",
     "LedgerWriter",
     "MemoryLedgerStore",
+    "ReplayReport",
     "SQLiteLedgerStore",
     "WriterStats",
     "csv_cells",
@@ -59,6 +102,9 @@ __all__ = [
     "flatten_attempts",
     "format_tail",
     "import_unwritten",
+    "journal_dir",
+    "open_ledger",
     "open_store",
     "open_writer",
+    "replay_orphans",
 ]

@@ -1,17 +1,22 @@
 """Gets ledger records from the request path to the store without the request path ever waiting for storage.
 
-``submit()`` appends to a deque and returns (a few hundred ns, no I/O, safe from the event loop and from any
-thread); one daemon thread turns records into rows and writes them in batches. That thread is the only place
-storage I/O happens, so a slow disk or a locked SQLite file costs ledger latency, never request latency.
+``submit()`` turns the record into a row, appends it to the crash journal when there is one (one ``write()``,
+a few microseconds: see :mod:`tierwise.ledger.journal`) and to a deque, and returns; one daemon thread writes
+the rows in batches. That thread is the only place store I/O happens, so a slow disk or a locked SQLite file costs
+ledger latency, never request latency.
 
 Nothing is dropped quietly. A failing batch is retried with backoff and stays at the head of the queue while the
-store is down; ``close()`` writes whatever the store still refuses to a JSON Lines fallback file next to the
-database (``tierwise.ledger.recover.import_unwritten`` loads it back). Records submitted after ``close()`` go
-straight to that file.
+store is down; a batch the store refuses while it is up is bisected to the one row at fault, which is stored
+cleaned or quarantined (:mod:`tierwise.ledger.isolate`), so one bad row can never hold up the rows behind it.
+``close()`` writes whatever the store still refuses to a JSON Lines fallback file (next to the database unless
+configured elsewhere; ``tierwise.ledger.recover.import_unwritten`` loads it back), and with a journal, every row
+that reached neither stays in the journal for the next start to replay. Records submitted after ``close()`` go
+straight to the fallback file.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import threading
@@ -19,10 +24,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
-
+from tierwise.ledger.isolate import append_quarantine, isolate
+from tierwise.ledger.journal import IN_FLIGHT, Journal, JournalError, encode_row
 from tierwise.ledger.recover import fallback_path_for
 from tierwise.ledger.store import LedgerStore, Row
 from tierwise.types import LedgerRecord
@@ -56,9 +60,17 @@ class WriterStats:
     written: int
     failed_batches: int
     spilled: int  # rows written to the fallback file instead of the store
-    dropped: int  # records that could not even be turned into a row (a bug; each one is logged)
-    queue_depth: int  # submitted, not yet written, spilled or dropped
-    healthy: bool  # False while the last write attempt failed
+    dropped: int  # records lost: not a row (a bug), or neither store nor fallback file nor journal took them
+    queue_depth: int  # submitted, not yet written, spilled, quarantined or dropped
+    healthy: bool  # False while the last store write failed or the journal cannot be written
+    quarantined: int = 0  # rows the store refused even cleaned, saved with its error to the quarantine file
+    journal_failures: int = 0  # records the crash journal could not take (disk full, read-only)
+    journal_healthy: bool = True  # False while journal writes fail
+    deferred_to_journal: int = 0  # rows neither store nor fallback file took, safe in the journal for next start
+
+
+# A queued row with its journal sequence number (0: not journaled).
+_Entry = tuple[Row, int]
 
 
 class LedgerWriter:
@@ -79,6 +91,7 @@ class LedgerWriter:
         retries: int = 3,
         retry_delay_s: float = 0.05,
         max_pending: int = 100_000,
+        journal: Journal | None = None,
     ) -> None:
         if batch_size < 1 or flush_interval_ms <= 0:
             raise ValueError("batch_size must be >= 1 and flush_interval_ms > 0")
@@ -86,12 +99,19 @@ class LedgerWriter:
         self.batch_size = batch_size
         self._interval_s = flush_interval_ms / 1000.0
         self.fallback_path = Path(fallback_path) if fallback_path is not None else fallback_path_for(store)
+        self.quarantine_path = self.fallback_path.with_name(
+            self.fallback_path.name.replace(".unwritten.jsonl", "") + ".rejected.jsonl")
+        self.journal = journal
         self._retries = max(1, retries)
         self._retry_delay_s = retry_delay_s
         self._max_pending = max(batch_size, max_pending)
 
-        self._queue: deque[LedgerRecord | _Marker] = deque()
-        self._held: list[Row | _Marker] = []  # taken off the queue, not yet stored: the head of the line
+        self._queue: deque[_Entry | _Marker] = deque()
+        self._held: list[_Entry | _Marker] = []  # taken off the queue, not yet stored: the head of the line
+        self._submit_lock = threading.Lock()  # journal order == queue order, which the watermark relies on
+        self._durable_seq = 0  # every journaled row up to here is in the store or the fallback file
+        self._resolved: list[int] = []  # heap of sequence numbers durable beyond the watermark
+        self._watermark_frozen = False  # a journaled row was lost from memory: keep its segments for replay
         self._wake = threading.Event()
         self._count_lock = threading.Lock()
         self._fallback_lock = threading.Lock()
@@ -103,6 +123,8 @@ class LedgerWriter:
         self._failed_batches = 0
         self._spilled = 0
         self._dropped = 0
+        self._quarantined = 0
+        self._deferred = 0  # rows neither stored nor spilled that only the journal holds (replayed at next start)
         self._markers = 0  # flush markers queued and not yet taken by the thread
         self._lost_reported = 0  # rows spilled/dropped that some flush() has already raised about
         self._failing = False
@@ -114,16 +136,47 @@ class LedgerWriter:
     # -- producer side (any thread, event loop included) --------------------------------------------------
 
     def submit(self, record: LedgerRecord) -> None:
-        """Queue one record. O(1), never blocks on I/O. The record must not be mutated afterwards."""
-        with self._count_lock:
-            self._submitted += 1
-        self._queue.append(record)
+        """Queue one finished record; with a journal, it is crash-safe when this returns. Never blocks on the store.
+
+        The record must not be mutated afterwards. A journal write that fails is logged and counted (the record is
+        still queued); :meth:`begin` is where the request path learns that the journal is down.
+        """
+        try:
+            row = record.as_row()
+        except Exception as exc:  # a malformed record must not break the request path or the queue
+            with self._count_lock:
+                self._submitted += 1
+                self._dropped += 1
+            log.error("ledger record %r dropped: as_row() failed: %s", getattr(record, "id", "?"), type(exc).__name__)
+            return
+        seq = 0
+        with self._submit_lock:
+            with self._count_lock:
+                self._submitted += 1
+            if self.journal is not None and not self._closed:
+                row, data = encode_row(row)
+                try:
+                    seq = self.journal.final(row["id"], data)
+                except JournalError as exc:
+                    log.critical("ledger record %s is not crash-safe: %s", row["id"], exc)
+            self._queue.append((row, seq))
         if self._closed:
             # close() may already have drained the queue: rescue whatever it could not see.
             self._rescue_after_close()
         elif len(self._queue) >= self.batch_size and not self._failing and not self._wake.is_set():
             # (while the store fails the thread retries on its own schedule; waking it per submit would spin)
             self._wake.set()
+
+    def begin(self, record: LedgerRecord) -> None:
+        """Journal a request before its first upstream call, so a crash mid-request still leaves a row (booked as
+        ``interrupted`` at its estimate on replay). Raises :class:`JournalError` when the journal cannot be written;
+        a no-op without a journal."""
+        if self.journal is None or self._closed:
+            return
+        row = record.as_row()
+        row["status"], row["http_status"] = IN_FLIGHT, None
+        row, data = encode_row(row)
+        self.journal.begin(row["id"], data)
 
     def flush(self, timeout_s: float = 5.0) -> None:
         """Block until every record submitted before this call is in the store.
@@ -165,6 +218,9 @@ class LedgerWriter:
                 self._spill(list(self._held), reason="writer thread did not finish")
                 self._held = []
             self._rescue_after_close()
+            if self.journal is not None:
+                with self._submit_lock:  # no submit may journal into a closing journal
+                    self.journal.close(None if self._watermark_frozen else self._durable_seq)
 
     def __enter__(self) -> LedgerWriter:
         return self
@@ -178,14 +234,20 @@ class LedgerWriter:
         with self._count_lock:
             submitted = self._submitted
             written, spilled, dropped = self._written, self._spilled, self._dropped
+            quarantined, deferred = self._quarantined, self._deferred
+        journal_ok = self.journal is None or self.journal.healthy
         return WriterStats(
             submitted=submitted,
             written=written,
             failed_batches=self._failed_batches,
             spilled=spilled,
             dropped=dropped,
-            queue_depth=max(0, submitted - written - spilled - dropped),
-            healthy=not self._failing,
+            queue_depth=max(0, submitted - written - spilled - dropped - quarantined - deferred),
+            healthy=not self._failing and journal_ok,
+            quarantined=quarantined,
+            journal_failures=self.journal.failures if self.journal is not None else 0,
+            journal_healthy=journal_ok,
+            deferred_to_journal=deferred,
         )
 
     @property
@@ -234,6 +296,8 @@ class LedgerWriter:
             self._bound_memory()
             return False
         ok = self._drain(full_only=by_size and not stopping)
+        if self.journal is not None:
+            self.journal.sync()
         if ok:
             self._consecutive_failures = 0
         else:
@@ -258,8 +322,8 @@ class LedgerWriter:
                 self._fill_held()
                 if not self._held:
                     return True
-            rows = [item for item in self._held if not isinstance(item, _Marker)]
-            if rows and not self._write(rows):
+            entries = [item for item in self._held if not isinstance(item, _Marker)]
+            if entries and not self._write(entries):
                 return False
             for item in self._held:
                 if isinstance(item, _Marker):
@@ -272,7 +336,7 @@ class LedgerWriter:
 
     def _lost(self) -> int:
         with self._count_lock:
-            return self._spilled + self._dropped
+            return self._spilled + self._dropped + self._quarantined + self._deferred
 
     def _complete(self, marker: _Marker, lost_now: int | None = None) -> None:
         """Answer a flush. Rows are spilled or dropped strictly in queue order, so every loss counted when the
@@ -288,7 +352,7 @@ class LedgerWriter:
 
     def _fill_held(self) -> None:
         """Take up to one batch off the queue; stop after a flush marker so it is answered promptly."""
-        held: list[Row | _Marker] = []
+        held: list[_Entry | _Marker] = []
         n_rows = 0
         queue = self._queue
         while n_rows < self.batch_size:
@@ -296,50 +360,80 @@ class LedgerWriter:
                 item = queue.popleft()
             except IndexError:
                 break
+            held.append(item)
             if isinstance(item, _Marker):
                 self._took_marker()
-                held.append(item)
                 break
-            row = self._to_row(item)
-            if row is not None:
-                held.append(row)
-                n_rows += 1
+            n_rows += 1
         self._held = held
 
-    def _to_row(self, record: Any) -> Row | None:
+    def _try_write(self, rows: list[Row]) -> str | None:
+        """One store write; None on success, else the error (type and message only: a store error can quote a
+        row, and rows may carry user text in notes)."""
         try:
-            return record.as_row()  # type: ignore[no-any-return]
-        except Exception as exc:  # a malformed record must not wedge the queue behind it
-            with self._count_lock:
-                self._dropped += 1
-            log.error("ledger record %r dropped: as_row() failed: %s", getattr(record, "id", "?"), type(exc).__name__)
-            return None
+            self.store.write_batch(rows)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        return None
 
-    def _write(self, rows: list[Row]) -> bool:
+    def _write(self, entries: list[_Entry]) -> bool:
+        """Store one held batch: retried with backoff, then bisected if the store stays up but refuses it."""
+        rows = [row for row, _ in entries]
         delay = self._retry_delay_s
         for attempt in range(1, self._retries + 1):
-            try:
-                self.store.write_batch(rows)
-            except Exception as exc:
-                # Type and message only: a store error can quote a row, and rows may carry user text in notes.
-                log.warning(
-                    "ledger write of %d rows failed (attempt %d/%d): %s: %s",
-                    len(rows), attempt, self._retries, type(exc).__name__, str(exc)[:200],
-                )
-                if attempt < self._retries:
-                    time.sleep(delay)
-                    delay *= 2
-                continue
-            with self._count_lock:
-                self._written += len(rows)
-            if self._failing:
-                log.warning("ledger store recovered; %d rows still queued", self.queue_depth)
-            self._failing = False
+            error = self._try_write(rows)
+            if error is None:
+                self._stored(entries, len(entries))
+                return True
+            log.warning("ledger write of %d rows failed (attempt %d/%d): %s", len(rows), attempt, self._retries, error)
+            if attempt < self._retries:
+                time.sleep(delay)
+                delay *= 2
+        left = isolate(entries, lambda e: e[0], self._try_write, self._quarantine)
+        if not left:  # every row stored, cleaned or quarantined: the batch is done
+            self._stored(entries, len(entries) - self._quarantined_now)
+            self._quarantined_now = 0
             return True
+        self._quarantined_now = 0
+        markers = [m for m in self._held if isinstance(m, _Marker)]
+        self._held = [*left, *markers]  # what did go in is not retried again (a retry would be idempotent anyway)
         self._failed_batches += 1
         self._failing = True
-        log.error("ledger store failing: %d rows kept queued (%d in total)", len(rows), self.queue_depth)
+        log.error("ledger store failing: %d rows kept queued (%d in total)", len(left), self.queue_depth)
         return False
+
+    _quarantined_now = 0
+
+    def _quarantine(self, row: Row, error: str) -> bool:
+        if not append_quarantine(self.quarantine_path, row, error):
+            return False
+        with self._count_lock:
+            self._quarantined += 1
+        self._quarantined_now += 1
+        return True
+
+    def _stored(self, entries: list[_Entry], written: int) -> None:
+        with self._count_lock:
+            self._written += written
+        if self._failing:
+            log.warning("ledger store recovered; %d rows still queued", self.queue_depth)
+        self._failing = False
+        self._resolve(entries)
+
+    def _resolve(self, entries: list[_Entry]) -> None:
+        """These journaled rows are durable (store or fallback file): advance the watermark, free segments."""
+        if self.journal is None or self._watermark_frozen:
+            return
+        heap = self._resolved
+        for _, seq in entries:
+            if seq:
+                heapq.heappush(heap, seq)
+        start = self._durable_seq
+        while heap and heap[0] == self._durable_seq + 1:
+            heapq.heappop(heap)
+            self._durable_seq += 1
+        if self._durable_seq != start:
+            self.journal.release(self._durable_seq)
 
     def _bound_memory(self) -> None:
         """During an outage, keep at most ``max_pending`` records in memory; older ones go to the fallback file."""
@@ -347,13 +441,13 @@ class LedgerWriter:
         if excess > 0:
             self._spill(self._pop(excess), reason=f"store down and more than {self._max_pending} records queued")
 
-    def _take_all(self) -> list[Row | _Marker]:
+    def _take_all(self) -> list[_Entry | _Marker]:
         items, self._held = self._held, []
         return items + self._pop(None)
 
-    def _pop(self, limit: int | None) -> list[Row | _Marker]:
-        """Pop up to ``limit`` queued items (all if None), records turned into rows, order kept."""
-        items: list[Row | _Marker] = []
+    def _pop(self, limit: int | None) -> list[_Entry | _Marker]:
+        """Pop up to ``limit`` queued items (all if None), order kept."""
+        items: list[_Entry | _Marker] = []
         while limit is None or len(items) < limit:
             try:
                 item = self._queue.popleft()
@@ -361,9 +455,7 @@ class LedgerWriter:
                 break
             if isinstance(item, _Marker):
                 self._took_marker()
-                items.append(item)
-            elif (row := self._to_row(item)) is not None:
-                items.append(row)
+            items.append(item)
         return items
 
     def _rescue_after_close(self) -> None:
@@ -374,25 +466,36 @@ class LedgerWriter:
                 log.warning("ledger: records still queued after close; writing them to the fallback file")
             self._spill(items, reason="queued after close")
 
-    def _spill(self, items: list[Row | _Marker], *, reason: str) -> None:
+    def _spill(self, items: list[_Entry | _Marker], *, reason: str) -> None:
         lost_before = self._lost()
-        rows = [i for i in items if not isinstance(i, _Marker)]
-        if rows:
+        entries = [i for i in items if not isinstance(i, _Marker)]
+        if entries:
             try:
                 with self._fallback_lock, open(self.fallback_path, "ab") as f:
-                    f.write(b"".join(orjson.dumps(r, default=str) + b"\n" for r in rows))
+                    f.write(b"".join(encode_row(row)[1] for row, _ in entries))
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as exc:
-                log.critical(
-                    "ledger: %d rows LOST: could not write fallback file %s: %s", len(rows), self.fallback_path, exc
-                )
+                journaled = sum(1 for _, seq in entries if seq)
+                if journaled:  # still on disk in the journal: the next start replays them
+                    self._watermark_frozen = True
+                    log.critical(
+                        "ledger: could not write fallback file %s (%s): %d of %d unwritten rows remain in the "
+                        "journal %s and will be stored at the next start; %d rows LOST",
+                        self.fallback_path, exc, journaled, len(entries),
+                        self.journal.directory if self.journal else "?", len(entries) - journaled,
+                    )
+                else:
+                    log.critical("ledger: %d rows LOST: could not write fallback file %s: %s",
+                                 len(entries), self.fallback_path, exc)
                 with self._count_lock:
-                    self._dropped += len(rows)
+                    self._dropped += len(entries) - journaled
+                    self._deferred += journaled
             else:
                 with self._count_lock:
-                    self._spilled += len(rows)
-                log.error("ledger: %d unwritten rows saved to %s (%s)", len(rows), self.fallback_path, reason)
+                    self._spilled += len(entries)
+                log.error("ledger: %d unwritten rows saved to %s (%s)", len(entries), self.fallback_path, reason)
+                self._resolve(entries)
         ahead = 0  # rows of this spill queued before the marker at hand: only those count against its flush
         for item in items:
             if isinstance(item, _Marker):
