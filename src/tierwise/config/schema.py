@@ -219,6 +219,11 @@ class RetryConfig(_Strict):
     max_retry_after_s: NonNegativeFloat = Field(default=10.0, description="longer Retry-After: fall back instead")
     cooldown_failures: PositiveInt = Field(default=3, description="consecutive failures that trigger a cooldown")
     cooldown_s: NonNegativeFloat = 30.0
+    fallback_reserve_s: NonNegativeFloat | None = Field(
+        default=None,
+        description="seconds of the request deadline a model's tries leave for the models after it (never more than "
+        "their fair share); unset = the next model's provider timeout; 0 = retries may use up the deadline",
+    )
 
 
 class SessionConfig(_Strict):
