@@ -86,7 +86,10 @@ class ModelConfig(_Strict):
     price: TokenPrice | None = Field(default=None, description="overrides genai-prices")
     local: LocalTCO | None = Field(default=None, description="price from total cost of ownership")
     context_window: PositiveInt | None = None
-    max_output: PositiveInt | None = None
+    max_output: PositiveInt | None = Field(
+        default=None,
+        description="largest completion (max_tokens / max_completion_tokens) this model may be asked for; a request naming the model with more gets a 400 (unset: server.max_tokens_limit)",
+    )
     reasoning: bool = False
     completion_floor: PositiveInt = Field(default=4096, description="min max_tokens for reasoning models")
     expected_output_tokens: PositiveInt = Field(default=256, description="completion length used in estimates")
@@ -267,6 +270,15 @@ class ServerConfig(_Strict):
     log_prompts: bool = Field(default=False, description="log prompt/answer text (off: never in logs)")
     api_keys_env: str | None = Field(
         default=None, description="env var with comma-separated 'id:key' pairs; unset = open gateway"
+    )
+    body_timeout_s: PositiveFloat = Field(
+        default=30.0, description="time allowed to receive a request body once its headers are in; slower: 408"
+    )
+    max_n: PositiveInt = Field(default=8, description="largest 'n' (choices per request) a client may ask for")
+    max_tokens_limit: PositiveInt = Field(
+        default=1_048_576,
+        description="largest max_tokens / max_completion_tokens for models without max_output (no model emits "
+        "anything near 2^20 tokens in one answer: above it is a client bug, refused with a 400)",
     )
 
 
