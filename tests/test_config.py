@@ -132,3 +132,76 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
 def test_shipped_example_configs_are_valid() -> None:
     for path in (ROOT / "examples").glob("*.yaml"):
         load_config(path, env={"OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "y"})
+
+
+def test_schema_and_cross_reference_problems_reported_together() -> None:
+    """A schema error no longer hides the cross-reference errors: both passes are reported in one run."""
+    bad = """
+providers:
+  up: {format: openai, base_url: "http://127.0.0.1:9/v1", timeout_s: -1}
+models:
+  small: {provider: up, price: {input: 0.1, output: 0.3}}
+  odd: {provider: nowhere, price: {input: oops, output: 0.3}}
+  nameless-xyz: {provider: up}
+tiers:
+  chat: {models: [small, ghost], policy: fastest}
+  fine: {models: [small], fallback: phantom}
+  steps:
+    policy: cascade
+    cascade: {rungs: [{model: small, gate: {kind: learned}}, {model: vanished}]}
+classifier: {kind: semantic, fallback_tier: nowhere-tier}
+default_tier: nowhere
+fallback_model: ghost2
+"""
+    with pytest.raises(ConfigError) as ei:
+        load_config_text(bad, env={})
+    problems = {p.path: p for p in ei.value.problems}
+    # schema pass
+    assert "providers.up.timeout_s" in problems and problems["providers.up.timeout_s"].line == 3
+    assert "models.odd.price.input" in problems
+    assert "tiers.chat.policy" in problems
+    # cross-reference pass, on the raw data, with lines
+    assert problems["models.odd.provider"].message == "unknown provider 'nowhere'"
+    assert problems["models.odd.provider"].line == 6
+    assert problems["tiers.chat.models[1]"].message == "unknown model 'ghost'"
+    assert problems["tiers.chat.models[1]"].line == 9
+    assert problems["tiers.fine.fallback"].message == "unknown model 'phantom'"
+    assert problems["tiers.steps.cascade.rungs[1].model"].message == "unknown model 'vanished'"
+    assert "tiers.steps.cascade.rungs[0].gate.artifact" in problems
+    assert problems["default_tier"].message == "unknown tier 'nowhere'" and problems["default_tier"].line == 15
+    assert problems["fallback_model"].message == "unknown model 'ghost2'"
+    assert problems["classifier.fallback_tier"].message == "unknown tier 'nowhere-tier'"
+    # an entry that validates on its own still gets its deeper checks (its provider entry is invalid: no price
+    # lookup, so no spurious "no price" for it); an invalid model is not reported as an unknown name
+    assert "models.nameless-xyz" not in problems
+    assert not any("unknown model 'odd'" in p.message for p in ei.value.problems)
+
+
+def test_cross_reference_on_raw_data_skips_unusable_sections() -> None:
+    """A section that is not a mapping is one schema error, not one 'unknown' per reference into it."""
+    bad = """
+providers: [up]
+models:
+  small: {provider: up, price: {input: 0.1, output: 0.3}}
+tiers:
+  chat: {models: [small, ghost]}
+default_tier: chat
+fallback_model: small
+"""
+    with pytest.raises(ConfigError) as ei:
+        load_config_text(bad, env={})
+    paths = [p.path for p in ei.value.problems]
+    assert "providers" in paths and "tiers.chat.models[1]" in paths
+    assert "models.small.provider" not in paths
+
+
+def test_check_config_cli_reports_schema_and_reference_problems_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("policy: cheapest", "policy: cheapest, typo: 1").replace(
+        "fallback_model: small", "fallback_model: ghost"))
+    r = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "tiers.chat.typo (line 9): unknown option" in r.stderr
+    assert "fallback_model (line 11): unknown model 'ghost'" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,6 +1,6 @@
 """Configuration: schema (pydantic) and loader (interpolation, cross-checks, every problem at once)."""
 
-from tierwise.config.load import ConfigError, ConfigProblem, load_config, load_config_text
+from tierwise.config.load import ConfigError, ConfigProblem, config_error, load_config, load_config_text
 from tierwise.config.schema import (
     LedgerConfig,
     LocalTCO,
@@ -27,6 +27,7 @@ __all__ = [
     "TierConfig",
     "TierwiseConfig",
     "TokenPrice",
+    "config_error",
     "load_config",
     "load_config_text",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tierwise.config.schema import TierwiseConfig
+from tierwise.config.schema import ModelConfig, ProviderConfig, TierConfig, TierwiseConfig
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -106,26 +106,86 @@ def _parse(text: str, source: str) -> _Doc:
     return _Doc(data if data is not None else {}, lines)
 
 
-def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
+@dataclass(slots=True)
+class _Refs:
+    """What the cross-reference checks read, from a valid config or from raw data that failed validation.
+
+    Each section maps an entry's name to ``(validated entry or None, raw dict)``: names and references come from the
+    raw dicts (so they can be checked even when some entry, or another section, is invalid), deeper checks (prices,
+    router artifacts) only run on entries that validate. A section that is not a mapping at all is None, and
+    references into it are not checked (its schema error is already reported).
+    """
+
+    providers: dict[str, tuple[ProviderConfig | None, dict[str, Any]]] | None
+    models: dict[str, tuple[ModelConfig | None, dict[str, Any]]] | None
+    tiers: dict[str, tuple[TierConfig | None, dict[str, Any]]] | None
+    default_tier: Any
+    fallback_model: Any
+    classifier_fallback: Any
+
+
+def _section(data: dict[str, Any], key: str, validated: dict[str, Any] | None, cls: Any) -> dict[str, Any] | None:
+    raw = data.get(key)
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, Any] = {}
+    for name, entry in raw.items():
+        obj = None
+        if validated is not None:
+            obj = validated.get(name)
+        else:
+            try:
+                obj = cls.model_validate(entry)
+            except ValidationError:
+                obj = None  # its schema errors are reported by the full validation
+        out[str(name)] = (obj, entry if isinstance(entry, dict) else {})
+    return out
+
+
+def _refs(data: dict[str, Any], cfg: TierwiseConfig | None) -> _Refs:
+    classifier = data.get("classifier")
+    return _Refs(
+        providers=_section(data, "providers", cfg.providers if cfg else None, ProviderConfig),
+        models=_section(data, "models", cfg.models if cfg else None, ModelConfig),
+        tiers=_section(data, "tiers", cfg.tiers if cfg else None, TierConfig),
+        default_tier=data.get("default_tier"),
+        fallback_model=data.get("fallback_model"),
+        classifier_fallback=classifier.get("fallback_tier") if isinstance(classifier, dict) else None,
+    )
+
+
+def _cross_check(refs: _Refs) -> list[ConfigProblem]:
     """References between sections: every name used must be defined, every model must have a price."""
     from tierwise.cost import resolve_price  # local import: the cost module pulls in the price catalogue
 
     problems: list[ConfigProblem] = []
-    if cfg.default_tier not in cfg.tiers:
-        problems.append(ConfigProblem("default_tier", f"unknown tier '{cfg.default_tier}'"))
-    if cfg.fallback_model not in cfg.models:
-        problems.append(ConfigProblem("fallback_model", f"unknown model '{cfg.fallback_model}'"))
-    if cfg.classifier.fallback_tier is not None and cfg.classifier.fallback_tier not in cfg.tiers:
-        problems.append(ConfigProblem("classifier.fallback_tier", f"unknown tier '{cfg.classifier.fallback_tier}'"))
-    for name, model in cfg.models.items():
-        if name in cfg.tiers:
+
+    def unknown_tier(name: Any) -> bool:
+        return isinstance(name, str) and refs.tiers is not None and name not in refs.tiers
+
+    def unknown_model(name: Any) -> bool:
+        return isinstance(name, str) and refs.models is not None and name not in refs.models
+
+    if unknown_tier(refs.default_tier):
+        problems.append(ConfigProblem("default_tier", f"unknown tier '{refs.default_tier}'"))
+    if unknown_model(refs.fallback_model):
+        problems.append(ConfigProblem("fallback_model", f"unknown model '{refs.fallback_model}'"))
+    if unknown_tier(refs.classifier_fallback):
+        problems.append(ConfigProblem("classifier.fallback_tier", f"unknown tier '{refs.classifier_fallback}'"))
+    for name, (model, raw) in (refs.models or {}).items():
+        if refs.tiers is not None and name in refs.tiers:
             problems.append(ConfigProblem(f"models.{name}", f"'{name}' is both a model and a tier name"))
         if name == "auto":
             problems.append(ConfigProblem(f"models.{name}", "'auto' is reserved for automatic routing"))
-        provider = cfg.providers.get(model.provider)
-        if provider is None:
-            problems.append(ConfigProblem(f"models.{name}.provider", f"unknown provider '{model.provider}'"))
+        pname = raw.get("provider")
+        if not isinstance(pname, str) or refs.providers is None:
             continue
+        if pname not in refs.providers:
+            problems.append(ConfigProblem(f"models.{name}.provider", f"unknown provider '{pname}'"))
+            continue
+        provider = refs.providers[pname][0]
+        if model is None or provider is None:
+            continue  # an invalid entry: its schema errors are reported, prices cannot be resolved
         if provider.format == "llamacpp" and not model.gguf:
             problems.append(ConfigProblem(f"models.{name}.gguf", "a llamacpp model needs gguf (path or packaged name)"))
         if resolve_price(name, model, provider) is None:
@@ -136,34 +196,55 @@ def _cross_check(cfg: TierwiseConfig) -> list[ConfigProblem]:
                     "add a price: block (USD per 1M tokens) or a local: TCO block",
                 )
             )
-    if "auto" in cfg.tiers:
+    if refs.tiers is not None and "auto" in refs.tiers:
         problems.append(ConfigProblem("tiers.auto", "'auto' is reserved for automatic routing"))
-    for tname, tier in cfg.tiers.items():
-        for i, m in enumerate(tier.models):
-            if m not in cfg.models:
-                problems.append(ConfigProblem(f"tiers.{tname}.models[{i}]", f"unknown model '{m}'"))
-        if tier.fallback is not None and tier.fallback not in cfg.models:
-            problems.append(ConfigProblem(f"tiers.{tname}.fallback", f"unknown model '{tier.fallback}'"))
-        routers = [(f"tiers.{tname}.learned.artifact", tier.learned.artifact, tier.models)] if tier.learned else []
-        rung_models = [r.model for r in tier.cascade.rungs] if tier.cascade is not None else []
-        if tier.cascade is not None and tier.cascade.start is not None:
-            routers.append((f"tiers.{tname}.cascade.start.artifact", tier.cascade.start.artifact, rung_models))
-        if tier.cascade is not None and tier.cascade.router is not None:
-            routers.append((f"tiers.{tname}.cascade.router", tier.cascade.router, rung_models))
-        for path, artifact, pool in routers:
-            problem = _router_problem(artifact, pool)
-            if problem:
-                problems.append(ConfigProblem(path, problem))
-        if tier.cascade is not None:
-            for i, rung in enumerate(tier.cascade.rungs):
-                path = f"tiers.{tname}.cascade.rungs[{i}]"
-                if rung.model not in cfg.models:
-                    problems.append(ConfigProblem(f"{path}.model", f"unknown model '{rung.model}'"))
-                gate = rung.gate
-                if gate is not None and gate.verifier_model and gate.verifier_model not in cfg.models:
-                    problems.append(ConfigProblem(f"{path}.gate.verifier_model", f"unknown model '{gate.verifier_model}'"))
-                if gate is not None and gate.kind in ("learned", "contextual") and not gate.artifact:
-                    problems.append(ConfigProblem(f"{path}.gate.artifact", "a learned gate needs its artifact path"))
+    for tname, (tier, raw) in (refs.tiers or {}).items():
+        problems.extend(_tier_references(tname, raw, unknown_model))
+        if tier is not None:
+            problems.extend(_tier_artifacts(tname, tier))
+    return problems
+
+
+def _tier_references(tname: str, raw: dict[str, Any], unknown_model: Any) -> list[ConfigProblem]:
+    """Model names a tier entry uses (read from its raw dict, so an invalid tier is still checked)."""
+    problems: list[ConfigProblem] = []
+    models = raw.get("models")
+    for i, m in enumerate(models if isinstance(models, list) else []):
+        if unknown_model(m):
+            problems.append(ConfigProblem(f"tiers.{tname}.models[{i}]", f"unknown model '{m}'"))
+    if unknown_model(raw.get("fallback")):
+        problems.append(ConfigProblem(f"tiers.{tname}.fallback", f"unknown model '{raw['fallback']}'"))
+    cascade = raw.get("cascade")
+    rungs = cascade.get("rungs") if isinstance(cascade, dict) else None
+    for i, rung in enumerate(rungs if isinstance(rungs, list) else []):
+        if not isinstance(rung, dict):
+            continue
+        path = f"tiers.{tname}.cascade.rungs[{i}]"
+        if unknown_model(rung.get("model")):
+            problems.append(ConfigProblem(f"{path}.model", f"unknown model '{rung['model']}'"))
+        gate = rung.get("gate")
+        if not isinstance(gate, dict):
+            continue
+        if gate.get("verifier_model") and unknown_model(gate["verifier_model"]):
+            problems.append(ConfigProblem(f"{path}.gate.verifier_model", f"unknown model '{gate['verifier_model']}'"))
+        if gate.get("kind") in ("learned", "contextual") and not gate.get("artifact"):
+            problems.append(ConfigProblem(f"{path}.gate.artifact", "a learned gate needs its artifact path"))
+    return problems
+
+
+def _tier_artifacts(tname: str, tier: TierConfig) -> list[ConfigProblem]:
+    """Router artifacts a valid tier names that cannot serve it."""
+    routers = [(f"tiers.{tname}.learned.artifact", tier.learned.artifact, tier.models)] if tier.learned else []
+    rung_models = [r.model for r in tier.cascade.rungs] if tier.cascade is not None else []
+    if tier.cascade is not None and tier.cascade.start is not None:
+        routers.append((f"tiers.{tname}.cascade.start.artifact", tier.cascade.start.artifact, rung_models))
+    if tier.cascade is not None and tier.cascade.router is not None:
+        routers.append((f"tiers.{tname}.cascade.router", tier.cascade.router, rung_models))
+    problems = []
+    for path, artifact, pool in routers:
+        problem = _router_problem(artifact, pool)
+        if problem:
+            problems.append(ConfigProblem(path, problem))
     return problems
 
 
@@ -198,15 +279,32 @@ def load_config_text(text: str, source: str = "<config>", env: dict[str, str] | 
             if err["type"] == "extra_forbidden":
                 msg = "unknown option (misspelt?)"
             problems.append(ConfigProblem(path, msg))
-    if cfg is not None:
-        problems.extend(_cross_check(cfg))
-    for p in problems:
-        if p.line is None:
-            p.line = _nearest_line(doc.lines, p.path)
+    # Cross-references are checked even when the schema is not satisfied (on the raw data then), so one run lists
+    # both kinds of problem instead of hiding the second behind the first.
+    problems.extend(_cross_check(_refs(data, cfg)))
+    _add_lines(problems, doc.lines)
     if problems:
         raise ConfigError(source, problems)
     assert cfg is not None
     return cfg
+
+
+def _add_lines(problems: list[ConfigProblem], lines: dict[str, int]) -> None:
+    for p in problems:
+        if p.line is None:
+            p.line = _nearest_line(lines, p.path)
+
+
+def config_error(source: str | os.PathLike[str], problems: list[ConfigProblem]) -> ConfigError:
+    """A :class:`ConfigError` for problems found after loading (the start-up checks), with the line of each path
+    read from the file ``source`` when it can be read."""
+    try:
+        doc = _parse(Path(source).read_text(encoding="utf-8"), str(source))
+    except (OSError, ConfigError):
+        pass
+    else:
+        _add_lines(problems, doc.lines)
+    return ConfigError(str(source), problems)
 
 
 def _nearest_line(lines: dict[str, int], path: str) -> int | None:
