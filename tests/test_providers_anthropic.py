@@ -191,7 +191,8 @@ def test_tool_use_response() -> None:
 
 def test_stream_translator_error_events_map_by_type() -> None:
     for etype, kind in [("overloaded_error", ErrorKind.SERVER), ("rate_limit_error", ErrorKind.RATE_LIMIT),
-                        ("invalid_request_error", ErrorKind.CLIENT), ("something_new", ErrorKind.SERVER)]:
+                        ("invalid_request_error", ErrorKind.CLIENT), ("authentication_error", ErrorKind.AUTH),
+                        ("not_found_error", ErrorKind.NOT_FOUND), ("something_new", ErrorKind.SERVER)]:
         with pytest.raises(UpstreamError) as info:
             StreamTranslator("a", "m").feed({"type": "error", "error": {"type": etype, "message": "x"}})
         assert info.value.kind is kind
@@ -292,13 +293,16 @@ expect_error = partial(expect_upstream_error, body=BODY)
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("status", "kind"), [(529, ErrorKind.SERVER), (500, ErrorKind.SERVER),
-                                              (400, ErrorKind.CLIENT), (413, ErrorKind.CLIENT)])
+                                              (400, ErrorKind.CLIENT), (413, ErrorKind.CLIENT),
+                                              (401, ErrorKind.AUTH), (403, ErrorKind.AUTH),
+                                              (404, ErrorKind.NOT_FOUND)])
 async def test_status_mapping(provider: AnthropicProvider, fake: FakeUpstream, status: int, kind: ErrorKind,
                               stream: bool) -> None:
     fake.http_error(status)
     err = await expect_error(provider, stream=stream)
     assert (err.kind, err.status) == (kind, status)
-    assert err.body is not None and "type" in err.body and f"fake upstream error {status}" in err.message
+    assert err.body is not None and err.body["message"] == f"fake upstream error {status}"
+    assert err.message == f"{provider.name}: HTTP {status} (type={err.body['type']})"  # no upstream text
 
 
 async def test_rate_limit_retry_after(provider: AnthropicProvider, fake: FakeUpstream) -> None:

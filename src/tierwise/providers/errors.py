@@ -3,6 +3,14 @@
 The executor decides retry / fall back / give up from the kind alone, so this mapping *is* the resilience policy's
 input: a 429 must carry its ``Retry-After``, a dropped socket must not look like a bad request, and an upstream's
 error text must never leak a credential into logs or client responses.
+
+**No upstream free text, anywhere.** An upstream's error message can carry anything — OpenAI echoes (part of) the
+rejected key in its 401 text, proxies echo headers, servers echo config — and no redaction pattern knows every key
+format. So an :class:`UpstreamError`'s ``message`` (which goes to the ledger, to logs and, inside tierwise's own
+sentences, to the client) is written here in tierwise's words only: the provider name, the HTTP status and at most
+the upstream's machine-readable ``type`` / ``code`` when they are short identifiers (``[a-z_]{1,40}``). The parsed
+error object stays on ``UpstreamError.body`` and is never forwarded raw; the one thing ever taken from its text is
+:func:`client_detail`, for 4xx errors that are the caller's own fault (see there).
 """
 
 from __future__ import annotations
@@ -17,15 +25,6 @@ import orjson
 
 from tierwise.types import JSON, ErrorKind, UpstreamError
 
-_MAX_MESSAGE = 500
-# Anything that looks like a credential: OpenAI/Anthropic style keys, bearer tokens, generic long hex/base64 secrets
-# after "key"/"token". Upstreams sometimes echo (part of) the key they rejected.
-_SECRET_RE = re.compile(
-    r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._\-~+/=*]+|"
-    r"(?i:(?:api[_-]?key|token|secret)[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._\-*]{8,})"
-)
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
 # Anthropic's error ``type`` values (docs.anthropic.com/en/api/errors) and the ones OpenAI-compatible servers put in
 # ``error.type`` / ``error.code``. Used for errors that arrive inside a 200 stream, where there is no status code.
 _TYPE_KINDS: dict[str, ErrorKind] = {
@@ -36,18 +35,38 @@ _TYPE_KINDS: dict[str, ErrorKind] = {
     "server_error": ErrorKind.SERVER,
     "timeout_error": ErrorKind.TIMEOUT,
     "invalid_request_error": ErrorKind.CLIENT,
-    "authentication_error": ErrorKind.CLIENT,
-    "permission_error": ErrorKind.CLIENT,
-    "not_found_error": ErrorKind.CLIENT,
+    "authentication_error": ErrorKind.AUTH,
+    "permission_error": ErrorKind.AUTH,
+    "billing_error": ErrorKind.AUTH,
+    "invalid_api_key": ErrorKind.AUTH,
+    "not_found_error": ErrorKind.NOT_FOUND,
+    "model_not_found": ErrorKind.NOT_FOUND,
     "request_too_large": ErrorKind.CLIENT,
 }
 
+# The upstream's machine-readable error fields are passed on only when they look like identifiers.
+_IDENT_RE = re.compile(r"[a-z_]{1,40}")
+# ``param`` names a field of the request: ``max_tokens``, ``messages[0].content``, ``tools.function.name``.
+_PARAM_RE = re.compile(r"[a-z_]{1,40}(?:\[\d{1,4}\])?(?:\.[a-z_]{1,40}(?:\[\d{1,4}\])?){0,4}")
 
-def sanitize_message(text: str) -> str:
-    """Upstream error text made safe to log and forward: no credentials, no control characters, bounded length."""
-    text = _CONTROL_RE.sub(" ", text)
-    text = _SECRET_RE.sub("[redacted]", text)
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+# client_detail's filter: a message is forwarded only if every word is one of these shapes (after stripping quotes
+# and brackets around it and punctuation after it) and nothing in it talks about credentials.
+_DETAIL_MAX = 240
+_DETAIL_WORD_RE = re.compile(
+    r"[A-Z]?[a-z]{1,20}(?:'[a-z]{1,2})?"  # an ordinary word: "prompt", "This", "model's"
+    r"|[a-z]{1,20}(?:-[a-z]{1,20}){1,3}"  # hyphenated: "non-empty", "built-in"
+    r"|[A-Z]{2,6}"  # an acronym: "JSON", "API"
+    r"|\d{1,10}(?:[.,]\d{1,10}){0,3}"  # a number: "8192", "1,048,576", "0.5"
+    # a request field path, which must have a "_", "." or "[": "max_tokens", "messages[0].role"
+    r"|(?=\S*[_.\[])[a-z]{1,20}(?:_[a-z]{1,20}){0,3}(?:\[\d{1,4}\])?(?:\.[a-z]{1,20}(?:_[a-z]{1,20}){0,3}(?:\[\d{1,4}\])?){0,4}"
+    r"|[<>=]=?|-"  # comparisons: "210000 tokens > 200000 maximum"
+)
+_DETAIL_STRIP_LEAD = "'\"(["
+_DETAIL_STRIP_TRAIL = "'\")],.:;!?"
+_DETAIL_DENY_RE = re.compile(
+    r"key|secret|passw|bearer|auth|credential|signature|cookie|session|account|billing|organi[sz]ation|"
+    r"project|sk-|https?|www", re.I
+)
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -82,35 +101,84 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def error_object(body: bytes) -> tuple[JSON | None, str]:
-    """The upstream's error object and its message, from an OpenAI- or Anthropic-shaped error body.
+def error_object(body: bytes) -> JSON | None:
+    """The upstream's error object from an OpenAI- or Anthropic-shaped error body (kept on ``UpstreamError.body``).
 
     OpenAI: ``{"error": {"message", "type", "param", "code"}}``; Anthropic: ``{"type": "error", "error": {"type",
-    "message"}}``; some servers send ``{"detail": ...}`` (FastAPI) or ``{"message": ...}``. A body that is not JSON
-    gives ``(None, <start of the text>)``.
+    "message"}}``; some servers send ``{"detail": ...}`` (FastAPI) or ``{"message": ...}`` (then the whole body).
+    A body that is not a JSON object gives ``None``: its text is never read.
     """
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
-        text = body[:200].decode("utf-8", "replace").strip()
-        return None, sanitize_message(text)
+        return None
     if not isinstance(parsed, dict):
-        return None, ""
+        return None
     err = parsed.get("error")
     if isinstance(err, dict):
-        message = err.get("message")
-        return err, sanitize_message(message if isinstance(message, str) else str(err.get("type", "")))
+        return err
     if isinstance(err, str):
-        return {"message": err}, sanitize_message(err)
-    for key in ("message", "detail"):
-        value = parsed.get(key)
-        if isinstance(value, str):
-            return parsed, sanitize_message(value)
-    return parsed, ""
+        return {"message": err}
+    return parsed
+
+
+def identifier(value: Any) -> str | None:
+    """``value`` if it is a short identifier-like string (an error ``type`` or ``code``), else None."""
+    return value if isinstance(value, str) and _IDENT_RE.fullmatch(value) else None
+
+
+def _ids(err: JSON | None) -> str:
+    """`` (type=…, code=…)`` from the upstream's error object, identifiers only; '' when there are none."""
+    if not isinstance(err, dict):
+        return ""
+    etype, code = identifier(err.get("type")), identifier(err.get("code"))
+    parts = [f"type={etype}"] if etype else []
+    if code and code != etype:
+        parts.append(f"code={code}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def client_detail(err: JSON | None) -> tuple[str | None, str | None]:
+    """What of an upstream's 4xx error object may be told to the caller whose request it rejected: (message, param).
+
+    Only for :attr:`ErrorKind.CLIENT` errors, which are the caller's fault (context too long, a bad parameter) and
+    which the caller cannot fix without knowing what was wrong; ``code`` and ``type`` come from :func:`identifier`.
+
+    - ``param`` only when it has the shape of a request field path (``max_tokens``, ``messages[0].content``).
+    - ``message`` only when it passes a deliberately strict filter: printable ASCII, at most 240 characters, no
+      word about keys, secrets, auth, accounts, sessions, projects or URLs, and every word an ordinary word, an
+      acronym, a number, a ``snake_case`` field path or a comparison sign. That passes the messages that matter
+      ("prompt is too long: 210000 tokens > 200000 maximum", "max_tokens is too large: 100000", "This model's
+      maximum context length is 8192 tokens") and refuses anything carrying a token-like string (mixed case,
+      letters with digits, long runs, ``sk-…``) — a refused message is dropped whole, never partly redacted, since
+      partial redaction is exactly what failed before. The caller then still gets the status, type, code and param.
+    """
+    if not isinstance(err, dict):
+        return None, None
+    param = err.get("param")
+    param = param if isinstance(param, str) and _PARAM_RE.fullmatch(param) else None
+    message = err.get("message")
+    return (message if isinstance(message, str) and _detail_ok(message) else None), param
+
+
+def _detail_ok(text: str) -> bool:
+    if not text or len(text) > _DETAIL_MAX or not text.isascii() or not text.isprintable():
+        return False
+    if _DETAIL_DENY_RE.search(text):
+        return False
+    for word in text.split():
+        core = word.lstrip(_DETAIL_STRIP_LEAD).rstrip(_DETAIL_STRIP_TRAIL).lstrip(_DETAIL_STRIP_LEAD)
+        if core and not _DETAIL_WORD_RE.fullmatch(core):
+            return False
+    return True
 
 
 def kind_for_status(status: int) -> ErrorKind:
-    """HTTP status -> kind. 408 and 409 follow the OpenAI SDKs' retry policy (upstream timeout / lock conflict)."""
+    """HTTP status -> kind. 408 and 409 follow the OpenAI SDKs' retry policy (upstream timeout / lock conflict).
+
+    401/402/403 are the operator's credentials or account and 404/405/410 the operator's model name or URL (the
+    caller names tiers and tierwise models, never upstream ones): those fall back to the next model instead of being
+    returned to the caller as if its request were wrong."""
     if status == 429:
         return ErrorKind.RATE_LIMIT
     if status >= 500:
@@ -119,28 +187,34 @@ def kind_for_status(status: int) -> ErrorKind:
         return ErrorKind.TIMEOUT
     if status == 409:
         return ErrorKind.SERVER
+    if status in (401, 402, 403):
+        return ErrorKind.AUTH
+    if status in (404, 405, 410):
+        return ErrorKind.NOT_FOUND
     return ErrorKind.CLIENT
 
 
 def status_error(provider: str, status: int, headers: Any, body: bytes) -> UpstreamError:
-    """The error for a non-2xx response."""
+    """The error for a non-2xx response, in tierwise's words: ``<provider>: HTTP <status> (type=…, code=…)``."""
     kind = kind_for_status(status)
-    err, message = error_object(body)
+    err = error_object(body)
+    if kind is ErrorKind.CLIENT and isinstance(err, dict):  # e.g. a proxy answering 400 for a bad key
+        named = _TYPE_KINDS.get(identifier(err.get("code")) or "") or _TYPE_KINDS.get(identifier(err.get("type")) or "")
+        if named in (ErrorKind.AUTH, ErrorKind.NOT_FOUND):
+            kind = named
     retry_after = parse_retry_after(headers) if kind in (ErrorKind.RATE_LIMIT, ErrorKind.SERVER) else None
-    text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
-    return UpstreamError(kind, text, status=status, retry_after_s=retry_after, body=err)
+    return UpstreamError(kind, f"{provider}: HTTP {status}{_ids(err)}", status=status, retry_after_s=retry_after,
+                         body=err)
 
 
 def stream_error(provider: str, err: Any) -> UpstreamError:
-    """An error event that arrived inside a 200 stream (Anthropic ``event: error``, OpenAI-compatible ``{"error"}``)."""
+    """An error object in a 200 response: an event inside a stream (Anthropic ``event: error``, OpenAI-compatible
+    ``{"error"}``) or a whole body that is one. Its kind comes from its ``type``/``code``; its text is not read."""
     if not isinstance(err, dict):
-        return UpstreamError(ErrorKind.SERVER, f"{provider}: error in stream", body=None)
-    etype = err.get("type") if isinstance(err.get("type"), str) else None
-    code = err.get("code") if isinstance(err.get("code"), str) else None
+        return UpstreamError(ErrorKind.SERVER, f"{provider}: error in the response", body=None)
+    etype, code = identifier(err.get("type")), identifier(err.get("code"))
     kind = _TYPE_KINDS.get(etype or "") or _TYPE_KINDS.get(code or "") or ErrorKind.SERVER
-    message = err.get("message")
-    text = sanitize_message(message) if isinstance(message, str) else (etype or "error")
-    return UpstreamError(kind, f"{provider}: error in stream: {text}", body=err)
+    return UpstreamError(kind, f"{provider}: error in the response{_ids(err)}", body=err)
 
 
 def stream_cut(provider: str) -> UpstreamError:
@@ -164,7 +238,7 @@ def transport_error(provider: str, exc: BaseException) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(ErrorKind.CONNECTION, f"{provider}: cannot connect ({exc.os_error.__class__.__name__})")
     if isinstance(exc, aiohttp.ClientResponseError):  # malformed status line / headers
-        return UpstreamError(ErrorKind.BAD_RESPONSE, f"{provider}: malformed HTTP response ({exc.message})")
+        return UpstreamError(ErrorKind.BAD_RESPONSE, f"{provider}: malformed HTTP response ({type(exc).__name__})")
     if isinstance(exc, aiohttp.ClientError | OSError):
         return UpstreamError(ErrorKind.CONNECTION, f"{provider}: connection error ({type(exc).__name__})")
     return UpstreamError(ErrorKind.CONNECTION, f"{provider}: {type(exc).__name__}")
