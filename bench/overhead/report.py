@@ -117,7 +117,8 @@ def render(results: dict, concs: Sequence[int], stream_concs: Sequence[int]) -> 
         "measured. Cells: median over rounds [min–max]; latencies in ms. Request: ~200-token prompt; "
         "answer: ~200 tokens (1.5 kB JSON, or a 42 kB SSE stream: role chunk, 171 content chunks, finish and usage "
         "chunks). Gateway: one model on an "
-        "`openai`-format provider, `model: auto` → default tier, SQLite ledger on (one row per request).",
+        "`openai`-format provider, `model: auto` → default tier, SQLite ledger on (one row per request), crash "
+        f"journal {'off' if '--no-journal' in meta['command'] else 'on (two write()s per request, fsync never)'}.",
         "",
         "## Targets (item 14)",
         "",

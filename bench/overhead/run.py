@@ -3,6 +3,7 @@ Python floor) and through the tierwise gateway (ledger on: one SQLite row per re
 
     python bench/overhead/run.py            # full: 2 rounds x 5 settings x 3 targets, ~4 minutes
     python bench/overhead/run.py --quick    # 1 round, shorter windows, < 1 minute
+    python bench/overhead/run.py --no-journal   # the same with the ledger's crash journal off (for comparison)
 
 Writes ``bench/results/overhead.md`` (the table, also printed) and ``bench/results/overhead.json`` (every run, with
 latency ladders, CPU, RSS, machine load). See ``bench/overhead/README.md`` for what each number means.
@@ -37,7 +38,7 @@ STREAM_CONC = (1, 16)
 
 GATEWAY_CONFIG = """\
 server: {{host: 127.0.0.1, port: {port}, request_deadline_s: 30}}
-ledger: {{backend: sqlite, path: "{ledger}"}}
+ledger: {{backend: sqlite, path: "{ledger}", journal: {journal}}}
 providers:
   mock: {{format: openai, base_url: "{upstream}/v1", api_key: sk-bench-not-a-secret, timeout_s: 10}}
 models:
@@ -49,7 +50,7 @@ fallback_model: bench-model
 """
 
 
-def start_servers(tmp: Path) -> dict[str, procs.Server]:
+def start_servers(tmp: Path, journal: bool = True) -> dict[str, procs.Server]:
     py = sys.executable
     mock = procs.Server("mock", [py, str(HERE / "mock_upstream.py")], tmp / "mock.log")
     mock.wait_ready("/health")
@@ -57,7 +58,8 @@ def start_servers(tmp: Path) -> dict[str, procs.Server]:
     bare.wait_ready("/health")
     port = procs.free_port()
     cfg = tmp / "tierwise.yaml"
-    cfg.write_text(GATEWAY_CONFIG.format(port=port, ledger=tmp / "ledger.db", upstream=mock.base))
+    cfg.write_text(GATEWAY_CONFIG.format(port=port, ledger=tmp / "ledger.db", upstream=mock.base,
+                                         journal="true" if journal else "false"))
     gw = procs.Server("gateway", [py, "-m", "tierwise.cli", "serve", "--config", str(cfg)], tmp / "gateway.log",
                       cwd=str(tmp), port=port)
     gw.startup_s = gw.wait_ready("/healthz")  # type: ignore[attr-defined]
@@ -139,19 +141,21 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, help="unmeasured seconds per setting (default 1; --quick: 0.5)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
     ap.add_argument("--keep-samples", type=Path, help="also write every raw latency sample to this JSON file")
+    ap.add_argument("--no-journal", action="store_true", help="turn the ledger's crash journal off")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
     duration = args.duration or (2.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     keep: dict | None = {} if args.keep_samples else None
-    command = "python bench/overhead/run.py" + (" --quick" if args.quick else "")
+    command = ("python bench/overhead/run.py" + (" --quick" if args.quick else "")
+               + (" --no-journal" if args.no_journal else ""))
     meta = {"command": command, "started": dt.datetime.now().isoformat(timespec="seconds"), "git": git_rev(),
             "machine": procs.machine_facts(), "loadavg_before": procs.loadavg(), "rounds": rounds,
             "duration_s": duration, "warmup_s": warmup}
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="tierwise-overhead-") as tmpdir:
         tmp = Path(tmpdir)
-        servers = start_servers(tmp)
+        servers = start_servers(tmp, journal=not args.no_journal)
         gw = servers["gateway"]
         try:
             time.sleep(0.5)  # let start-up work settle before reading "idle" memory
@@ -185,7 +189,7 @@ def main() -> int:
     meta["elapsed_s"] = time.time() - t_start
     results = {"meta": meta, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "overhead-quick" if args.quick else "overhead"
+    stem = ("overhead-quick" if args.quick else "overhead") + ("-nojournal" if args.no_journal else "")
     (args.out / f"{stem}.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     md = report.render(results, NONSTREAM_CONC, STREAM_CONC)
     (args.out / f"{stem}.md").write_text(md)

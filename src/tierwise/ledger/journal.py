@@ -41,6 +41,7 @@ import orjson
 
 from tierwise.ledger.store import LedgerStore, Row
 from tierwise.sanitize import clean_json
+from tierwise.types import LedgerRecord
 
 log = logging.getLogger("tierwise.ledger")
 
@@ -325,8 +326,10 @@ def _read_lines(path: Path) -> Iterator[Row | None]:
             yield row if isinstance(row, dict) and isinstance(row.get("id"), str) else None
 
 
-def _interrupted(row: Row) -> Row:
-    out = dict(row)
+def _interrupted(begin: Row) -> Row:
+    """The row of a request whose process died between its begin line and its final record."""
+    out = LedgerRecord(id=begin["id"], ts=float(begin.get("ts") or 0.0)).as_row()
+    out.update((k, v) for k, v in begin.items() if k in out)
     estimate = float(out.get("estimated_cost_usd") or 0.0)
     out["status"] = INTERRUPTED
     out["http_status"] = None
