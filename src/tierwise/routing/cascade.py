@@ -38,9 +38,12 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
     chain = tuple(r.model for r in rungs)
     history: list[RungAnswer] = []
     last_err: UpstreamError | None = None
+    # The tier's fallback model (if it is not a rung) is the last resort after the rungs.
+    rest = [m for m in call.decision.candidates if m not in set(chain)]
     for i in range(start_rung, len(rungs)):
         model = rungs[i].model
         is_last = i == len(rungs) - 1
+        after = [*chain[i + 1 :], *rest]  # each rung (and its verifier) leaves these their share of the deadline
         gate = None if is_last else gates[i]
         if not is_last and ex.health.cooling_down(model, time.time()):
             rec.notes.append(f"rung {i} ({model}) cooling down: skipped")
@@ -49,7 +52,7 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
         if gate is not None:
             gate.prepare(body)
         try:
-            result, att = await ex.call_model(call, model, body)
+            result, att = await ex.call_model(call, model, body, after)
         except UpstreamError as err:
             last_err = err
             if not is_last:
@@ -61,7 +64,7 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
                 break
             ex._succeed(call, model, att.latency_ms)
             return result
-        ctx = GateContext(call.body, result, model, _asker(ex, call), i, chain, list(history), call.prior)
+        ctx = GateContext(call.body, result, model, _asker(ex, call, after), i, chain, list(history), call.prior)
         confidence = await _judge(call, gate, ctx)
         att.confidence = confidence
         history.append(RungAnswer(model, result.text, _lp_conf(result)))
@@ -71,18 +74,18 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
         att.outcome = "escalated"
         rec.escalations += 1
     # Every rung failed outright: the tier's fallback model (if it is not a rung) is the last resort.
-    rest = [m for m in call.decision.candidates if m not in {r.model for r in rungs}]
     if rest:
         return await ex.fallback_chain(call, rest)
     raise RequestFailed(last_err or UpstreamError(ErrorKind.CONNECTION, "no cascade rung answered"), rec.attempts)
 
 
-def _asker(ex: Executor, call: Call) -> Ask:
-    """Model calls a gate makes (verifiers) go through the executor, so they are retried and booked."""
+def _asker(ex: Executor, call: Call, after: list[str]) -> Ask:
+    """Model calls a gate makes (verifiers) go through the executor, so they are retried and booked, and leave the
+    rungs after the judged one their share of the deadline."""
 
     async def ask(verifier: str, body: JSON) -> Completion:
         b = ex._prepare_for(call, verifier, body)
-        completion, att = await ex.call_model(call, verifier, b)
+        completion, att = await ex.call_model(call, verifier, b, after)
         att.outcome = "verifier"
         return completion
 

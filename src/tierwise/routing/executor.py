@@ -3,6 +3,21 @@
 Retries with exponential backoff and full jitter on 429/5xx/timeouts/connection errors (honouring ``Retry-After``),
 cooldowns for models that keep failing, a per-request deadline, fallback down the plan, session (re-)pinning and
 reasoning completion floors. Every step lands in the request's :class:`LedgerRecord`, whatever happens.
+
+Errors that are the operator's (the upstream refused tierwise's key: :attr:`ErrorKind.AUTH`; it has no such model
+or endpoint: :attr:`ErrorKind.NOT_FOUND`) are not retried on that model but fall back and count toward its cooldown;
+only a request the upstream rejected as the caller's fault (:attr:`ErrorKind.CLIENT`) ends the request at once.
+
+**Sharing the deadline.** Retries must not eat the time of the models after the one being tried (three timed-out
+tries of a slow primary used to spend a whole 6 s deadline, so the healthy fallback never got its turn). When a
+model's first try starts with ``R`` seconds of the deadline left and ``k`` models after it, it gets a *budget* of
+``R - reserve``, where ``reserve = min(retry.fallback_reserve_s or the next model's provider timeout, R·k/(k+1))``
+— the next model's turn, but never more than the later models' fair share, so the model being tried always has at
+least ``R/(k+1)``. Every try on the model runs with ``min(provider timeout, budget left)``, and a retry starts only
+while at least half its provider timeout still fits in the budget after the backoff; otherwise the executor falls
+back at once (and notes it). The last model has no one to leave time for: its budget is the whole deadline, and
+it retries while the backoff fits in it. ``retry.fallback_reserve_s: 0`` turns the sharing off (every model is then
+treated like the last, as before).
 """
 
 from __future__ import annotations
@@ -11,7 +26,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -32,6 +47,7 @@ from tierwise.types import (
 )
 
 Sleep = Callable[[float], Awaitable[None]]
+_MIN_RETRY_SHARE = 0.5  # a retry needs this share of its provider timeout left in the model's deadline budget
 T = TypeVar("T")
 Clock = Callable[[], float]
 
@@ -76,9 +92,22 @@ _NOT_A_FAILURE = frozenset({"ok", "escalated", "verifier"})
 
 
 def count_fallbacks(attempts: list[Attempt], served: str | None) -> int:
-    """Models, other than the one that served, that were passed over because they failed or were cooling down
-    (cascade escalations are counted apart, as escalations)."""
-    return len({a.model for a in attempts if a.model != served and a.outcome not in _NOT_A_FAILURE})
+    """Models passed over — they failed or were cooling down — for another model that was then tried.
+
+    A request that tried one model and failed has 0 fallbacks (nothing was fallen back to), one that tried two and
+    both failed has 1, and one where the second served has 1. The served model never counts; cascade escalations
+    (``escalated``) and verifier calls are counted apart, as escalations, and are not failures."""
+    passed: set[str] = set()
+    pending: set[str] = set()  # failed or skipped, and no other model tried since
+    for a in attempts:
+        if a.outcome != "skipped_cooldown":  # a model actually tried: every other pending model was passed over
+            passed.update(m for m in pending if m != a.model)
+            pending.intersection_update((a.model,))
+        if a.outcome not in _NOT_A_FAILURE:
+            pending.add(a.model)
+    if served is not None:  # a stream's served attempt is booked when it ends, after its headers were sent
+        passed.update(pending)
+    return len(passed - {served})
 
 
 def _empty_length(c: Completion) -> bool:
@@ -168,6 +197,20 @@ class Executor:
     def _remaining(self, call: Call) -> float:
         return call.deadline - self.clock()
 
+    def _budget_end(self, call: Call, after: Sequence[str]) -> float:
+        """The clock time until which a model's tries may run, leaving the models ``after`` it their turn (see
+        "Sharing the deadline" in the module docstring)."""
+        remaining = self._remaining(call)
+        if not after or remaining <= 0:
+            return call.deadline
+        reserve = self.cfg.retry.fallback_reserve_s
+        if reserve is None:
+            now = time.time()
+            nxt = next((m for m in after if not self.health.cooling_down(m, now)), after[-1])
+            reserve = self._provider(nxt)[1]
+        k = len(after)
+        return call.deadline - min(reserve, remaining * k / (k + 1))
+
     def _deadline_error(self, call: Call) -> RequestFailed:
         err = UpstreamError(
             ErrorKind.TIMEOUT, f"request deadline of {self.cfg.server.request_deadline_s:g}s exceeded", status=504
@@ -189,14 +232,17 @@ class Executor:
         return att
 
     async def _with_retries(
-        self, call: Call, model: str, attempt: Callable[[float], Awaitable[T]]
+        self, call: Call, model: str, attempt: Callable[[float], Awaitable[T]], after: Sequence[str] = ()
     ) -> tuple[T, float, int]:
         """Run ``attempt(timeout_s)`` against one model with retries, backoff and the request deadline.
 
-        Returns (result, start time of the successful try, its retry number); books every failed try. Raises the
-        last :class:`UpstreamError` when retries are exhausted (the caller falls back), :class:`RequestFailed` for a
-        client error or the deadline (nothing else to try)."""
+        ``after`` are the models that may be tried after this one: its tries stay within its share of the deadline
+        (module docstring, "Sharing the deadline"). Returns (result, start time of the successful try, its retry
+        number); books every failed try. Raises the last :class:`UpstreamError` when retries are exhausted or the
+        model's share is spent (the caller falls back), :class:`RequestFailed` for a client error or the deadline
+        (nothing else to try)."""
         _, timeout_s = self._provider(model)
+        budget_end = self._budget_end(call, after)
         retry = 0
         while True:
             remaining = self._remaining(call)
@@ -204,7 +250,7 @@ class Executor:
                 raise self._deadline_error(call)
             started = self.clock()
             try:
-                return await attempt(min(timeout_s, remaining)), started, retry
+                return await attempt(min(timeout_s, budget_end - started)), started, retry
             except UpstreamError as err:
                 self._fail(call, model, err, started, retry)
                 if err.kind is ErrorKind.CLIENT:
@@ -213,15 +259,26 @@ class Executor:
                 wait = self._backoff_s(retry, err)
                 if wait is None:
                     raise
-                if wait >= self._remaining(call):
+                if budget_end < call.deadline:  # time is kept for the models after this one
+                    left = budget_end - self.clock() - wait
+                    if left < timeout_s * _MIN_RETRY_SHARE:
+                        call.record.notes.append(
+                            f"{model}: retry {retry} not started: {max(left, 0.0):.3g}s of its deadline share left, "
+                            "the models after it get their turn"
+                        )
+                        raise
+                elif wait >= self._remaining(call):
                     raise self._deadline_error(call) from None
                 await self.sleep(wait)
 
-    async def call_model(self, call: Call, model: str, body: JSON) -> tuple[Completion, Attempt]:
-        """One model, with retries and backoff; books every attempt. Raises the last :class:`UpstreamError`."""
+    async def call_model(
+        self, call: Call, model: str, body: JSON, after: Sequence[str] = ()
+    ) -> tuple[Completion, Attempt]:
+        """One model, with retries and backoff, leaving the models ``after`` it their share of the deadline; books
+        every attempt. Raises the last :class:`UpstreamError`."""
         provider, _ = self._provider(model)
         result, started, retry = await self._with_retries(
-            call, model, lambda timeout: provider.complete(body, timeout_s=timeout)
+            call, model, lambda timeout: provider.complete(body, timeout_s=timeout), after
         )
         return result, self._book_ok(call, model, result, started, retry)
 
@@ -239,7 +296,7 @@ class Executor:
             if self._skip_cooling(call, model, i == len(candidates) - 1):
                 continue
             try:
-                result, att = await self.call_model(call, model, self._prepare(call, model))
+                result, att = await self.call_model(call, model, self._prepare(call, model), candidates[i + 1 :])
             except UpstreamError as err:
                 last = err
                 continue
@@ -293,18 +350,37 @@ class Executor:
             body = self._prepare(call, model)
 
             async def first_chunk(timeout: float) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
+                """Open the stream and wait, at most ``timeout`` in all, for its first chunk with substance.
+
+                Upstreams send a role-only chunk (OpenAI-compatible servers) or ``message_start`` (Anthropic) before
+                the first token; committing to a model on that would turn a slow time to first token into a failed
+                stream instead of a fallback. Those empty chunks are held back and sent before the first real one."""
+                name = provider.name  # noqa: B023 - awaited in this iteration
                 it = provider.stream(body, timeout_s=timeout).__aiter__()  # noqa: B023 - awaited in this iteration
+                held: list[StreamChunk] = []
                 try:
-                    return await it.__anext__(), it
+                    async with asyncio.timeout(timeout):
+                        chunk = await it.__anext__()
+                        while not _has_substance(chunk):
+                            held.append(chunk)
+                            chunk = await it.__anext__()
                 except StopAsyncIteration:
                     await _aclose(it)
-                    raise UpstreamError(ErrorKind.BAD_RESPONSE, "upstream closed the stream without any chunk") from None
+                    raise UpstreamError(
+                        ErrorKind.BAD_RESPONSE, f"{name}: the stream ended without any content"
+                    ) from None
+                except TimeoutError:
+                    await _aclose(it)
+                    raise UpstreamError(ErrorKind.TIMEOUT, f"{name}: no first token within {timeout:.3g}s") from None
                 except BaseException:
                     await _aclose(it)
                     raise
+                if not held:
+                    return chunk, it
+                return held[0], _chain([*held[1:], chunk], it)
 
             try:
-                (first, it), started, _ = await self._with_retries(call, model, first_chunk)
+                (first, it), started, _ = await self._with_retries(call, model, first_chunk, cands[i + 1 :])
             except UpstreamError as err:
                 last = err
                 continue
@@ -334,6 +410,29 @@ class Executor:
 async def _aiter(chunks: list[StreamChunk]) -> AsyncIterator[StreamChunk]:
     for c in chunks:
         yield c
+
+
+async def _chain(chunks: list[StreamChunk], rest: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
+    """``chunks`` then the rest of the upstream stream (closed with this iterator)."""
+    try:
+        for c in chunks:
+            yield c
+        async for c in rest:
+            yield c
+    finally:
+        await _aclose(rest)
+
+
+def _has_substance(chunk: StreamChunk) -> bool:
+    """Whether a stream chunk carries anything of the answer (text, a tool call, reasoning, a finish, usage), as
+    opposed to a role-only opener."""
+    if chunk.text or chunk.finish_reason is not None or chunk.usage is not None:
+        return True
+    for choice in chunk.body.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if any(v for k, v in delta.items() if k != "role"):
+            return True
+    return False
 
 
 async def _aclose(it: AsyncIterator[StreamChunk]) -> None:
