@@ -42,6 +42,7 @@ def small_disk(path: Path, size: str = "1m") -> Iterator[bool]:
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                              capture_output=True).returncode == 0
+    (path / "filler").touch()  # created while there is room (see fill)
     try:
         yield mounted
     finally:
@@ -50,19 +51,13 @@ def small_disk(path: Path, size: str = "1m") -> Iterator[bool]:
 
 
 def fill(path: Path) -> Path:
-    """Write a file until the file system at ``path`` is full."""
+    """Write a file until the file system at ``path`` is full (it may already be)."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
-        try:
+    for chunk in (65536, 512):  # big blocks, then the last partial block
+        with contextlib.suppress(OSError), open(filler, "ab") as f:
             while True:
-                f.write(b"\0" * 65536)
+                f.write(b"\0" * chunk)
                 f.flush()
-        except OSError:
-            pass
-    with contextlib.suppress(OSError), open(filler, "ab") as f:  # the last partial block
-        while True:
-            f.write(b"\0" * 512)
-            f.flush()
     return filler
 
 
