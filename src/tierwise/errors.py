@@ -44,7 +44,8 @@ _KIND_STATUS = {
 }
 
 _WHY = {
-    ErrorKind.AUTH: "the upstream refused tierwise's credentials (a gateway configuration problem, not your request)",
+    ErrorKind.AUTH: "the upstream refused tierwise's credentials or account (a gateway configuration problem, not "
+                    "your request)",
     ErrorKind.NOT_FOUND: "the upstream does not know the configured model or endpoint (a gateway configuration "
                          "problem, not your request)",
 }

@@ -11,13 +11,14 @@ only a request the upstream rejected as the caller's fault (:attr:`ErrorKind.CLI
 **Sharing the deadline.** Retries must not eat the time of the models after the one being tried (three timed-out
 tries of a slow primary used to spend a whole 6 s deadline, so the healthy fallback never got its turn). When a
 model's first try starts with ``R`` seconds of the deadline left and ``k`` models after it, it gets a *budget* of
-``R - reserve``, where ``reserve = min(retry.fallback_reserve_s or the next model's provider timeout, R·k/(k+1))``
-— the next model's turn, but never more than the later models' fair share, so the model being tried always has at
-least ``R/(k+1)``. Every try on the model runs with ``min(provider timeout, budget left)``, and a retry starts only
-while at least half its provider timeout still fits in the budget after the backoff; otherwise the executor falls
-back at once (and notes it). The last model has no one to leave time for: its budget is the whole deadline, and
-it retries while the backoff fits in it. ``retry.fallback_reserve_s: 0`` turns the sharing off (every model is then
-treated like the last, as before).
+``R - reserve``, where ``reserve = min(S, R·k/(k+1))`` and ``S`` is ``retry.fallback_reserve_s`` if set, else the
+provider timeout of the next model not cooling down — the next model's turn, but never more than the later models'
+fair share, so the model being tried always has at least ``R/(k+1)``. Every try on the model runs with
+``min(provider timeout, budget left)``, and a retry starts only while at least half its provider timeout still fits
+in the budget after the backoff; otherwise the executor falls back at once (and notes it). Fast failures (a 500 in
+milliseconds) are thus still retried; slow ones (timeouts) stop once they would eat the next model's turn. The last
+model has no one to leave time for: its budget is the whole deadline, and it retries while the backoff fits in it.
+``retry.fallback_reserve_s: 0`` turns the sharing off (every model is then treated like the last, as before).
 """
 
 from __future__ import annotations
