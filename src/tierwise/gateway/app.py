@@ -12,14 +12,27 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
+from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+)
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from tierwise.errors import APIError
-from tierwise.requests import parse_json_body
-from tierwise.routing.engine import RouteRequest
+from tierwise.requests import MAX_NAME_CHARS, check_request_limits, parse_json_body
+from tierwise.routing.engine import RouteRequest, RoutingError
 from tierwise.routing.executor import Call, count_fallbacks
+from tierwise.sanitize import clean_optional, clean_text
 from tierwise.service import Tierwise
 from tierwise.types import JSON, LedgerRecord
 
@@ -27,6 +40,10 @@ log = logging.getLogger("tierwise.gateway")
 
 SVC_KEY: web.AppKey[Tierwise] = web.AppKey("tierwise", Tierwise)
 _JSON = "application/json"
+
+#: Longest credential read from Authorization / x-api-key; a longer one is refused outright (never cut: a cut token
+#: could equal a real key).
+MAX_KEY_CHARS = 1024
 
 
 def _json(status: int, body: JSON, headers: dict[str, str] | None = None) -> web.Response:
@@ -133,11 +150,24 @@ class _BatchedSSE:
             self._task = None
 
 
+class _BodyNotRead(APIError):
+    """The body could not be read whole (too large, too slow, malformed framing): the connection is closed after
+    the answer instead of draining what is left of the body."""
+
+
+def _header(request: web.Request, name: str, max_chars: int = MAX_NAME_CHARS) -> str | None:
+    """A header value safe to route on, store and echo: aiohttp decodes a non-UTF-8 byte to a lone surrogate
+    (``surrogateescape``), which no UTF-8 encoder (orjson, SQLite) accepts; those and control characters become
+    U+FFFD, and the value is cut to ``max_chars``."""
+    return clean_optional(request.headers.get(name), max_chars)
+
+
 class Gateway:
     def __init__(self, svc: Tierwise) -> None:
         self.svc = svc
         self.keys = _load_keys(svc.cfg.server.api_keys_env)
         self.max_body = svc.cfg.server.max_body_bytes
+        self.body_timeout_s = svc.cfg.server.body_timeout_s
         self.started = time.time()
         self.shutting_down = False
 
@@ -146,7 +176,7 @@ class Gateway:
             return "anonymous"
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-        kid = self.keys.get(token)
+        kid = self.keys.get(clean_text(token)) if len(token) <= MAX_KEY_CHARS else None
         if kid is None:
             raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                            type="authentication_error", code="invalid_api_key")
@@ -155,32 +185,64 @@ class Gateway:
     async def _body(self, request: web.Request) -> JSON:
         length = request.content_length
         if length is not None and length > self.max_body:
-            raise APIError(413, f"request body of {length} bytes exceeds the limit of {self.max_body} bytes",
-                           code="request_too_large")
+            raise _BodyNotRead(413, f"request body of {length} bytes exceeds the limit of {self.max_body} bytes",
+                               code="request_too_large")
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.body_timeout_s):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise APIError(413, f"request body exceeds the limit of {self.max_body} bytes",
-                           code="request_too_large") from None
+            raise _BodyNotRead(413, f"request body exceeds the limit of {self.max_body} bytes",
+                               code="request_too_large") from None
+        except TimeoutError:
+            raise _BodyNotRead(408, f"request body not received within {self.body_timeout_s:g} s "
+                                    "(server.body_timeout_s)", code="request_timeout") from None
+        except web.RequestPayloadError:  # chunked framing broken, body shorter than Content-Length at EOF, …
+            raise _BodyNotRead(400, "request body is malformed or was cut off", code="invalid_body") from None
         return parse_json_body(raw)
+
+    def _precheck(self, body: JSON, route: RouteRequest) -> None:
+        """What the gateway settles before routing: the session key from ``user`` (cleaned and cut, as the
+        X-Session-Id header is) and the configured limits on ``n`` and output tokens for the model or tier the
+        request resolves to (a classifier's tier is not known yet: then the widest tier limit applies)."""
+        model = body.get("model")
+        if route.requested_model is None and isinstance(model, str):
+            route.requested_model = model
+        user = body.get("user")
+        if route.session_id is None and isinstance(user, str):
+            route.session_id = clean_text(user, MAX_NAME_CHARS)
+        if "n" not in body and "max_tokens" not in body and "max_completion_tokens" not in body:
+            return
+        tier: str | None = None
+        engine = self.svc.engine
+        if not engine.needs_classifier(route):
+            try:
+                tier, _ = engine.choose_tier(route, body)
+            except RoutingError:
+                return  # unknown model or tier: routing refuses it with its own 404
+        direct = route.requested_model if tier is None and not engine.needs_classifier(route) else None
+        check_request_limits(body, self.svc.cfg, tier, direct)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         principal: str | None = None
         body: JSON | None = None
-        h = request.headers
+        tier = request.match_info.get("tier")
         route = RouteRequest(
             requested_model=None,
-            task_header=h.get("X-Task"),
-            endpoint_tier=request.match_info.get("tier"),
-            session_id=h.get("X-Session-Id"),
+            task_header=_header(request, "X-Task"),
+            endpoint_tier=None if tier is None else clean_text(tier, MAX_NAME_CHARS),
+            session_id=_header(request, "X-Session-Id"),
         )
         try:
             principal = self._principal(request)
             body = await self._body(request)
+            self._precheck(body, route)
             call = await self.svc.begin(body, route, principal)
         except APIError as err:
             # Refused before routing: still one ledger record, so abuse and client bugs show up in the books.
-            return _error(err, self.svc.reject(err, principal, body, route))
+            resp = _error(err, self.svc.reject(err, principal, body, route))
+            if isinstance(err, _BodyNotRead):
+                resp.force_close()
+            return resp
         if body.get("stream"):
             return await self._stream(request, call)
         try:
@@ -254,7 +316,7 @@ async def _json_errors(request: web.Request, handler):  # type: ignore[no-untype
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
-        msg = f"{request.method} {request.path}: {exc.reason}"
+        msg = clean_text(f"{request.method} {request.path}: {exc.reason}", 300)
         return _error(APIError(exc.status, msg, code=code))
     except Exception as exc:  # never a stack trace to the client
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path, exc_info=exc)
@@ -262,9 +324,93 @@ async def _json_errors(request: web.Request, handler):  # type: ignore[no-untype
                                code="internal_error"))
 
 
+# --- requests aiohttp's HTTP parser refuses ---------------------------------------------------------------------
+# A request line or header over aiohttp's size limits, an invalid header, a malformed request line: aiohttp answers
+# these from RequestHandler.handle_error, below the application (no middleware runs), as text/plain quoting part of
+# the offending line, which can be a credential. aiohttp has no public hook for that answer; the supported extension
+# point is subclassing RequestHandler and overriding handle_error (documented as returning the error response).
+# The app's server factory (Application._make_handler, which AppRunner and run_app call; same signature in 3.10 to
+# 3.14) is wrapped so that every connection of this app is served by such a subclass. Should a future aiohttp make
+# that impossible, the wrapper logs a warning and the gateway keeps aiohttp's plain answers.
+
+_PARSER_ERRORS: tuple[tuple[type[HttpProcessingError], int, str, str], ...] = (
+    (LineTooLong, 431, "header_too_large", "the request line or a header field is longer than {limit} bytes"),
+    (InvalidHeader, 400, "invalid_header", "a header is malformed"),
+    (BadStatusLine, 400, "invalid_request_line", "the request line is malformed"),
+    (InvalidURLError, 400, "invalid_request_line", "the request target is not a valid URL"),
+)
+
+
+def _protocol_error(exc: HttpProcessingError, limit: int) -> APIError:
+    """What the client is told about a request the HTTP parser refused. Never the parser's own message: it quotes
+    the offending bytes."""
+    for kind, status, code, text in _PARSER_ERRORS:
+        if isinstance(exc, kind):
+            return APIError(status, f"malformed HTTP request: {text.format(limit=limit)}", code=code)
+    return APIError(400, "malformed HTTP request (framing, headers or encoding)", code="bad_http_request")
+
+
+def _json_error_handler(book: Callable[[APIError], str | None]) -> type[RequestHandler]:
+    """A RequestHandler answering protocol-level errors in OpenAI's error shape and booking each refusal once."""
+
+    class JsonErrorRequestHandler(RequestHandler):
+        __slots__ = ()  # same layout as RequestHandler (required to adopt its instances)
+
+        def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                         message: str | None = None) -> web.StreamResponse:
+            if request.writer.output_size > 0:  # as aiohttp: part of a response is out, the connection is broken
+                raise ConnectionError("response already started, cannot send an error response")
+            rid = None
+            if isinstance(exc, HttpProcessingError):
+                err = _protocol_error(exc, self.max_field_size)
+                log.info("refused a malformed HTTP request (%s, %d)", type(exc).__name__, err.status)
+                try:
+                    rid = book(err)
+                except Exception:  # the answer must go out even if booking fails
+                    log.exception("could not book a refused malformed request")
+            else:  # an exception that escaped the middleware (should not happen): never its text to the client
+                log.error("unhandled %s answering a request", type(exc).__name__ if exc else status, exc_info=exc)
+                err = APIError(status if status >= 500 else 500, "internal error", type="server_error",
+                               code="internal_error")
+            resp = _error(err, rid)
+            resp.force_close()
+            return resp
+
+    return JsonErrorRequestHandler
+
+
+class _JsonErrorServer(web.Server):
+    """A web.Server whose connection handlers are ``handler_class`` instances."""
+
+    handler_class: type[RequestHandler] = RequestHandler
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = self.handler_class
+        return handler
+
+
+def _answer_protocol_errors_in_json(app: web.Application, book: Callable[[APIError], str | None]) -> None:
+    make_server = app._make_handler
+    handler_class = _json_error_handler(book)
+
+    def make_handler(**kwargs: Any) -> web.Server:
+        server = make_server(**kwargs)
+        try:
+            server.__class__ = _JsonErrorServer
+        except TypeError:  # pragma: no cover - an aiohttp whose Server cannot be specialised
+            log.warning("aiohttp %s: protocol errors keep aiohttp's plain-text answers", aiohttp_version)
+            return server
+        server.handler_class = handler_class  # type: ignore[attr-defined]
+        return server
+
+    app._make_handler = make_handler  # type: ignore[method-assign]
+
+
 def create_app(svc: Tierwise) -> web.Application:
     gw = Gateway(svc)
     app = web.Application(middlewares=[_json_errors], client_max_size=svc.cfg.server.max_body_bytes)
+    _answer_protocol_errors_in_json(app, lambda err: svc.reject(err, None, None, None))
     app[SVC_KEY] = svc
     app.router.add_post("/v1/chat/completions", gw.chat)
     app.router.add_post("/v1/tiers/{tier}/chat/completions", gw.chat)
