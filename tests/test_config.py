@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +119,9 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("fallback_model: small", "fallback_model: ghost"))
+    env = {**os.environ, "UP_KEY": "sk-test"}  # GOOD names UP_KEY as its key: check-config checks it is set
     ok = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(good)],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout and "small" in ok.stdout
     fail = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(bad)],

@@ -53,21 +53,39 @@ def _when(value: str | None) -> float | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tierwise.gateway.server import serve
+    from tierwise.config.load import config_error
+    from tierwise.gateway.server import StartupError, check_startup, serve
 
     cfg = _load(args.config)
-    serve(cfg, args.host, args.port)
+    startup = check_startup(cfg)  # the very checks check-config runs: a config it passes is one serve accepts
+    if startup.problems:
+        print(f"tierwise: refusing to start: {config_error(args.config, startup.problems)}", file=sys.stderr)
+        return 2
+    try:
+        serve(cfg, args.host, args.port, startup=startup, source=args.config)
+    except StartupError as exc:
+        print(f"tierwise: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # interrupted while still starting (loading models)
+        return 130
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Everything serve checks before it listens (see tierwise.gateway.server.check_startup), nothing started."""
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    from tierwise.config.load import config_error
+    from tierwise.gateway.server import check_startup
     from tierwise.pricing import PriceBook
 
+    startup = check_startup(cfg)
+    if startup.problems:
+        print(str(config_error(args.config, startup.problems)), file=sys.stderr)
+        return 1
     book = PriceBook(cfg)
     print(f"{args.config}: OK — {len(cfg.providers)} provider(s), {len(cfg.models)} model(s), "
           f"{len(cfg.tiers)} tier(s); default tier '{cfg.default_tier}', fallback model '{cfg.fallback_model}'")
