@@ -54,3 +54,63 @@ fallback_model: big
     assert "$0.005615" in r.stdout and "config" in r.stdout
     bad = tw("price", "--config", str(cfg), "nope")
     assert bad.returncode == 1 and "unknown model 'nope'" in bad.stderr
+
+
+NASTY = {
+    "principal": "=HYPERLINK(\"http://evil.example\",\"click\")",
+    "tier": "\x9b31mred",  # C1 CSI: an escape sequence in one character
+    "requested_model": "@SUM(A1:A9)",
+    "session_id": "-2+3\x1b]0;pwned\x07",
+    "error": "line one\r\nline two\twith tab\x1b[2J\x00\x7f \u202eevil\u2066 \u2028",
+    "notes": ["+cmd|' /C calc'!A0", "note \x85 with NEL"],
+}
+
+
+def _nasty_ledger(tmp_path: Path) -> tuple[str, dict]:
+    from tierwise.ledger import SQLiteLedgerStore
+    from tierwise.types import LedgerRecord
+
+    rec = LedgerRecord(id="chatcmpl-nasty", ts=1_700_000_000.5, status="rejected", http_status=400)
+    row = {**rec.as_row(), **NASTY}
+    db = tmp_path / "nasty.db"
+    store = SQLiteLedgerStore(db)
+    store.write_batch([row])
+    store.close()
+    return str(db), row
+
+
+def test_csv_export_neutralises_control_characters_and_formulas(tmp_path: Path) -> None:
+    db, _ = _nasty_ledger(tmp_path)
+    r = tw("ledger", "export", "--db", db, "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    lines = text.split("\n")
+    assert len(lines) == 3 and lines[2] == ""  # header, one record on one line, final newline
+    bad = [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F
+           or c in "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"]
+    assert bad == []
+    cell = next(csv.DictReader(io.StringIO(text)))
+    assert cell["principal"] == "'" + NASTY["principal"]  # shown as text, never evaluated
+    assert cell["requested_model"] == "'@SUM(A1:A9)"
+    assert cell["session_id"].startswith("'-2+3")
+    assert cell["tier"] == "\ufffd31mred"
+    assert cell["error"].startswith("line one  line two with tab\ufffd[2J")
+    assert cell["ts"] == "1700000000.5" and cell["http_status"] == "400"  # numbers stay numbers
+    assert json.loads(cell["notes"].lstrip("'")) == ["+cmd|' /C calc'!A0", "note \ufffd with NEL"]
+
+
+def test_jsonl_export_is_exact_and_has_no_raw_control_characters(tmp_path: Path) -> None:
+    db, row = _nasty_ledger(tmp_path)
+    r = tw("ledger", "export", "--db", db, "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == row  # exact: every value decodes back as it was stored
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029\u202e\u2066" for c in lines[0])
+
+
+def test_tail_neutralises_control_characters(tmp_path: Path) -> None:
+    db, _ = _nasty_ledger(tmp_path)
+    r = tw("ledger", "tail", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in r.stdout)
