@@ -97,6 +97,13 @@ class LedgerStore(Protocol):
         """Release connections. Idempotent."""
         ...
 
+    def rows_after(self, seq: int | None, limit: int = 1000) -> list[tuple[int, Row]]:
+        """Rows stored after insertion sequence number ``seq``, in insertion order, at most ``limit``, each with its
+        sequence number; ``seq=None``: the newest ``limit`` rows (where a follower starts). A row replaced by id
+        gets a new, higher number. For followers (``tierwise ledger tail -f``): rows are written when requests
+        end, so ``ts`` order is not insertion order and a ``ts`` cursor would skip rows."""
+        ...
+
 
 def _json_text(value: Any) -> str:
     # default=str: an odd object in ``notes`` must not make a whole batch unwritable forever.
@@ -152,6 +159,33 @@ class MemoryLedgerStore:
 
     def close(self) -> None:
         pass
+
+    def rows_after(self, seq: int | None, limit: int = 1000) -> list[tuple[int, Row]]:
+        # Sequence numbers are given out here, lazily, in insertion order (the write path stays untouched): rows
+        # only ever join at the right end of the deque, so the ones without a number are the run at the right end
+        # after the last row that has one. The map holds the numbered rows, so their ids cannot be reused.
+        if limit <= 0:
+            return []
+        with self._lock:
+            seqs: dict[int, tuple[Row, int]] = self.__dict__.setdefault("_follow_seqs", {})
+            fresh: list[Row] = []
+            for row in reversed(self._rows):
+                if id(row) in seqs:
+                    break
+                fresh.append(row)
+            n = int(self.__dict__.get("_follow_next", 1))
+            for row in reversed(fresh):
+                seqs[id(row)] = (row, n)
+                n += 1
+            self.__dict__["_follow_next"] = n
+            if len(seqs) > 2 * len(self._rows) + 64:  # forget rows that have left the store
+                live = {id(r) for r in self._rows}
+                for key in [k for k in seqs if k not in live]:
+                    del seqs[key]
+            numbered = [(seqs[id(r)][1], r) for r in self._rows]
+        if seq is None:
+            return numbered[-limit:]
+        return [(s, r) for s, r in numbered if s > seq][:limit]
 
 
 class SQLiteLedgerStore:
@@ -285,6 +319,21 @@ class SQLiteLedgerStore:
 
     def __repr__(self) -> str:
         return f"SQLiteLedgerStore({str(self.path)!r})"
+
+    def rows_after(self, seq: int | None, limit: int = 1000) -> list[tuple[int, Row]]:
+        """The sequence number is the rowid: ``INSERT OR REPLACE`` gives a replaced row a new, higher one, and ledger
+        rows are never deleted otherwise, so rowids are not reused."""
+        if limit <= 0:
+            return []
+        select = "SELECT rowid, " + self._SELECT.removeprefix("SELECT ")
+        with self._read_lock:
+            self._check_open()
+            if seq is None:
+                got = self._read_conn.execute(f"{select} ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall()
+                got.reverse()
+            else:
+                got = self._read_conn.execute(f"{select} WHERE rowid > ? ORDER BY rowid LIMIT ?", (seq, limit)).fetchall()
+        return [(int(t[0]), _decode(t[1:])) for t in got]
 
 
 _GET_ALL = operator.itemgetter(*COLUMN_NAMES)
