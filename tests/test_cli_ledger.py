@@ -114,3 +114,74 @@ def test_tail_neutralises_control_characters(tmp_path: Path) -> None:
     r = tw("ledger", "tail", "--db", db)
     assert r.returncode == 0, r.stderr
     assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in r.stdout)
+
+
+def test_tail_follow_prints_records_written_late_with_an_earlier_start(tmp_path: Path) -> None:
+    """Records are written when requests end: one that started before the last printed record but was written after
+    it must still be printed (the follower tracks the insertion sequence, not ts)."""
+    import queue
+    import signal
+    import threading
+    import time
+
+    from tierwise.ledger import SQLiteLedgerStore
+    from tierwise.types import LedgerRecord
+
+    def row(rid: str, ts: float, status: str = "ok") -> dict:
+        return LedgerRecord(id=rid, ts=ts, status=status).as_row()
+
+    db = tmp_path / "follow.db"
+    store = SQLiteLedgerStore(db)
+    store.write_batch([row("req-a", 1000.0), row("req-b", 2000.0)])
+    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "ledger", "tail", "-f", "--interval", "0.05",
+                             "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")], daemon=True).start()
+
+    def seen_until(pred, timeout: float = 20.0) -> list[str]:  # type: ignore[no-untyped-def]
+        got: list[str] = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                got.append(lines.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            if pred(got):
+                return got
+        raise AssertionError(f"not printed in time: {got}")
+
+    try:
+        first = seen_until(lambda g: any("req-b" in x for x in g))
+        assert any("req-a" in x for x in first)
+        store.write_batch([row("req-c-older", 1500.0)])  # started before req-b, written after it was printed
+        store.write_batch([row("req-d", 3000.0)])
+        later = seen_until(lambda g: any("req-d" in x for x in g))
+        assert any("req-c-older" in x for x in later)
+        assert not any("req-a" in x or "req-b" in x for x in later)  # nothing shown twice
+        store.write_batch([row("req-b", 2000.0, status="error")])  # a record replaced by id is shown again
+        again = seen_until(lambda g: any("req-b" in x for x in g))
+        assert "error" in next(x for x in again if "req-b" in x)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        store.close()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_rows_after_follows_insertion_order_in_both_stores(tmp_path: Path) -> None:
+    from tierwise.ledger import MemoryLedgerStore, SQLiteLedgerStore
+    from tierwise.types import LedgerRecord
+
+    for store in (MemoryLedgerStore(), SQLiteLedgerStore(tmp_path / "seq.db")):
+        assert store.rows_after(None, 5) == [] and store.rows_after(0, 5) == []
+        store.write_batch([LedgerRecord(id="a", ts=3.0).as_row(), LedgerRecord(id="b", ts=2.0).as_row()])
+        (seq, last), = store.rows_after(None, 1)
+        assert last["id"] == "b"
+        store.write_batch([LedgerRecord(id="c", ts=1.0).as_row()])
+        store.write_batch([LedgerRecord(id="a", ts=4.0).as_row()])  # replaced: a new, higher sequence number
+        after = store.rows_after(seq, 10)
+        assert [r["id"] for _, r in after] == ["c", "a"] and after[0][0] > seq and after[1][0] > after[0][0]
+        assert [r["id"] for _, r in store.rows_after(seq, 1)] == ["c"]
+        assert [r["id"] for _, r in store.rows_after(0, 10)] == ["b", "c", "a"]
+        assert [r["id"] for _, r in store.rows_after(None, 2)] == ["c", "a"]
+        store.close()

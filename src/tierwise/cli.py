@@ -145,17 +145,25 @@ def cmd_ledger_tail(args: argparse.Namespace) -> int:
 
     store = _store(args)
     try:
+        # Follow on the insertion sequence, not on ts: records are written when requests end, so one that started
+        # earlier can be written after one already printed. The position is taken before the tail is read, so
+        # nothing written in between is missed; what the tail already showed is not shown twice.
+        newest = store.rows_after(None, 1) if args.follow else []
+        seq = newest[-1][0] if newest else 0
         rows = store.tail(args.n)
-        print(format_tail(rows))
+        print(format_tail(rows), flush=True)
         if not args.follow:
             return 0
-        last_ts = max((r["ts"] for r in rows), default=time.time())
+        shown = {r["id"]: r for r in rows}
         while True:
-            time.sleep(1.0)
-            new = [r for r in store.iter_rows(last_ts, None) if r["ts"] > last_ts]
-            if new:
-                print(format_tail(new).split("\n", 1)[-1])
-                last_ts = max(r["ts"] for r in new)
+            batch = store.rows_after(seq, 1000)
+            if not batch:
+                time.sleep(args.interval)
+                continue
+            seq = batch[-1][0]
+            fresh = [r for _, r in batch if shown.pop(r["id"], None) != r]  # a replaced record is shown again
+            if fresh:
+                print(format_tail(fresh).split("\n", 1)[-1], end="", flush=True)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -219,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tail":
             s.add_argument("-n", type=int, default=20, help="how many recent records")
             s.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+            s.add_argument("--interval", type=float, default=1.0, help="with -f: seconds between polls")
         else:
             s.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
             s.add_argument("--since", help="unix seconds or ISO-8601")
