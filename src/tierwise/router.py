@@ -15,7 +15,9 @@ from typing import Any
 
 from tierwise.config.load import load_config
 from tierwise.config.schema import TierwiseConfig
+from tierwise.errors import APIError
 from tierwise.routing.engine import RouteRequest
+from tierwise.routing.executor import Call
 from tierwise.service import Tierwise
 from tierwise.types import JSON
 
@@ -43,28 +45,51 @@ class Router:
         return self._svc
 
     @staticmethod
-    def _request(body: JSON | None, params: dict[str, Any]) -> tuple[JSON, RouteRequest]:
+    def _request(body: JSON | None, params: dict[str, Any], stream: bool) -> tuple[JSON | None, RouteRequest]:
         task = params.pop("task", None)
         session_id = params.pop("session_id", None)
+        route = RouteRequest(requested_model=None, task_header=task, session_id=session_id)
+        if body is not None and not isinstance(body, dict):
+            return None, route
         req = dict(body or {})
         req.update(params)
         req.setdefault("model", "auto")
-        return req, RouteRequest(requested_model=None, task_header=task, session_id=session_id)
+        req["stream"] = stream
+        return req, route
+
+    async def _begin(self, body: JSON | None, params: dict[str, Any], stream: bool) -> Call:
+        """Validate and route; a request refused here is booked too (status ``rejected``), as the gateway does, so
+        every request has exactly one ledger record."""
+        svc = self.service
+        req, route = self._request(body, params, stream)
+        try:
+            if req is None:
+                raise APIError(400, f"the request body must be a dict (an OpenAI request object), not "
+                                    f"{type(body).__name__}", code="invalid_request")
+            return await svc.begin(req, route)
+        except APIError as err:
+            svc.reject(err, "anonymous", req, route)
+            raise
+        except asyncio.CancelledError:
+            svc.reject(APIError(499, "cancelled before the request was routed", code="client_cancelled"),
+                       "anonymous", req, route)
+            raise
+        except Exception as exc:
+            internal = APIError(500, f"internal error ({type(exc).__name__})", type="server_error",
+                                code="internal_error")
+            svc.reject(internal, "anonymous", req, route)
+            raise internal from exc
 
     async def acomplete(self, body: JSON | None = None, **params: Any) -> JSON:
         """A chat completion. ``body`` is an OpenAI request dict; keyword params are merged into it.
         ``task=`` picks a tier explicitly, ``session_id=`` pins a session. Raises :class:`tierwise.APIError`."""
-        req, route = self._request(body, params)
-        req["stream"] = False
-        svc = self.service
-        return (await svc.complete(await svc.begin(req, route))).body
+        call = await self._begin(body, params, stream=False)
+        return (await self.service.complete(call)).body
 
     async def astream(self, body: JSON | None = None, **params: Any) -> AsyncGenerator[JSON, None]:
         """Stream chunk dicts. A mid-stream upstream failure raises :class:`tierwise.APIError` after the chunks."""
-        req, route = self._request(body, params)
-        req["stream"] = True
-        svc = self.service
-        stream = await svc.open_stream(await svc.begin(req, route))
+        call = await self._begin(body, params, stream=True)
+        stream = await self.service.open_stream(call)
         gen = stream.chunks()
         try:
             async for chunk in gen:
