@@ -164,11 +164,21 @@ def test_check_config_reports_what_serve_refuses(tmp_path: Path, case: str) -> N
 
 
 def test_check_config_passes_what_serve_accepts(tmp_path: Path) -> None:
+    from tierwise.ledger import SQLiteLedgerStore
+
     cfg = _config(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(cfg)], capture_output=True,
-                       text=True, timeout=60, env={"FAKE_KEY": "sk-x", "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+
+    def check() -> None:
+        r = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(cfg)], capture_output=True,
+                           text=True, timeout=60, env={"FAKE_KEY": "sk-x", "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+
+    check()
     assert not (tmp_path / "ledger.db").exists()  # checked, not created
+    SQLiteLedgerStore(tmp_path / "ledger.db").close()  # an existing ledger is checked without touching it
+    before = sorted(p.name for p in tmp_path.iterdir())
+    check()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_serve_refuses_a_taken_port_before_saying_it_serves(tmp_path: Path) -> None:

@@ -223,26 +223,34 @@ def ledger_problem(cfg: LedgerConfig) -> str | None:
 
 
 def _ledger_schema_problem(path: Path) -> str | None:
-    """Refusals of :class:`~tierwise.ledger.store.SQLiteLedgerStore`, read without writing (mode=ro)."""
+    """Refusals of :class:`~tierwise.ledger.store.SQLiteLedgerStore`, read from the file header without opening it
+    with SQLite (even a read-only connection leaves WAL files behind next to a WAL database)."""
     from tierwise.ledger.store import APPLICATION_ID, SCHEMA_VERSION
 
-    try:
-        conn = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True)
-        try:
-            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return f"{path} is not a tierwise ledger ({exc}); {_LEDGER_FIX}"
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if not head:
+        return None  # an empty file becomes a new ledger
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return f"{path} is not a tierwise ledger (not an SQLite database); {_LEDGER_FIX}"
+    version = int.from_bytes(head[60:64], "big", signed=True)  # PRAGMA user_version
+    app_id = int.from_bytes(head[68:72], "big", signed=True)  # PRAGMA application_id
     if app_id not in (0, APPLICATION_ID):
         return f"{path} is an SQLite file of another application, not a tierwise ledger; {_LEDGER_FIX}"
     if version > SCHEMA_VERSION:
         return (f"ledger {path} has schema version {version}, but this tierwise only knows up to version "
                 f"{SCHEMA_VERSION}: upgrade tierwise, or point ledger.path at a new file")
-    if version == 0 and table is not None:
-        return f"{path} has a 'requests' table that tierwise did not create; {_LEDGER_FIX}"
+    if version == 0:  # not stamped by tierwise: refused if it already has a 'requests' table of its own
+        try:
+            conn = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro&immutable=1", uri=True)
+            try:
+                table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return f"{path} is not a tierwise ledger ({exc}); {_LEDGER_FIX}"
+        if table is not None:
+            return f"{path} has a 'requests' table that tierwise did not create; {_LEDGER_FIX}"
     return None
 
 
