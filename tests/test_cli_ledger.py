@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -56,7 +57,7 @@ fallback_model: big
     assert bad.returncode == 1 and "unknown model 'nope'" in bad.stderr
 
 
-NASTY = {
+NASTY: dict[str, Any] = {
     "principal": "=HYPERLINK(\"http://evil.example\",\"click\")",
     "tier": "\x9b31mred",  # C1 CSI: an escape sequence in one character
     "requested_model": "@SUM(A1:A9)",
@@ -136,7 +137,13 @@ def test_tail_follow_prints_records_written_late_with_an_earlier_start(tmp_path:
     proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "ledger", "tail", "-f", "--interval", "0.05",
                              "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")], daemon=True).start()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, ""):
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
 
     def seen_until(pred, timeout: float = 20.0) -> list[str]:  # type: ignore[no-untyped-def]
         got: list[str] = []

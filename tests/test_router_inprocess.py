@@ -89,7 +89,7 @@ async def test_async_rejections_booked_and_internal_errors_too(upstream: FakeUps
         async def broken(*a: object, **k: object) -> object:
             raise RuntimeError("a bug while routing")
 
-        svc.begin = broken  # type: ignore[method-assign]
+        svc.begin = broken  # type: ignore[method-assign,assignment]
         with pytest.raises(APIError) as ei:
             await router.acomplete(messages=MSG)
         assert ei.value.status == 500 and isinstance(ei.value.__cause__, RuntimeError)
