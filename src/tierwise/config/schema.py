@@ -235,14 +235,32 @@ class SessionConfig(_Strict):
 
 
 class LedgerConfig(_Strict):
-    backend: Literal["sqlite", "memory"] = "sqlite"
-    path: str = "tierwise-ledger.db"
+    backend: Literal["sqlite", "memory", "postgres"] = Field(
+        default="sqlite",
+        description="sqlite (one file at 'path'), memory (throwaway), postgres (one ledger several gateway "
+                    "replicas write: needs 'dsn' and the 'postgres' extra)",
+    )
+    path: str = Field(
+        default="tierwise-ledger.db",
+        description="sqlite: the database file; postgres: where this process's local files go (crash journal "
+                    "'<path>.journal', fallback file '<path>.unwritten.jsonl'); the rows live in PostgreSQL",
+    )
+    dsn: str | None = Field(
+        default=None,
+        description="postgres: libpq connection string or URI, e.g. 'postgresql://tierwise@db:5432/ops' (keep "
+                    "the password out of the file: ${VAR} interpolation, PGPASSWORD or ~/.pgpass)",
+    )
+    pg_schema: str = Field(
+        default="tierwise", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="postgres: the schema holding the ledger tables (created if missing)",
+    )
     batch_size: PositiveInt = 256
     flush_interval_ms: PositiveFloat = 200.0
     journal: bool = Field(
         default=True,
         description="crash journal: every record written to disk before the response completes, replayed at start "
-                    "(sqlite backend; the memory backend keeps nothing to replay into)",
+                    "(sqlite and postgres backends: the journal is always a local directory; the memory backend "
+                    "keeps nothing to replay into)",
     )
     journal_dir: str | None = Field(default=None, description="journal directory (default: '<path>.journal')")
     fsync: Literal["never", "interval", "always"] = Field(
@@ -260,6 +278,12 @@ class LedgerConfig(_Strict):
         description="where rows the store refuses at shutdown go (default: '<path>.unwritten.jsonl'); "
                     "put it on another disk than the database",
     )
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> LedgerConfig:
+        if self.backend == "postgres" and not (self.dsn and self.dsn.strip()):
+            raise ValueError("ledger.backend 'postgres' needs ledger.dsn (a PostgreSQL connection string)")
+        return self
 
 
 class ServerConfig(_Strict):
