@@ -8,6 +8,7 @@ gets pooled keep-alive connections too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from tierwise.routing.engine import RouteRequest
 from tierwise.routing.executor import Call
 from tierwise.service import Tierwise
 from tierwise.types import JSON
+
+log = logging.getLogger("tierwise")
 
 
 class Router:
@@ -72,12 +75,13 @@ class Router:
             raise
         except asyncio.CancelledError:
             svc.reject(APIError(499, "cancelled before the request was routed", code="client_cancelled"),
-                       "anonymous", req, route)
+                       "anonymous", req, route, status="client_cancelled")
             raise
         except Exception as exc:
             internal = APIError(500, f"internal error ({type(exc).__name__})", type="server_error",
                                 code="internal_error")
-            svc.reject(internal, "anonymous", req, route)
+            log.error("internal error before routing: %s", type(exc).__name__, exc_info=exc)
+            svc.reject(internal, "anonymous", req, route, status="error")
             raise internal from exc
 
     async def acomplete(self, body: JSON | None = None, **params: Any) -> JSON:

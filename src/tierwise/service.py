@@ -198,9 +198,11 @@ class Tierwise:
                 type="server_error", code="ledger_unavailable",
             ) from None
 
-    def reject(self, err: APIError, principal: str | None, body: JSON | None, route: RouteRequest | None) -> str:
-        """Book a request refused before routing (bad input, unknown model, auth): status ``rejected``, no cost.
-        Returns its request id (for the response header)."""
+    def reject(self, err: APIError, principal: str | None, body: JSON | None, route: RouteRequest | None,
+               status: str = "rejected") -> str:
+        """Book a request that ended before routing, no cost: ``rejected`` (bad input, unknown model, auth, shutting
+        down), or ``client_cancelled`` / ``error`` for a hang-up or a bug before routing. Returns its request id
+        (for the response header)."""
         rec = LedgerRecord(id=_next_request_id(), ts=time.time(), principal=principal or "unauthenticated")
         if body is not None:
             model = body.get("model")
@@ -209,7 +211,7 @@ class Tierwise:
         if route is not None:
             rec.session_id = route.session_id
             rec.tier = route.endpoint_tier or route.task_header
-        rec.status, rec.http_status, rec.error = "rejected", err.status, err.message[:500]
+        rec.status, rec.http_status, rec.error = status, err.status, err.message[:500]
         self.ledger.submit(rec)
         return rec.id
 
