@@ -95,4 +95,4 @@ async def test_async_rejections_booked_and_internal_errors_too(upstream: FakeUps
         assert ei.value.status == 500 and isinstance(ei.value.__cause__, RuntimeError)
         svc.ledger.flush()
         rows = list(svc.ledger.store.iter_rows(None, None))
-    assert [(r["status"], r["http_status"]) for r in rows] == [("rejected", 404), ("rejected", 404), ("rejected", 500)]
+    assert [(r["status"], r["http_status"]) for r in rows] == [("rejected", 404), ("rejected", 404), ("error", 500)]
