@@ -128,6 +128,11 @@ def _not_a_ledger(tmp: Path) -> dict[str, str]:
     return {"ledger": str(tmp / "notes.db")}
 
 
+def _journal_is_a_file(tmp: Path) -> dict[str, str]:
+    (tmp / "a-file").write_text("x")
+    return {"ledger": f'{tmp / "ledger.db"}", journal_dir: "{tmp / "a-file"}'}  # closes and reopens the quotes
+
+
 STARTUP_FAILURES = {
     "provider key env unset": (lambda tmp: {"key_env": "TW_UNSET_KEY"}, "providers.fake.api_key_env",
                                "environment variable TW_UNSET_KEY is not set"),
@@ -135,6 +140,7 @@ STARTUP_FAILURES = {
                                "TW_UNSET_KEYS"),
     "ledger under a file": (_not_a_directory, "ledger.path", "is not a directory"),
     "ledger not a ledger": (_not_a_ledger, "ledger.path", "is not a tierwise ledger"),
+    "journal dir a file": (_journal_is_a_file, "ledger.path", "journal"),
     "gate artifact missing": (lambda tmp: {"tiers": (
         "  steps: {policy: cascade, cascade: {rungs: [{model: small, gate: {kind: learned, artifact: "
         f"'{tmp}/gate.json'}}}}, {{model: small}}]}}}}\n")}, "tiers.steps.cascade.rungs[0].gate", "gate.json"),

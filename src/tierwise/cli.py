@@ -54,7 +54,8 @@ def _when(value: str | None) -> float | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tierwise.config.load import config_error
-    from tierwise.gateway.server import StartupError, check_startup, serve
+    from tierwise.gateway.server import serve
+    from tierwise.gateway.startup import StartupError, check_startup
 
     cfg = _load(args.config)
     startup = check_startup(cfg)  # the very checks check-config runs: a config it passes is one serve accepts
@@ -72,14 +73,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Everything serve checks before it listens (see tierwise.gateway.server.check_startup), nothing started."""
+    """Everything serve checks before it listens (see tierwise.gateway.startup.check_startup), nothing started."""
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     from tierwise.config.load import config_error
-    from tierwise.gateway.server import check_startup
+    from tierwise.gateway.startup import check_startup
     from tierwise.pricing import PriceBook
 
     startup = check_startup(cfg)
