@@ -31,11 +31,19 @@ from tierwise.ledger.writer import LedgerWriteError, LedgerWriter, WriterStats
 
 
 def open_store(cfg: LedgerConfig) -> LedgerStore:
-    """The store ``ledger.backend`` names: ``sqlite`` (file at ``ledger.path``) or ``memory``."""
+    """The store ``ledger.backend`` names: ``sqlite`` (file at ``ledger.path``), ``memory``, or ``postgres`` (at
+    ``ledger.dsn``, schema ``ledger.pg_schema``; psycopg is imported only then, so only that backend needs the
+    ``postgres`` extra)."""
     if cfg.backend == "sqlite":
         return SQLiteLedgerStore(Path(cfg.path).expanduser())
     if cfg.backend == "memory":
         return MemoryLedgerStore()
+    if cfg.backend == "postgres":
+        from tierwise.ledger.postgres import PostgresLedgerStore
+
+        if not cfg.dsn:
+            raise ValueError("ledger.backend 'postgres' needs ledger.dsn")
+        return PostgresLedgerStore(cfg.dsn, schema=cfg.pg_schema, local_path=Path(cfg.path).expanduser())
     raise ValueError(f"unknown ledger backend {cfg.backend!r}")
 
 
@@ -43,7 +51,12 @@ log = logging.getLogger("tierwise.ledger")
 
 
 def journal_dir(cfg: LedgerConfig) -> Path | None:
-    """Where the crash journal lives, or None when there is none (turned off, or the memory backend)."""
+    """Where the crash journal lives, or None when there is none (turned off, or the memory backend).
+
+    The journal is always local, whatever the backend: with ``postgres`` it is ``ledger.journal_dir`` or
+    ``<ledger.path>.journal`` on this host (``ledger.path`` is then only the base name of the local files), so a
+    replica that crashes replays its own records into the shared ledger when it starts again.
+    """
     if not cfg.journal or cfg.backend == "memory":
         return None
     return Path(cfg.journal_dir).expanduser() if cfg.journal_dir else Path(f"{Path(cfg.path).expanduser()}.journal")
