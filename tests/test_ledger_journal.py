@@ -227,3 +227,28 @@ def test_replay_is_idempotent_and_never_overwrites_a_stored_record(tmp_path: Pat
     report = replay_orphans(jdir, db)
     assert (report.segments, report.records, report.interrupted, report.torn_lines) == (1, 1, 1, 1)
     assert {r["id"]: r["status"] for r in db.iter_rows()} == {"r-00001": "ok", "r-00002": "ok"}
+
+
+def test_ledger_recover_stores_a_dead_gateways_journal_without_serving(tmp_path: Path) -> None:
+    proc, db_path = _child(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    cfg = tmp_path / "tierwise.yaml"
+    cfg.write_text(f"""
+ledger: {{path: "{db_path}"}}
+providers: {{up: {{format: openai, base_url: "http://127.0.0.1:9/v1", api_key: k}}}}
+models: {{m: {{provider: up, price: {{input: 1, output: 1}}}}}}
+tiers: {{chat: {{models: [m]}}}}
+default_tier: chat
+fallback_model: m
+""")
+    run = subprocess.run([sys.executable, "-m", "tierwise.cli", "ledger", "recover", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "journal: 7 record(s) from 1 segment(s)" in run.stdout and "2 interrupted" in run.stdout
+    store = SQLiteLedgerStore(db_path)
+    assert store.count() == 9
+    store.close()
+    again = subprocess.run([sys.executable, "-m", "tierwise.cli", "ledger", "recover", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+    assert "journal: 0 record(s) from 0 segment(s)" in again.stdout  # idempotent: nothing left to replay

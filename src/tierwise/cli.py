@@ -171,6 +171,27 @@ def cmd_ledger_tail(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_ledger_recover(args: argparse.Namespace) -> int:
+    """Store what stopped gateways left behind (journal segments, fallback file) without serving: for a gateway
+    that will not be started again. A running gateway's own journal is locked and left alone."""
+    from tierwise.ledger import open_store, recover
+
+    cfg = _load(args.config)
+    try:
+        store = open_store(cfg.ledger)
+    except Exception as exc:
+        print(f"cannot open the ledger {cfg.ledger.path}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report, imported = recover(cfg.ledger, store)
+    finally:
+        store.close()
+    print(f"journal: {report.records} record(s) from {report.segments} segment(s) of stopped processes "
+          f"({report.interrupted} interrupted request(s) booked at their estimate, {report.torn_lines} torn line(s) "
+          f"skipped); fallback file: {imported} record(s)")
+    return 0
+
+
 def cmd_ledger_export(args: argparse.Namespace) -> int:
     from tierwise.ledger import export_rows
 
@@ -234,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--since", help="unix seconds or ISO-8601")
             s.add_argument("--until", help="unix seconds or ISO-8601")
             s.add_argument("--output", "-o", help="file (default: stdout)")
+
+    s = led.add_parser("recover", help="store what stopped gateways left in the crash journal and fallback file")
+    _config_arg(s)
+    s.set_defaults(fn=cmd_ledger_recover)
 
     s = sub.add_parser("price", help="show a model's price and the cost of a request")
     _config_arg(s)

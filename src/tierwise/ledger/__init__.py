@@ -72,24 +72,29 @@ def open_writer(cfg: LedgerConfig, store: LedgerStore, journal: Journal | None =
                         fallback_path=_fallback_path(cfg, store), journal=journal)
 
 
+def recover(cfg: LedgerConfig, store: LedgerStore) -> tuple[ReplayReport, int]:
+    """Bring back into ``store`` what a crash or an outage left behind: the journal segments of stopped processes
+    and the fallback file. Returns (journal replay report: finals and interrupted counted apart, rows re-imported from the fallback file). Idempotent."""
+    jdir = journal_dir(cfg)
+    report = replay_orphans(jdir, store) if jdir is not None else ReplayReport(0, 0, 0, 0)
+    if report.segments:
+        log.warning("ledger: replayed %d record(s) from %d journal segment(s) of a stopped process "
+                    "(%d interrupted request(s) booked at their estimate)",
+                    report.records, report.segments, report.interrupted)
+    imported = import_unwritten(store, _fallback_path(cfg, store))
+    if imported:
+        log.warning("ledger: re-imported %d record(s) from the fallback file", imported)
+    return report, imported
+
+
 def open_ledger(cfg: LedgerConfig) -> LedgerWriter:
-    """Open the store, bring back what a crash or an outage left behind (journal segments of dead processes,
-    the fallback file), and start a writer with its own journal. Raises ``OSError``/``LedgerSchemaError`` with
-    the path in the message when the ledger cannot be used at all."""
+    """Open the store, :func:`recover` what a crash or an outage left behind, and start a writer with its own
+    journal. Raises ``OSError``/``LedgerSchemaError`` with the path in the message when the ledger cannot be used."""
     store = open_store(cfg)
     try:
+        recover(cfg, store)
         jdir = journal_dir(cfg)
-        journal = None
-        if jdir is not None:
-            report = replay_orphans(jdir, store)
-            if report.segments:
-                log.warning("ledger: replayed %d record(s) from %d journal segment(s) of a stopped process "
-                            "(%d interrupted request(s) booked at their estimate)",
-                            report.records, report.segments, report.interrupted)
-            journal = Journal(jdir, fsync=cfg.fsync)
-        recovered = import_unwritten(store, _fallback_path(cfg, store))  # rows a past outage saved aside
-        if recovered:
-            log.warning("ledger: re-imported %d record(s) from the fallback file", recovered)
+        journal = Journal(jdir, fsync=cfg.fsync) if jdir is not None else None
     except BaseException:
         store.close()
         raise
@@ -119,5 +124,6 @@ __all__ = [
     "open_ledger",
     "open_store",
     "open_writer",
+    "recover",
     "replay_orphans",
 ]
