@@ -413,7 +413,9 @@ def create_app(svc: Tierwise) -> web.Application:
     _answer_protocol_errors_in_json(app, lambda err: svc.reject(err, None, None, None))
     app[SVC_KEY] = svc
     app.router.add_post("/v1/chat/completions", gw.chat)
-    app.router.add_post("/v1/tiers/{tier}/chat/completions", gw.chat)
+    # Any segment is a tier name to look up (an unknown one is a booked 404 naming it): aiohttp's default pattern
+    # excludes '{' and '}', which turned '/v1/tiers/%7B/…' into an unrouted, unbooked 404.
+    app.router.add_post("/v1/tiers/{tier:[^/]+}/chat/completions", gw.chat)
     app.router.add_get("/v1/models", gw.models)
     app.router.add_get("/healthz", gw.healthz)
     app.router.add_get("/readyz", gw.readyz)
