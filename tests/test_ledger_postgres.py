@@ -262,6 +262,25 @@ def test_failed_batch_is_rolled_back_and_names_no_row_contents(store: PostgresLe
         store.write_batch([{"ts": 1.0}])
 
 
+def test_server_data_errors_are_described_without_the_value(pg: PG) -> None:
+    """PostgreSQL's data-error messages quote the offending value (and a JSON error's context quotes more): only the
+    SQLSTATE and class survive; other server errors keep their message."""
+    from tierwise.ledger.postgres import _describe
+
+    with psycopg.connect(pg.dsn) as conn:
+        for bad in ("SELECT 'SECRET-VALUE'::int", "SELECT '{\"a\": \"SECRET-VALUE\\u0000\"}'::jsonb ->> 'a'"):
+            with pytest.raises(psycopg.DataError) as err:
+                conn.execute(bad)
+            conn.rollback()
+            assert "SECRET-VALUE" in str(err.value)  # what psycopg says...
+            text = _describe(err.value)
+            assert "SECRET-VALUE" not in text and "SQLSTATE 22" in text  # ...and what the ledger says
+        with pytest.raises(psycopg.errors.UndefinedTable) as err:
+            conn.execute("SELECT * FROM no_such_table_here")
+        assert "no_such_table_here" in _describe(err.value) and "42P01" in _describe(err.value)
+    assert _describe(psycopg.OperationalError("lost pw-123"), secret="pw-123") == "OperationalError: lost ***"
+
+
 def test_dsn_password_never_appears_in_errors(pg: PG) -> None:
     password = "pw-Zq8x-do-not-print"
     refused = make_conninfo(BASE_DSN, port="1", password=password)  # nothing listens on port 1

@@ -29,8 +29,12 @@ commit only (a few ms per batch), not for the ``COPY``.
 
 Failures: any error rolls the batch back and is raised as :class:`PostgresLedgerError`, whose message never holds
 row contents (PostgreSQL's data-error messages quote values, so only their SQLSTATE and class are kept) nor the
-DSN's password. A lost connection (server restart, failover, ``pg_terminate_backend``) makes the call raise (the
-writer keeps the rows queued and retries with backoff); the next call connects again.
+DSN's password. What text and jsonb cannot hold — NUL characters, lone surrogates — is refused before anything is
+sent, so it never reaches the server's log either; the writer then stores that row cleaned
+(:func:`tierwise.sanitize.clean_json`). A lost connection (server restart, failover, ``pg_terminate_backend``)
+makes the call raise (the writer keeps the rows queued and retries with backoff); the next call connects again.
+The write session has ``statement_timeout`` and ``idle_in_transaction_session_timeout`` (30 s by default), so
+neither a stalled server nor a replica frozen while holding the advisory lock can hold up the others for long.
 
 Durability is the server's: a committed batch is as safe as ``synchronous_commit`` makes it. The crash journal and
 the fallback file stay on local disk, next to ``ledger.path`` (see :func:`tierwise.ledger.journal_dir`).
@@ -41,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import operator
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -227,7 +232,12 @@ class PostgresLedgerStore:
             if read_only:
                 conn.execute("SET default_transaction_read_only = on")
             else:
-                conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{self._statement_timeout_ms}ms",))
+                # statement_timeout: a write stuck on a lock or a stalled disk fails (the writer retries) instead of
+                # hanging the writer thread; idle_in_transaction_session_timeout: a replica frozen mid-transaction
+                # (SIGSTOP, partition) loses its session, and with it the advisory lock the others wait for.
+                conn.execute("SELECT set_config('statement_timeout', %s, false), "
+                             "set_config('idle_in_transaction_session_timeout', %s, false)",
+                             (f"{self._statement_timeout_ms}ms", f"{self._statement_timeout_ms}ms"))
             if not autocommit:
                 conn.commit()
         except psycopg.Error as exc:
@@ -475,6 +485,19 @@ _INT_POS = tuple(i for i, (_, k) in enumerate(COLUMNS) if k == "INTEGER")
 _BOOL_POS = tuple(i for i, (_, k) in enumerate(COLUMNS) if k == "BOOL")
 
 
+# What PostgreSQL cannot store in text or jsonb: NUL (as such, or as the JSON escape \u0000 not itself escaped)
+# and lone surrogates (not UTF-8). Refused here, before the server sees the row, so that neither the error nor the
+# server log quotes it; the writer then stores the row cleaned (tierwise.sanitize.clean_json).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class _Unstorable(ValueError):
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
 def _as_int(value: Any) -> int:
     if isinstance(value, float) and not value.is_integer():
         raise ValueError("not an integer")
@@ -487,12 +510,19 @@ def _encode(row: Row, ordinal: int) -> list[Any]:
     values = list(_GET_ALL(row))
     for i in _JSON_POS:
         v = values[i]
-        # default=str: an odd object in ``notes`` must not make a whole batch unwritable forever (as in SQLite)
-        values[i] = None if v is None else orjson.dumps(v, default=str).decode()
+        if v is not None:
+            # default=str: an odd object in ``notes`` must not make a whole batch unwritable forever (as in SQLite)
+            text = orjson.dumps(v, default=str).decode()  # refuses lone surrogates itself
+            if "\\u0000" in text and _JSON_NUL.search(text):
+                raise _Unstorable(COLUMN_NAMES[i])
+            values[i] = text
     for i in _TEXT_POS:
         v = values[i]
-        if v is not None and type(v) is not str:
-            values[i] = str(v)
+        if v is not None:
+            if type(v) is not str:
+                v = values[i] = str(v)
+            if "\x00" in v or (not v.isascii() and _SURROGATE.search(v)):
+                raise _Unstorable(COLUMN_NAMES[i])
     for i in _REAL_POS:
         v = values[i]
         if v is not None and type(v) is not float:
@@ -528,6 +558,10 @@ def _encode_batch(rows: list[Row], *, keep_last: bool) -> list[list[Any]]:
     for ordinal, row in enumerate(picked):
         try:
             out.append(_encode(row, ordinal))
+        except _Unstorable as exc:
+            raise PostgresLedgerError(
+                f"ledger row {_safe_id(row)} cannot be stored in PostgreSQL: column {exc.column} holds a NUL "
+                "character or a lone surrogate") from None
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise PostgresLedgerError(
                 f"ledger row {_safe_id(row)} cannot be stored in PostgreSQL: {_bad_column(row)} ({type(exc).__name__})"
