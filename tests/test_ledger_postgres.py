@@ -84,8 +84,9 @@ class PG:
             return cur.fetchall() if cur.description is not None else []
 
     def terminate(self) -> int:
-        """Kill every server backend of this test's stores (what a restart or failover does to them)."""
-        got = self.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+        """Kill every server backend of this test's stores (what a restart or failover does to them), waiting until
+        they are gone."""
+        got = self.query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = %s "
                          "AND pid <> pg_backend_pid()", (self.app,))
         return sum(1 for (ok,) in got if ok)
 
