@@ -8,6 +8,7 @@ parse, authenticate and translate between HTTP and :class:`tierwise.service.Tier
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -212,15 +213,16 @@ class Gateway:
             route.session_id = clean_text(user, MAX_NAME_CHARS)
         if "n" not in body and "max_tokens" not in body and "max_completion_tokens" not in body:
             return
-        tier: str | None = None
+        tier = model = None
         engine = self.svc.engine
         if not engine.needs_classifier(route):
             try:
-                tier, _ = engine.choose_tier(route, body)
+                tier, _ = engine.choose_tier(route, body)  # pure and cheap; begin() repeats it
             except RoutingError:
                 return  # unknown model or tier: routing refuses it with its own 404
-        direct = route.requested_model if tier is None and not engine.needs_classifier(route) else None
-        check_request_limits(body, self.svc.cfg, tier, direct)
+            if tier is None:
+                model = route.requested_model  # a concrete model, bypassing tiers
+        check_request_limits(body, self.svc.cfg, tier, model)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         principal: str | None = None
@@ -327,11 +329,11 @@ async def _json_errors(request: web.Request, handler):  # type: ignore[no-untype
 # --- requests aiohttp's HTTP parser refuses ---------------------------------------------------------------------
 # A request line or header over aiohttp's size limits, an invalid header, a malformed request line: aiohttp answers
 # these from RequestHandler.handle_error, below the application (no middleware runs), as text/plain quoting part of
-# the offending line, which can be a credential. aiohttp has no public hook for that answer; the supported extension
-# point is subclassing RequestHandler and overriding handle_error (documented as returning the error response).
-# The app's server factory (Application._make_handler, which AppRunner and run_app call; same signature in 3.10 to
-# 3.14) is wrapped so that every connection of this app is served by such a subclass. Should a future aiohttp make
-# that impossible, the wrapper logs a warning and the gateway keeps aiohttp's plain answers.
+# the offending line, which can be a credential. aiohttp offers no public hook for that answer; handle_error is the
+# one method that produces it, so a RequestHandler subclass overrides it. To have it used whoever runs the app
+# (web.run_app, an AppRunner, the test harness), the app's server factory is wrapped: Application._make_handler,
+# which AppRunner calls and which has kept its shape from aiohttp 3.10 to 3.14. Should a future aiohttp change that,
+# the gateway logs a warning and keeps aiohttp's plain answers (tests/test_gateway_hostile.py then fails).
 
 _PARSER_ERRORS: tuple[tuple[type[HttpProcessingError], int, str, str], ...] = (
     (LineTooLong, 431, "header_too_large", "the request line or a header field is longer than {limit} bytes"),
@@ -386,12 +388,16 @@ class _JsonErrorServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
-        handler.__class__ = self.handler_class
+        with contextlib.suppress(TypeError):  # cannot happen: a subclass adding no slots has the same layout
+            handler.__class__ = self.handler_class
         return handler
 
 
 def _answer_protocol_errors_in_json(app: web.Application, book: Callable[[APIError], str | None]) -> None:
-    make_server = app._make_handler
+    make_server = getattr(app, "_make_handler", None)
+    if make_server is None:  # pragma: no cover - an aiohttp without the factory this relies on
+        log.warning("aiohttp %s: malformed HTTP requests get aiohttp's plain-text answers", aiohttp_version)
+        return
     handler_class = _json_error_handler(book)
 
     def make_handler(**kwargs: Any) -> web.Server:
@@ -399,7 +405,7 @@ def _answer_protocol_errors_in_json(app: web.Application, book: Callable[[APIErr
         try:
             server.__class__ = _JsonErrorServer
         except TypeError:  # pragma: no cover - an aiohttp whose Server cannot be specialised
-            log.warning("aiohttp %s: protocol errors keep aiohttp's plain-text answers", aiohttp_version)
+            log.warning("aiohttp %s: malformed HTTP requests get aiohttp's plain-text answers", aiohttp_version)
             return server
         server.handler_class = handler_class  # type: ignore[attr-defined]
         return server
