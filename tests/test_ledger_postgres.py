@@ -10,6 +10,7 @@ skip with the reason; CI sets ``TIERWISE_NO_SKIPS=1``, which turns a skip into a
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
@@ -509,3 +510,47 @@ def test_gateway_books_requests_into_postgres(pg: PG, upstream: Any, tmp_path: P
     assert [r[0] for r in in_pg] == [r["id"] for r in rows]
     assert all(status == "ok" and tokens and cost for _, _, status, tokens, cost in in_pg), in_pg
     assert (tmp_path / "gw.journal").is_dir()  # the crash journal stays local
+
+
+def _pg_config(tmp_path: Path, dsn: str, schema: str) -> Path:
+    cfg = tmp_path / "tierwise.yaml"
+    cfg.write_text(f"""
+ledger: {{backend: postgres, dsn: "{dsn}", pg_schema: {schema}, path: "{tmp_path / 'gw'}"}}
+providers: {{up: {{format: openai, base_url: "http://127.0.0.1:9/v1", api_key: k}}}}
+models: {{m: {{provider: up, price: {{input: 1, output: 1}}}}}}
+tiers: {{chat: {{models: [m]}}}}
+default_tier: chat
+fallback_model: m
+""")
+    return cfg
+
+
+def test_check_config_reports_an_unreachable_postgres_without_its_password(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = _pg_config(tmp_path, f"postgresql://postgres:pw-s3cret@127.0.0.1:{port}/test", "tw_unreachable")
+    for cmd in (["check-config", str(cfg)], ["serve", "--config", str(cfg)]):
+        r = subprocess.run([sys.executable, "-m", "tierwise.cli", *cmd], capture_output=True, text=True, timeout=60)
+        assert r.returncode in (1, 2), r.stderr
+        assert "cannot connect to the PostgreSQL ledger" in r.stderr and "pw-s3cret" not in r.stderr + r.stdout
+        assert "Traceback" not in r.stderr and "serving on" not in r.stderr
+
+
+def test_ledger_tail_and_export_read_postgres(pg: PG, store: PostgresLedgerStore, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store.write_batch(rows_of(*(LedgerRecord(id=f"t-{i}", ts=1_700_000_000.0 + i) for i in range(3))))
+    cfg = _pg_config(tmp_path, pg.dsn, pg.schema)
+    tail = subprocess.run([sys.executable, "-m", "tierwise.cli", "ledger", "tail", "-c", str(cfg), "-n", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert tail.returncode == 0, tail.stderr
+    assert "t-1" in tail.stdout and "t-2" in tail.stdout and "t-0" not in tail.stdout
+    export = subprocess.run([sys.executable, "-m", "tierwise.cli", "ledger", "export", "-c", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["id"] for line in export.stdout.splitlines()] == ["t-0", "t-1", "t-2"]

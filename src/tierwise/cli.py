@@ -134,11 +134,14 @@ def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.db:
         return open_store(LedgerConfig(backend="sqlite", path=args.db))
     cfg = _load(args.config)
-    if cfg.ledger.backend != "sqlite":
-        raise SystemExit(f"ledger backend '{cfg.ledger.backend}' keeps nothing on disk to read")
-    if not Path(cfg.ledger.path).expanduser().exists():
+    if cfg.ledger.backend == "memory":
+        raise SystemExit("ledger backend 'memory' keeps nothing to read once its gateway stops")
+    if cfg.ledger.backend == "sqlite" and not Path(cfg.ledger.path).expanduser().exists():
         raise SystemExit(f"no ledger at {cfg.ledger.path} yet (nothing served with this config?)")
-    return open_store(cfg.ledger)
+    try:
+        return open_store(cfg.ledger)
+    except Exception as exc:  # e.g. PostgreSQL unreachable: one line, never the DSN's password (the store says)
+        raise SystemExit(f"cannot open the ledger: {exc}") from None
 
 
 def cmd_ledger_tail(args: argparse.Namespace) -> int:

@@ -184,6 +184,12 @@ def ledger_problem(cfg: LedgerConfig) -> str | None:
     if cfg.fallback_path and (problem := _creatable(Path(cfg.fallback_path).expanduser(),
                                                     "the fallback file (ledger.fallback_path)")):
         return problem
+    if cfg.backend == "postgres":
+        try:
+            from tierwise.ledger.postgres import connection_problem
+        except ImportError:
+            return "ledger.backend 'postgres' needs the postgres extra: pip install 'tierwise[postgres]'"
+        return connection_problem(cfg.dsn or "")
     if cfg.backend != "sqlite":
         return None
     path = Path(cfg.path).expanduser()

@@ -142,6 +142,22 @@ def _describe(exc: BaseException, secret: str | None = None) -> str:
     return text
 
 
+def connection_problem(dsn: str, timeout_s: int = 5) -> str | None:
+    """Why ``dsn`` cannot be connected to, or None; changes nothing in the database (for ``check-config``)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "ledger.dsn is not a valid PostgreSQL connection string or URI"
+    secret = str(params.get("password") or "") or None
+    where = " ".join(f"{k}={params[k]}" for k in ("host", "port", "dbname", "user") if params.get(k))
+    try:
+        with psycopg.connect(dsn, connect_timeout=int(params.get("connect_timeout") or timeout_s)) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"cannot connect to the PostgreSQL ledger ({where or 'libpq defaults'}): {_describe(exc, secret)}"
+    return None
+
+
 class PostgresLedgerStore:
     """Ledger rows in PostgreSQL; see the module docstring.
 
