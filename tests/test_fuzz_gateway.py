@@ -123,7 +123,7 @@ def send(port: int, method: bytes, path: bytes, headers: list[tuple[bytes, bytes
     if body is not None:
         lines.append(b"Content-Length: " + str(len(body)).encode())
     data = b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(data)
         buf = b""
         while chunk := s.recv(65536):

@@ -267,13 +267,17 @@ def test_slow_body_gets_408(limited: GatewayServer) -> None:
     assert (b.row["status"], b.row["http_status"]) == ("rejected", 408)
 
 
-def test_broken_chunked_body_is_400(gateway: GatewayServer) -> None:
+@pytest.mark.parametrize("framing", [
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hex
+    b"Content-Encoding: gzip\r\nContent-Length: 15\r\n\r\nnot gzip at all",  # undecodable content encoding
+])
+def test_broken_body_framing_is_400(gateway: GatewayServer, caplog: pytest.LogCaptureFixture, framing: bytes) -> None:
+    caplog.set_level(logging.DEBUG)
     with Booked(gateway) as b:
-        status, _, payload = raw_request(
-            gateway.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          b"zz\r\n{}\r\n0\r\n\r\n")
+        status, _, payload = raw_request(gateway.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n" + framing)
     assert status == 400 and error_of(status, payload)["code"] in ("invalid_body", "bad_http_request")
     assert b.row["status"] == "rejected"
+    assert "Traceback" not in caplog.text and "Unhandled exception" not in caplog.text
 
 
 @pytest.mark.parametrize(

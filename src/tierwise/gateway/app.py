@@ -152,8 +152,12 @@ class _BatchedSSE:
 
 
 class _BodyNotRead(APIError):
-    """The body could not be read whole (too large, too slow, malformed framing): the connection is closed after
-    the answer instead of draining what is left of the body."""
+    """The body could not be read whole (too large, too slow, malformed framing or encoding): the connection closes
+    after the answer. aiohttp first reads and drops what the client still sends for up to its lingering time (10 s),
+    so that a client still uploading gets to read the answer; ``broken`` skips that (nothing useful can follow a
+    broken body, and aiohttp's lingering read would re-raise its error and log it as unhandled)."""
+
+    broken = False
 
 
 def _header(request: web.Request, name: str, max_chars: int = MAX_NAME_CHARS) -> str | None:
@@ -197,8 +201,10 @@ class Gateway:
         except TimeoutError:
             raise _BodyNotRead(408, f"request body not received within {self.body_timeout_s:g} s "
                                     "(server.body_timeout_s)", code="request_timeout") from None
-        except web.RequestPayloadError:  # chunked framing broken, body shorter than Content-Length at EOF, …
-            raise _BodyNotRead(400, "request body is malformed or was cut off", code="invalid_body") from None
+        except web.RequestPayloadError:  # broken chunked framing or content encoding, body cut off, …
+            err = _BodyNotRead(400, "request body is malformed or was cut off", code="invalid_body")
+            err.broken = True
+            raise err from None
         return parse_json_body(raw)
 
     def _precheck(self, body: JSON, route: RouteRequest) -> None:
@@ -244,6 +250,10 @@ class Gateway:
             resp = _error(err, self.svc.reject(err, principal, body, route))
             if isinstance(err, _BodyNotRead):
                 resp.force_close()
+                if err.broken and request.protocol is not None:
+                    await resp.prepare(request)
+                    await resp.write_eof()
+                    request.protocol.force_close()  # closes once the answer is flushed, with no lingering read
             return resp
         if body.get("stream"):
             return await self._stream(request, call)
