@@ -370,6 +370,17 @@ def test_output_limits(limited: GatewayServer, upstream: FakeUpstream) -> None:
     assert ask("auto", max_tokens=2001).status_code == 400
 
 
+def test_a_tier_budget_is_clamped_to_each_models_own_limit(limited: GatewayServer, upstream: FakeUpstream) -> None:
+    """chat admits 2000 (large's limit); when large fails, small is sent its own 1000, not a budget it refuses."""
+    upstream.push_faults([{"kind": "http_error", "status": 401}])  # large refuses: falls back to small
+    r = httpx.post(limited.base_url + "/chat/completions", json={"model": "chat", "messages": MSG, "max_tokens": 1500},
+                   timeout=10)
+    assert r.status_code == 200 and r.headers["x-tierwise-model"] == "small"
+    assert upstream.last_request.body["max_tokens"] == 1000
+    (row,) = [row for row in limited.rows() if row["id"] == r.headers["x-tierwise-request-id"]]
+    assert any("max_tokens lowered from 1500 to its max_output 1000" in n for n in row["notes"])
+
+
 def test_n_is_bounded_by_server_max_n(gateway: GatewayServer, upstream: FakeUpstream) -> None:
     url = gateway.base_url + "/chat/completions"
     with Booked(gateway) as b:

@@ -24,7 +24,7 @@ from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
-from tierwise.requests import prompt_text, validate_chat_body
+from tierwise.requests import check_request_limits, prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
 from tierwise.state import MemoryHealth, MemorySessionPins
@@ -148,6 +148,8 @@ class Tierwise:
             tier, source = self.engine.choose_tier(route, body)
         except RoutingError as exc:
             raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
+        # exact now that the tier is known (the gateway's pre-check must assume the widest tier for classified 'auto')
+        check_request_limits(body, self.cfg, tier, route.requested_model if tier is None else None)
         if route.predicted is None and tier in self._predictors:
             text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
             loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -73,11 +73,12 @@ def _route_headers(rec: LedgerRecord, final: bool = True) -> dict[str, str]:
     return h
 
 
-def _load_keys(env_name: str | None) -> dict[str, str] | None:
-    """``id:key,id:key`` from the named env var → {key: id}; None when the gateway is open."""
+def load_static_keys(env_name: str | None, env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """``id:key,id:key`` from the named variable of ``env`` (default: the process environment) → {key: id};
+    None when the gateway is open."""
     if not env_name:
         return None
-    raw = os.environ.get(env_name, "")
+    raw = (os.environ if env is None else env).get(env_name, "")
     keys: dict[str, str] = {}
     for pair in filter(None, (p.strip() for p in raw.split(","))):
         kid, sep, key = pair.partition(":")
@@ -170,7 +171,7 @@ def _header(request: web.Request, name: str, max_chars: int = MAX_NAME_CHARS) ->
 class Gateway:
     def __init__(self, svc: Tierwise) -> None:
         self.svc = svc
-        self.keys = _load_keys(svc.cfg.server.api_keys_env)
+        self.keys = load_static_keys(svc.cfg.server.api_keys_env)
         self.max_body = svc.cfg.server.max_body_bytes
         self.body_timeout_s = svc.cfg.server.body_timeout_s
         self.started = time.time()
@@ -258,6 +259,14 @@ class Gateway:
                     await resp.write_eof()
                     request.protocol.force_close()  # closes once the answer is flushed, with no lingering read
             return resp
+        except asyncio.CancelledError:  # the client hung up before routing finished
+            self.svc.reject(APIError(499, "client disconnected before the request was routed", code="client_cancelled"),
+                            principal, body, route, status="client_cancelled")
+            raise
+        except Exception as exc:  # a bug before routing: a 500 in OpenAI's shape, and still one ledger record
+            log.error("internal error before routing: %s", type(exc).__name__, exc_info=exc)
+            err = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
+            return _error(err, self.svc.reject(err, principal, body, route, status="error"))
         if body.get("stream"):
             return await self._stream(request, call)
         try:

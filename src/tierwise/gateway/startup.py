@@ -121,22 +121,12 @@ def _check_api_keys(cfg: TierwiseConfig, env: dict[str, str], problems: list[Con
     name = cfg.server.api_keys_env
     if not name:
         return
-    from tierwise.gateway.app import _load_keys
+    from tierwise.gateway.app import load_static_keys
 
-    saved = os.environ.get(name)
-    try:  # _load_keys reads os.environ: check the environment we were given
-        if name in env:
-            os.environ[name] = env[name]
-        else:
-            os.environ.pop(name, None)
-        _load_keys(name)
+    try:
+        load_static_keys(name, env)
     except ValueError as exc:
         problems.append(ConfigProblem("server.api_keys_env", f"{exc} (set it to 'id:key,id:key')"))
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
 
 
 def _check_routers_and_gates(cfg: TierwiseConfig, problems: list[ConfigProblem]) -> None:

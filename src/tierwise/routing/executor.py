@@ -146,10 +146,18 @@ class Executor:
         return self._prepare_for(call, model, call.body)
 
     def _prepare_for(self, call: Call, model: str, request: JSON) -> JSON:
-        """The upstream body for ``model``: a shallow copy with the upstream name and the reasoning floor."""
+        """The upstream body for ``model``: a shallow copy with the upstream name, the output budget clamped to the
+        model's ``max_output`` (a tier admits the largest limit among its models; the smaller ones must not be sent
+        a budget they refuse), and the reasoning floor."""
         mcfg = self.cfg.models[model]
         body = dict(request)
         body["model"] = mcfg.upstream or model
+        if mcfg.max_output is not None:
+            for key in ("max_completion_tokens", "max_tokens"):
+                value = body.get(key)
+                if isinstance(value, int) and value > mcfg.max_output:
+                    body[key] = mcfg.max_output
+                    call.record.notes.append(f"{model}: {key} lowered from {value} to its max_output {mcfg.max_output}")
         if mcfg.reasoning:
             note = apply_completion_floor(body, mcfg.completion_floor)
             if note:
