@@ -17,6 +17,7 @@ from typing import Any
 from tierwise.config.load import load_config
 from tierwise.config.schema import TierwiseConfig
 from tierwise.errors import APIError
+from tierwise.governance import ANONYMOUS
 from tierwise.routing.engine import RouteRequest
 from tierwise.routing.executor import Call
 from tierwise.service import Tierwise
@@ -71,17 +72,17 @@ class Router:
                                     f"{type(body).__name__}", code="invalid_request")
             return await svc.begin(req, route)
         except APIError as err:
-            svc.reject(err, "anonymous", req, route)
+            svc.reject(err, ANONYMOUS, req, route)
             raise
         except asyncio.CancelledError:
             svc.reject(APIError(499, "cancelled before the request was routed", code="client_cancelled"),
-                       "anonymous", req, route, status="client_cancelled")
+                       ANONYMOUS, req, route, status="client_cancelled")
             raise
         except Exception as exc:
             internal = APIError(500, f"internal error ({type(exc).__name__})", type="server_error",
                                 code="internal_error")
             log.error("internal error before routing: %s", type(exc).__name__, exc_info=exc)
-            svc.reject(internal, "anonymous", req, route, status="error")
+            svc.reject(internal, ANONYMOUS, req, route, status="error")
             raise internal from exc
 
     async def acomplete(self, body: JSON | None = None, **params: Any) -> JSON:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import count_text_tokens
 from tierwise.errors import APIError, from_upstream
+from tierwise.governance import ANONYMOUS, UNAUTHENTICATED, Principal
 from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
@@ -130,7 +131,7 @@ class Tierwise:
         self.ledger.store.close()
 
     # -- request set-up --------------------------------------------------------------------------------------------
-    async def begin(self, body: JSON, route: RouteRequest, principal: str = "anonymous") -> Call:
+    async def begin(self, body: JSON, route: RouteRequest, principal: Principal = ANONYMOUS) -> Call:
         """Validate and route; raises :class:`APIError` (400/404) for requests that cannot be routed (the gateway
         books those with :meth:`reject`)."""
         validate_chat_body(body)
@@ -157,7 +158,7 @@ class Tierwise:
         record = LedgerRecord(
             id=_next_request_id(),
             ts=time.time(),
-            principal=principal,
+            principal=principal.name,
             requested_model=route.requested_model,
             session_id=route.session_id,
             stream=bool(body.get("stream")),
@@ -200,12 +201,12 @@ class Tierwise:
                 type="server_error", code="ledger_unavailable",
             ) from None
 
-    def reject(self, err: APIError, principal: str | None, body: JSON | None, route: RouteRequest | None,
+    def reject(self, err: APIError, principal: Principal | None, body: JSON | None, route: RouteRequest | None,
                status: str = "rejected") -> str:
         """Book a request that ended before routing, no cost: ``rejected`` (bad input, unknown model, auth, shutting
         down), or ``client_cancelled`` / ``error`` for a hang-up or a bug before routing. Returns its request id
         (for the response header)."""
-        rec = LedgerRecord(id=_next_request_id(), ts=time.time(), principal=principal or "unauthenticated")
+        rec = LedgerRecord(id=_next_request_id(), ts=time.time(), principal=(principal or UNAUTHENTICATED).name)
         if body is not None:
             model = body.get("model")
             rec.requested_model = model if isinstance(model, str) else None

@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from tierwise.errors import APIError
+from tierwise.governance import ANONYMOUS, Principal
 from tierwise.requests import MAX_NAME_CHARS, check_request_limits, parse_json_body
 from tierwise.routing.engine import RouteRequest, RoutingError
 from tierwise.routing.executor import Call, count_fallbacks
@@ -172,21 +173,22 @@ class Gateway:
     def __init__(self, svc: Tierwise) -> None:
         self.svc = svc
         self.keys = load_static_keys(svc.cfg.server.api_keys_env)
+        self._static_principals: dict[str, Principal] = {}
         self.max_body = svc.cfg.server.max_body_bytes
         self.body_timeout_s = svc.cfg.server.body_timeout_s
         self.started = time.time()
         self.shutting_down = False
 
-    def _principal(self, request: web.Request) -> str:
+    def _principal(self, request: web.Request) -> Principal:
         if self.keys is None:
-            return "anonymous"
+            return ANONYMOUS
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
         kid = self.keys.get(clean_text(token)) if len(token) <= MAX_KEY_CHARS else None
         if kid is None:
             raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                            type="authentication_error", code="invalid_api_key")
-        return kid
+        return self._static_principals.setdefault(kid, Principal(kid, key_id=kid))
 
     async def _body(self, request: web.Request) -> JSON:
         length = request.content_length
@@ -235,7 +237,7 @@ class Gateway:
         check_request_limits(body, self.svc.cfg, tier, model)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        principal: str | None = None
+        principal: Principal | None = None
         body: JSON | None = None
         tier = request.match_info.get("tier")
         route = RouteRequest(
@@ -265,8 +267,8 @@ class Gateway:
             raise
         except Exception as exc:  # a bug before routing: a 500 in OpenAI's shape, and still one ledger record
             log.error("internal error before routing: %s", type(exc).__name__, exc_info=exc)
-            err = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
-            return _error(err, self.svc.reject(err, principal, body, route, status="error"))
+            bug = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
+            return _error(bug, self.svc.reject(bug, principal, body, route, status="error"))
         if body.get("stream"):
             return await self._stream(request, call)
         try:

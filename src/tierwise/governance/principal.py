@@ -1,0 +1,34 @@
+"""The caller a request is attributed to and governed as."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: what the ledger attributes spend to and what access rules and limits apply to.
+
+    Built once per request from the authenticated key (or the static key list, or nothing on an open gateway) and
+    immutable from then on, so that every decision about one request sees the same caller.
+    """
+
+    name: str
+    key_id: str | None = None
+    customer: str | None = None
+    department: str | None = None
+    project: str | None = None
+    value_tier: str | None = None  # e.g. free / standard / premium
+    allowed_tiers: frozenset[str] | None = None  # None: every tier
+    allowed_models: frozenset[str] | None = None  # None: every model
+    revenue_per_request_usd: float | None = None
+
+    def refuses_tier(self, tier: str) -> bool:
+        return self.allowed_tiers is not None and tier not in self.allowed_tiers
+
+    def refuses_model(self, model: str) -> bool:
+        return self.allowed_models is not None and model not in self.allowed_models
+
+
+ANONYMOUS = Principal("anonymous")  # an open gateway's callers
+UNAUTHENTICATED = Principal("unauthenticated")  # refused before a key could be checked
