@@ -21,6 +21,7 @@ from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import count_text_tokens
 from tierwise.errors import APIError, from_upstream
 from tierwise.governance import ANONYMOUS, UNAUTHENTICATED, Principal
+from tierwise.governance.access import check_tier, excluded_models, no_model_left
 from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
@@ -80,6 +81,12 @@ def build_semantic_classifier(cfg: TierwiseConfig) -> TierClassifier:
     return SemanticClassifier(cfg, get_embedder(cfg.classifier.embedder))
 
 
+def _models_of(cfg: TierwiseConfig, tier: str) -> tuple[str, ...]:
+    t = cfg.tiers[tier]
+    rungs = [r.model for r in t.cascade.rungs] if t.cascade is not None else []
+    return tuple(dict.fromkeys([*t.models, *rungs, t.fallback or cfg.fallback_model]))
+
+
 @dataclass(slots=True)
 class ChatResult:
     body: JSON
@@ -113,6 +120,8 @@ class Tierwise:
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
         self.ledger = ledger if ledger is not None else open_ledger(cfg.ledger)
+        # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
+        self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._log_prompts = cfg.server.log_prompts
         # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
         self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
@@ -151,6 +160,8 @@ class Tierwise:
             raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
         # exact now that the tier is known (the gateway's pre-check must assume the widest tier for classified 'auto')
         check_request_limits(body, self.cfg, tier, route.requested_model if tier is None else None)
+        check_tier(principal, tier, route.requested_model if tier is None else None)
+        excluded = excluded_models(principal, self._tier_models[tier]) if tier is not None else None
         if route.predicted is None and tier in self._predictors:
             text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
             loop = asyncio.get_running_loop()
@@ -164,7 +175,9 @@ class Tierwise:
             stream=bool(body.get("stream")),
         )
         estimator = self.prices.estimator(body, tier)
-        decision = self.engine.decide(route, body, time.time(), estimator, choice=(tier, source))
+        decision = self.engine.decide(route, body, time.time(), estimator, choice=(tier, source), excluded=excluded)
+        if not decision.candidates:
+            raise no_model_left(decision.tier or "")
         record.tier, record.tier_source = decision.tier, decision.tier_source
         record.notes.extend(decision.notes)
         record.estimated_cost_usd = estimator(decision.candidates[0])
@@ -173,6 +186,8 @@ class Tierwise:
             log.info("request %s messages=%s", record.id, body.get("messages"))
         cascade = self.cfg.tiers[decision.tier].cascade if decision.tier is not None else None
         call = Call(decision, body, record, deadline, route.session_id, cascade)
+        if excluded:
+            call.excluded = excluded
         if route.predicted is not None and decision.tier in self.engine.routers:
             models = self.engine.routers[decision.tier].models
             call.prior = {m: float(q) for m, q in zip(models, route.predicted, strict=True)}

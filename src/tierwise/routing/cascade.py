@@ -45,6 +45,9 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
         is_last = i == len(rungs) - 1
         after = [*chain[i + 1 :], *rest]  # each rung (and its verifier) leaves these their share of the deadline
         gate = None if is_last else gates[i]
+        if model in call.excluded:
+            rec.notes.append(f"rung {i} ({model}) left out: {call.excluded[model]}")
+            continue
         if not is_last and ex.health.cooling_down(model, time.time()):
             rec.notes.append(f"rung {i} ({model}) cooling down: skipped")
             continue

@@ -127,12 +127,18 @@ class RoutingEngine:
         now: float,
         estimate_cost: Callable[[str], float],
         choice: tuple[str | None, str] | None = None,
+        excluded: Mapping[str, str] | None = None,
     ) -> Decision:
-        """The plan for ``req``; ``choice`` is :meth:`choose_tier`'s result when the caller already has it."""
+        """The plan for ``req``; ``choice`` is :meth:`choose_tier`'s result when the caller already has it.
+
+        ``excluded`` maps models the plan must leave out to why (governance: the caller may not use them, or a
+        budget step took them out of the allowed set). The plan may come back empty: the caller says why.
+        """
         tier, source = choice if choice is not None else self.choose_tier(req, body)
         if tier is None:
             assert req.requested_model is not None
-            return Decision(None, "direct", [req.requested_model], "direct", direct=True)
+            direct = [] if excluded and req.requested_model in excluded else [req.requested_model]
+            return Decision(None, "direct", direct, "direct", direct=True)
         tcfg = self.cfg.tiers[tier]
         if tcfg.policy == "learned":
             ordered = self._learned_order(tier, req.predicted)
@@ -142,6 +148,10 @@ class RoutingEngine:
         if fallback not in ordered:
             ordered.append(fallback)
         decision = Decision(tier, source, ordered, tcfg.policy)
+        if excluded:
+            for model in [m for m in ordered if m in excluded]:
+                ordered.remove(model)
+                decision.notes.append(f"{model} left out: {excluded[model]}")
         if req.session_id:
             pinned = self.pins.get(req.session_id, now)
             if pinned is not None and pinned in ordered:

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -76,6 +76,7 @@ class Call:
     prebooked: bool = False  # a synthesised stream whose calls were already booked (cascade answers)
     start_rung: int = 0  # a cascade's first rung to call (a start router may skip cheap rungs)
     prior: dict[str, float] | None = None  # a learned router's predicted quality per model, when the tier has one
+    excluded: Mapping[str, str] = field(default_factory=dict)  # models governance left out, with why (cascade rungs)
     started: float = field(default_factory=time.perf_counter)  # for the request's total latency
 
 
