@@ -22,6 +22,11 @@ class Principal:
     allowed_tiers: frozenset[str] | None = None  # None: every tier
     allowed_models: frozenset[str] | None = None  # None: every model
     revenue_per_request_usd: float | None = None
+    # the effective limits of this request's key (a key's own override, else its principal's); None: no limit
+    daily_budget_usd: float | None = None
+    monthly_budget_usd: float | None = None
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute (prompt + completion)
 
     def refuses_tier(self, tier: str) -> bool:
         return self.allowed_tiers is not None and tier not in self.allowed_tiers
