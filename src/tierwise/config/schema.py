@@ -306,6 +306,52 @@ class ServerConfig(_Strict):
     )
 
 
+class BudgetCap(_Strict):
+    daily_usd: float | None = Field(default=None, gt=0, le=1e9, description="UTC calendar day")
+    monthly_usd: float | None = Field(default=None, gt=0, le=1e9, description="UTC calendar month")
+
+
+class BudgetStep(_Strict):
+    at: float = Field(gt=0, lt=1, description="consumption (settled + reserved) / cap at which the step starts")
+    action: Literal["cheaper", "fallback_only"]
+
+
+def _default_steps() -> list[BudgetStep]:
+    return [BudgetStep(at=0.8, action="cheaper"), BudgetStep(at=0.95, action="fallback_only")]
+
+
+class BudgetsConfig(_Strict):
+    """Spend caps and the graded response to them (see :mod:`tierwise.governance.budgets`)."""
+
+    caps: dict[str, BudgetCap] = Field(
+        default_factory=dict,
+        description="by scope: global | customer:<name> | customer:* (each customer) | department:<name> | "
+                    "department:* | project:<name> | project:* | model:<name> | model:*; keys' and principals' "
+                    "own budgets are set with `tierwise keys` / the admin API",
+    )
+    steps: list[BudgetStep] = Field(default_factory=_default_steps, description="ascending; 100 % always refuses")
+    projection_min_days: int = Field(default=3, ge=1, le=31,
+                                     description="past days of this month needed before the projection acts")
+    reservation_ttl_s: float = Field(default=900, gt=0, description="a reservation never settled (process died) "
+                                     "expires after this; keep it above server.request_deadline_s")
+
+    @model_validator(mode="after")
+    def _steps_ascend(self) -> BudgetsConfig:
+        ats = [s.at for s in self.steps]
+        if ats != sorted(ats) or len(set(ats)) != len(ats):
+            raise ValueError("budgets.steps must be in strictly ascending order of 'at'")
+        for scope in self.caps:
+            kind, _, name = scope.partition(":")
+            if scope != "global" and (kind not in ("customer", "department", "project", "model") or not name):
+                raise ValueError(f"budgets.caps: unknown scope '{scope}' (global, customer:<name>, customer:*, "
+                                 "department:…, project:…, model:…)")
+        return self
+
+
+class StateConfig(_Strict):
+    backend: Literal["memory"] = Field(default="memory", description="where budgets and rate limits are counted")
+
+
 class TierwiseConfig(_Strict):
     """Root of ``tierwise.yaml``."""
 
@@ -314,6 +360,8 @@ class TierwiseConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     sessions: SessionConfig = Field(default_factory=SessionConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
     tiers: dict[str, TierConfig]
