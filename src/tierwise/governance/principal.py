@@ -11,6 +11,12 @@ class Principal:
 
     Built once per request from the authenticated key (or the static key list, or nothing on an open gateway) and
     immutable from then on, so that every decision about one request sees the same caller.
+
+    For a virtual key (:mod:`tierwise.governance.auth`), ``allowed_tiers``/``allowed_models`` are already the
+    principal's lists narrowed by the key's own (a key can narrow its principal's access, never widen it). Limits
+    come in two scopes, and a request must satisfy both: the principal's (``daily_budget_usd`` … ``tpm``, shared by
+    all its keys, counted per principal ``name``) and the key's own (``key_daily_budget_usd`` … ``key_tpm``,
+    counted per ``key_id``). None means no limit at that scope.
     """
 
     name: str
@@ -22,11 +28,16 @@ class Principal:
     allowed_tiers: frozenset[str] | None = None  # None: every tier
     allowed_models: frozenset[str] | None = None  # None: every model
     revenue_per_request_usd: float | None = None
-    # the effective limits of this request's key (a key's own override, else its principal's); None: no limit
-    daily_budget_usd: float | None = None
-    monthly_budget_usd: float | None = None
+    # the principal's limits (all its keys together)
+    daily_budget_usd: float | None = None  # UTC calendar day
+    monthly_budget_usd: float | None = None  # UTC calendar month
     rpm: int | None = None  # requests per minute
-    tpm: int | None = None  # tokens per minute (prompt + completion)
+    tpm: int | None = None  # tokens per minute
+    # this key's own limits (per key id), on top of the principal's
+    key_daily_budget_usd: float | None = None
+    key_monthly_budget_usd: float | None = None
+    key_rpm: int | None = None
+    key_tpm: int | None = None
 
     def refuses_tier(self, tier: str) -> bool:
         return self.allowed_tiers is not None and tier not in self.allowed_tiers
