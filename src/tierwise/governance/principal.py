@@ -12,11 +12,9 @@ class Principal:
     Built once per request from the authenticated key (or the static key list, or nothing on an open gateway) and
     immutable from then on, so that every decision about one request sees the same caller.
 
-    For a virtual key (:mod:`tierwise.governance.auth`), ``allowed_tiers``/``allowed_models`` are already the
-    principal's lists narrowed by the key's own (a key can narrow its principal's access, never widen it). Limits
-    come in two scopes, and a request must satisfy both: the principal's (``daily_budget_usd`` … ``tpm``, shared by
-    all its keys, counted per principal ``name``) and the key's own (``key_daily_budget_usd`` … ``key_tpm``,
-    counted per ``key_id``). None means no limit at that scope.
+    For a virtual key (:mod:`tierwise.governance.auth`) the key's overrides are already applied: a key can narrow
+    its principal's access and limits, never widen them (``allowed_tiers``/``allowed_models`` are the principal's
+    lists intersected with the key's; each limit is the key's own where it sets one, capped by the principal's).
     """
 
     name: str
@@ -28,16 +26,12 @@ class Principal:
     allowed_tiers: frozenset[str] | None = None  # None: every tier
     allowed_models: frozenset[str] | None = None  # None: every model
     revenue_per_request_usd: float | None = None
-    # the principal's limits (all its keys together)
-    daily_budget_usd: float | None = None  # UTC calendar day
-    monthly_budget_usd: float | None = None  # UTC calendar month
+    # the effective limits of this request's key (the key's own override where it sets one, never above its
+    # principal's; else the principal's); None: no limit
+    daily_budget_usd: float | None = None
+    monthly_budget_usd: float | None = None
     rpm: int | None = None  # requests per minute
-    tpm: int | None = None  # tokens per minute
-    # this key's own limits (per key id), on top of the principal's
-    key_daily_budget_usd: float | None = None
-    key_monthly_budget_usd: float | None = None
-    key_rpm: int | None = None
-    key_tpm: int | None = None
+    tpm: int | None = None  # tokens per minute (prompt + completion)
 
     def refuses_tier(self, tier: str) -> bool:
         return self.allowed_tiers is not None and tier not in self.allowed_tiers
