@@ -352,6 +352,54 @@ class StateConfig(_Strict):
     backend: Literal["memory"] = Field(default="memory", description="where budgets and rate limits are counted")
 
 
+class GovernanceConfig(_Strict):
+    """Virtual keys and principals (``tierwise keys`` / ``tierwise principals`` / the admin API)."""
+
+    keys: Literal["required", "optional", "off"] = Field(
+        default="off",
+        description="required: every request needs a valid key (none, unknown, revoked or expired: 401); optional: "
+                    "no key = the anonymous principal, a bad key = 401; off: virtual keys are not checked",
+    )
+    backend: Literal["sqlite", "postgres"] | None = Field(
+        default=None,
+        description="where keys and principals live; unset: postgres when governance.dsn is set or the ledger is "
+                    "on PostgreSQL, else sqlite",
+    )
+    path: str = Field(default="tierwise-governance.db", description="sqlite: the governance database file")
+    dsn: str | None = Field(
+        default=None, description="postgres: connection string (default: ledger.dsn); keep passwords out of the file",
+    )
+    pg_schema: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="postgres: schema of the governance tables (default: ledger.pg_schema)",
+    )
+    refresh_s: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="each gateway reloads keys this often in the background: a revoke or rotation made elsewhere "
+                    "takes effect within it",
+    )
+    negative_cache_s: float = Field(
+        default=5.0, ge=0, le=3600, description="how long an unknown key is answered 401 without asking the store",
+    )
+    max_lookups_per_s: float = Field(
+        default=50.0, gt=0,
+        description="store lookups for keys not yet in memory, per second and gateway; beyond it such keys are "
+                    "401 until the next refresh (a flood of bad keys cannot hammer the store)",
+    )
+
+
+class AdminConfig(_Strict):
+    """The admin API (principals and keys), on its own listener unless ``same_listener``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    api_key_env: str = Field(default="TIERWISE_ADMIN_KEY", description="env var holding the admin key (>= 16 chars)")
+    same_listener: bool = Field(
+        default=False, description="mount the admin API under /admin on the public listener instead of its own",
+    )
+
+
 class TierwiseConfig(_Strict):
     """Root of ``tierwise.yaml``."""
 
@@ -362,6 +410,8 @@ class TierwiseConfig(_Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+    admin: AdminConfig | None = Field(default=None, description="the admin API; absent or null: off")
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
     tiers: dict[str, TierConfig]
