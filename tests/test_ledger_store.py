@@ -53,6 +53,11 @@ def make_record(i: int, ts: float | None = None, **over: object) -> LedgerRecord
         http_status=200,
         error="none really, ünïcødé ✓",
         notes=["max_tokens raised to floor 4096", "re-pinned: a → b"],
+        key_id=f"key-{i % 4}",
+        customer=f"cust-{i % 2}",
+        department="search",
+        project="summarise ✓",
+        tags={"team": "search", "feature": f"f{i % 3}"},
     )
     for k, v in over.items():
         setattr(rec, k, v)

@@ -222,6 +222,13 @@ class LedgerRecord:
     http_status: int = 200
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # e.g. "max_tokens raised to floor 4096", "re-pinned: …"
+    # Attribution (ledger schema 2): who the spend belongs to, from the caller's principal, and the caller's own
+    # labels (X-Tierwise-Tags header, OpenAI ``metadata``). Last in the row so CSV columns of schema 1 keep their place.
+    key_id: str | None = None
+    customer: str | None = None
+    department: str | None = None
+    project: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     def as_row(self) -> JSON:
         """Flat JSON-able dict (the JSONL export format and the SQLite column set)."""
@@ -259,4 +266,9 @@ class LedgerRecord:
             "http_status": self.http_status,
             "error": self.error,
             "notes": self.notes,
+            "key_id": self.key_id,
+            "customer": self.customer,
+            "department": self.department,
+            "project": self.project,
+            "tags": self.tags,
         }

@@ -39,7 +39,7 @@ from typing import Literal
 
 import orjson
 
-from tierwise.ledger.store import LedgerStore, Row
+from tierwise.ledger.store import LedgerStore, Row, complete_row
 from tierwise.sanitize import clean_json
 from tierwise.types import LedgerRecord
 
@@ -278,7 +278,7 @@ def replay_orphans(directory: str | Path, store: LedgerStore, *, batch_size: int
                 elif row.get("status") == IN_FLIGHT:
                     begins.setdefault(row["id"], row)
                 else:
-                    finals[row["id"]] = row
+                    finals[row["id"]] = complete_row(row)  # a segment an older tierwise wrote lacks newer columns
         interrupted = [_interrupted(row) for rid, row in begins.items() if rid not in finals]
         for batch in _batches(list(finals.values()), batch_size):
             store.write_batch(batch)

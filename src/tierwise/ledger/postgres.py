@@ -12,8 +12,10 @@ Layout, in the schema ``ledger.pg_schema`` (``tierwise`` by default; created whe
   ``cost_breakdown``, ``notes``) are ``jsonb`` (so key order inside them is PostgreSQL's, not the writer's: the
   decoded values are equal); ``stream`` is ``boolean``; tokens are ``bigint``. ``seq`` (``bigserial``) is the
   insertion sequence: it orders rows with equal ``ts`` (as SQLite's rowid does) and is what
-  :meth:`PostgresLedgerStore.rows_after` follows; a row replaced by ``id`` gets a new, higher one. Indexes: ``(ts,
-  seq)``, ``(principal, ts)``, ``(tier, ts)``, ``(model, ts)`` for the spend queries, and ``seq`` (unique).
+  :meth:`PostgresLedgerStore.rows_after` follows; a row replaced by ``id`` gets a new, higher one. Attribution
+  (layout 2): ``key_id``, ``customer``, ``department``, ``project`` (text) and ``tags`` (jsonb, ``{}`` by
+  default). Indexes: ``(ts, seq)``, ``(principal, ts)``, ``(tier, ts)``, ``(model, ts)``, ``(customer, ts)``,
+  ``(department, ts)``, ``(project, ts)`` for the spend queries, and ``seq`` (unique).
 - ``tierwise_schema_versions``: ``(component, version)``; this module owns ``component = 'ledger'``. A newer version
   than this tierwise knows is refused with a clear message, an older one migrated at start, under an advisory lock
   so that replicas starting together do not race.
@@ -70,8 +72,9 @@ from tierwise.ledger.store import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, LedgerSch
 
 T = TypeVar("T")
 
-#: Version of the PostgreSQL layout (independent of the SQLite file's ``SCHEMA_VERSION``).
-PG_SCHEMA_VERSION = 1
+#: Version of the PostgreSQL layout (independent of the SQLite file's ``SCHEMA_VERSION``). 2: attribution columns
+#: (key_id, customer, department, project, tags) and their indexes.
+PG_SCHEMA_VERSION = 2
 TABLE = "tierwise_ledger"
 VERSIONS_TABLE = "tierwise_schema_versions"
 COMPONENT = "ledger"
@@ -95,9 +98,23 @@ _STAGE_TYPES: tuple[str, ...] = ("int4", *(
     for (_, kind), (_, pg) in zip(COLUMNS, PG_COLUMNS, strict=True)
 ))
 
+# Indexes on the attribution columns (layout version 2), for the spend queries: (suffix, columns).
+_ATTRIBUTION_INDEXES = (("customer", "customer, ts"), ("department", "department, ts"), ("project", "project, ts"))
+
+# Column defaults, so that a new table has exactly the columns a migrated one has.
+_DEFAULTS = {"tags": " DEFAULT '{}'::jsonb"}
+
 # Migrations from version N to N+1 (statements with ``{schema}``/``{table}`` placeholders), applied in order in one
-# transaction. Version 1 is the first layout.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+# transaction, under the schema lock (replicas starting meanwhile wait). Version 1 is the first layout. ADD COLUMN
+# with a constant default changes only the catalogue (PostgreSQL >= 11), whatever the table's size; the indexes are
+# built over the existing rows and block writes to the table while they are (seconds per million rows).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE {schema}.{table} ADD COLUMN key_id text, ADD COLUMN customer text, ADD COLUMN department text, "
+        "ADD COLUMN project text, ADD COLUMN tags jsonb DEFAULT '{{}}'::jsonb",
+        *(f"CREATE INDEX {TABLE}_{suffix} ON {{schema}}.{{table}} ({cols})" for suffix, cols in _ATTRIBUTION_INDEXES),
+    ),
+}
 
 
 class PostgresLedgerError(RuntimeError):
@@ -331,7 +348,8 @@ class PostgresLedgerStore:
     def _create_statements(self) -> list[sql.Composed]:
         t = self._table
         cols = sql.SQL(",\n  ").join(
-            sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(pg), sql.SQL(" PRIMARY KEY" if n == "id" else ""))
+            sql.SQL("{} {}{}{}").format(sql.Identifier(n), sql.SQL(pg), sql.SQL(" PRIMARY KEY" if n == "id" else ""),
+                                        sql.SQL(_DEFAULTS.get(n, "")))
             for n, pg in PG_COLUMNS)
 
         def index(suffix: str, columns: str, unique: bool = False) -> sql.Composed:
@@ -345,6 +363,7 @@ class PostgresLedgerStore:
             index("principal", "principal, ts"),
             index("tier", "tier, ts"),
             index("model", "model, ts"),
+            *(index(suffix, cols) for suffix, cols in _ATTRIBUTION_INDEXES),
             sql.SQL("COMMENT ON TABLE {} IS {}").format(t, sql.Literal(
                 "tierwise request ledger: one row per request (tierwise.ledger.postgres)")),
         ]

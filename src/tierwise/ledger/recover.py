@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from tierwise.ledger.store import LedgerStore, Row
+from tierwise.ledger.store import LedgerStore, Row, complete_row
 
 log = logging.getLogger("tierwise.ledger")
 
@@ -37,7 +37,7 @@ def import_unwritten(store: LedgerStore, path: str | Path, *, batch_size: int = 
             if not line.strip():
                 continue
             try:
-                batch.append(orjson.loads(line))
+                batch.append(complete_row(orjson.loads(line)))  # an older tierwise's file lacks newer columns
             except orjson.JSONDecodeError:  # a line cut short by a crash mid-write: the rest is still good
                 log.warning("ledger: skipping malformed line %d of %s", lineno, path)
                 continue

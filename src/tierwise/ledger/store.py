@@ -59,11 +59,23 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("http_status", "INTEGER"),
     ("error", "TEXT"),
     ("notes", "JSON"),
+    # schema version 2: attribution. Appended (ALTER TABLE ADD COLUMN puts them last), so the CSV columns of
+    # version 1 keep their positions.
+    ("key_id", "TEXT"),
+    ("customer", "TEXT"),
+    ("department", "TEXT"),
+    ("project", "TEXT"),
+    ("tags", "JSON"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS: frozenset[str] = frozenset(name for name, kind in COLUMNS if kind == "JSON")
 
-SCHEMA_VERSION = 1
+#: Columns added after schema version 1, with the value a row written before them gets: rows in an older ledger file
+#: (SQLite and PostgreSQL fill them in as column defaults) and rows in journal segments or fallback files written by
+#: an older tierwise (:func:`complete_row` fills them in before they are stored).
+ADDED_COLUMNS: dict[str, Any] = {"key_id": None, "customer": None, "department": None, "project": None, "tags": {}}
+
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a tierwise ledger ("TWLG"), so a foreign SQLite file is refused, not written into.
 APPLICATION_ID = 0x54574C47
 
@@ -103,6 +115,19 @@ class LedgerStore(Protocol):
         gets a new, higher number. For followers (``tierwise ledger tail -f``): rows are written when requests
         end, so ``ts`` order is not insertion order and a ``ts`` cursor would skip rows."""
         ...
+
+
+def complete_row(row: Row) -> Row:
+    """``row`` with every column added since schema version 1 present (a row journaled or saved to a fallback file
+    by an older tierwise lacks them); the row itself when nothing is missing (the common case)."""
+    if not isinstance(row, dict) or (
+            "tags" in row and "key_id" in row and "customer" in row and "department" in row and "project" in row):
+        return row
+    out = dict(row)
+    for name, default in ADDED_COLUMNS.items():
+        if name not in out:
+            out[name] = dict(default) if isinstance(default, dict) else default
+    return out
 
 
 def _json_text(value: Any) -> str:
@@ -359,14 +384,35 @@ def _decode(values: tuple[Any, ...]) -> Row:
     return row
 
 
-# Migrations from version N to N+1, applied in order inside one transaction. Version 1 is the first schema.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+# Indexes of the attribution columns (schema version 2), for ``tierwise spend`` over a window.
+_ATTRIBUTION_INDEXES = (
+    "CREATE INDEX requests_customer ON requests (customer, ts)",
+    "CREATE INDEX requests_department ON requests (department, ts)",
+    "CREATE INDEX requests_project ON requests (project, ts)",
+)
+
+# Migrations from version N to N+1, applied in order inside one transaction. Version 1 is the first schema. ADD
+# COLUMN only rewrites the schema, not the rows (a row written before reads the column's default), so it is
+# instant on any size of file; the indexes are built over the existing rows (seconds for millions).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE requests ADD COLUMN key_id TEXT",
+        "ALTER TABLE requests ADD COLUMN customer TEXT",
+        "ALTER TABLE requests ADD COLUMN department TEXT",
+        "ALTER TABLE requests ADD COLUMN project TEXT",
+        "ALTER TABLE requests ADD COLUMN tags TEXT DEFAULT '{}'",
+        *_ATTRIBUTION_INDEXES,
+    ),
+}
+
+# Column defaults, so a new file has exactly the columns a migrated one has.
+_DEFAULTS = {"tags": " DEFAULT '{}'"}
 
 
 def _create_statements() -> tuple[str, ...]:
     cols = ",\n  ".join(
         f"{name} {'TEXT' if kind == 'JSON' else 'INTEGER' if kind == 'BOOL' else kind}"
-        + (" NOT NULL UNIQUE" if name == "id" else "")
+        + (" NOT NULL UNIQUE" if name == "id" else "") + _DEFAULTS.get(name, "")
         for name, kind in COLUMNS
     )
     return (
@@ -375,6 +421,7 @@ def _create_statements() -> tuple[str, ...]:
         "CREATE INDEX requests_principal ON requests (principal, ts)",
         "CREATE INDEX requests_tier ON requests (tier, ts)",
         "CREATE INDEX requests_model ON requests (model, ts)",
+        *_ATTRIBUTION_INDEXES,
     )
 
 

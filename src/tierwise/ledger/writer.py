@@ -178,6 +178,9 @@ class LedgerWriter:
             "tier": record.tier, "tier_source": record.tier_source, "requested_model": record.requested_model,
             "session_id": record.session_id, "stream": record.stream,
             "estimated_cost_usd": record.estimated_cost_usd, "notes": record.notes,
+            # attribution, so that an interrupted request is billed to whom it belongs
+            "key_id": record.key_id, "customer": record.customer, "department": record.department,
+            "project": record.project, "tags": record.tags,
         }
         row, data = encode_row(row)
         self.journal.begin(record.id, data)
