@@ -11,7 +11,7 @@ class APIError(Exception):
 
     def __init__(
         self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-        param: str | None = None, attempts: list[JSON] | None = None,
+        param: str | None = None, attempts: list[JSON] | None = None, headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -20,6 +20,7 @@ class APIError(Exception):
         self.code = code
         self.param = param
         self.attempts = attempts
+        self.headers = headers  # response headers the answer must carry (e.g. Retry-After on a 429)
 
     def body(self) -> JSON:
         err: JSON = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}

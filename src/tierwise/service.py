@@ -22,14 +22,17 @@ from tierwise.cost import count_text_tokens
 from tierwise.errors import APIError, from_upstream
 from tierwise.governance import ANONYMOUS, UNAUTHENTICATED, Principal
 from tierwise.governance.access import check_tier, excluded_models, no_model_left
+from tierwise.governance.admission import Governed, Governor
 from tierwise.ledger import JournalError, LedgerWriter, open_ledger
-from tierwise.pricing import PriceBook
+from tierwise.pricing import PriceBook, RequestEstimator
 from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
 from tierwise.requests import check_request_limits, prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
 from tierwise.state import MemoryHealth, MemorySessionPins
+from tierwise.state.backend import StateBackend
+from tierwise.state.memory_backend import MemoryStateBackend
 from tierwise.types import JSON, Cost, LedgerRecord, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -104,6 +107,7 @@ class Tierwise:
         ledger: LedgerWriter | None = None,
         classifier: TierClassifier | None = None,
         predictors: dict[str, Predict] | None = None,
+        state: StateBackend | None = None,
     ) -> None:
         self.cfg = cfg
         self.prices = PriceBook(cfg)
@@ -120,6 +124,7 @@ class Tierwise:
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
         self.ledger = ledger if ledger is not None else open_ledger(cfg.ledger)
+        self.governor = Governor(cfg, state if state is not None else MemoryStateBackend())
         # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._log_prompts = cfg.server.log_prompts
@@ -170,13 +175,35 @@ class Tierwise:
             id=_next_request_id(),
             ts=time.time(),
             principal=principal.name,
+            key_id=principal.key_id,
+            customer=principal.customer,
+            department=principal.department,
+            project=principal.project,
+            tags=route.tags,
             requested_model=route.requested_model,
             session_id=route.session_id,
             stream=bool(body.get("stream")),
         )
         estimator = self.prices.estimator(body, tier)
-        decision = self.engine.decide(route, body, time.time(), estimator, choice=(tier, source), excluded=excluded)
+        models = self._tier_models[tier] if tier is not None else (route.requested_model or "",)
+        governed = await self.governor.admit(record, principal, tier, models, estimator)
+        try:
+            return self._plan(body, route, record, (tier, source), estimator, excluded, governed)
+        except BaseException:
+            if governed.admitted:
+                self.governor.settle_nothing(record.id)
+            raise
+
+    def _plan(self, body: JSON, route: RouteRequest, record: LedgerRecord, choice: tuple[str | None, str],
+              estimator: RequestEstimator, excluded: dict[str, str] | None, governed: Governed) -> Call:
+        """The plan and the call, once the request is admitted (access and budgets may have left models out)."""
+        if governed.excluded:
+            excluded = {**governed.excluded, **(excluded or {})}
+        decision = self.engine.decide(route, body, time.time(), estimator, choice=choice, excluded=excluded)
         if not decision.candidates:
+            if governed.excluded:
+                raise APIError(429, f"budgets leave no model of tier '{decision.tier}' to use",
+                               type="insufficient_quota", code="budget_exceeded")
             raise no_model_left(decision.tier or "")
         record.tier, record.tier_source = decision.tier, decision.tier_source
         record.notes.extend(decision.notes)
@@ -188,6 +215,10 @@ class Tierwise:
         call = Call(decision, body, record, deadline, route.session_id, cascade)
         if excluded:
             call.excluded = excluded
+        call.reserved = governed.admitted
+        if governed.grade is not None and governed.grade.step is not None:
+            call.budget = governed.grade.header
+            record.notes.append(governed.grade.why)
         if route.predicted is not None and decision.tier in self.engine.routers:
             models = self.engine.routers[decision.tier].models
             call.prior = {m: float(q) for m, q in zip(models, route.predicted, strict=True)}
@@ -221,7 +252,10 @@ class Tierwise:
         """Book a request that ended before routing, no cost: ``rejected`` (bad input, unknown model, auth, shutting
         down), or ``client_cancelled`` / ``error`` for a hang-up or a bug before routing. Returns its request id
         (for the response header)."""
-        rec = LedgerRecord(id=_next_request_id(), ts=time.time(), principal=(principal or UNAUTHENTICATED).name)
+        who = principal or UNAUTHENTICATED
+        rec = LedgerRecord(id=_next_request_id(), ts=time.time(), principal=who.name, key_id=who.key_id,
+                           customer=who.customer, department=who.department, project=who.project,
+                           tags=route.tags if route is not None else {})
         if body is not None:
             model = body.get("model")
             rec.requested_model = model if isinstance(model, str) else None
@@ -238,6 +272,8 @@ class Tierwise:
         rec.latency_ms = (time.perf_counter() - started) * 1000
         rec.status, rec.http_status, rec.error = status, http_status, error
         rec.fallbacks = count_fallbacks(rec.attempts, rec.model)
+        if call.reserved:
+            self.governor.settle(rec)
         self.ledger.submit(rec)
 
     def _fail(self, call: Call, started: float, exc: BaseException) -> APIError:

@@ -122,6 +122,7 @@ class _Refs:
     default_tier: Any
     fallback_model: Any
     classifier_fallback: Any
+    budget_scopes: list[Any]
 
 
 def _section(data: dict[str, Any], key: str, validated: dict[str, Any] | None, cls: Any) -> dict[str, Any] | None:
@@ -151,7 +152,14 @@ def _refs(data: dict[str, Any], cfg: TierwiseConfig | None) -> _Refs:
         default_tier=data.get("default_tier"),
         fallback_model=data.get("fallback_model"),
         classifier_fallback=classifier.get("fallback_tier") if isinstance(classifier, dict) else None,
+        budget_scopes=_budget_scopes(data),
     )
+
+
+def _budget_scopes(data: dict[str, Any]) -> list[Any]:
+    budgets = data.get("budgets")
+    caps = budgets.get("caps") if isinstance(budgets, dict) else None
+    return list(caps) if isinstance(caps, dict) else []
 
 
 def _cross_check(refs: _Refs) -> list[ConfigProblem]:
@@ -196,6 +204,9 @@ def _cross_check(refs: _Refs) -> list[ConfigProblem]:
                     "add a price: block (USD per 1M tokens) or a local: TCO block",
                 )
             )
+    for scope in refs.budget_scopes:
+        if isinstance(scope, str) and scope.startswith("model:") and scope != "model:*" and unknown_model(scope[6:]):
+            problems.append(ConfigProblem(f"budgets.caps.{scope}", f"unknown model '{scope[6:]}'"))
     if refs.tiers is not None and "auto" in refs.tiers:
         problems.append(ConfigProblem("tiers.auto", "'auto' is reserved for automatic routing"))
     for tname, (tier, raw) in (refs.tiers or {}).items():

@@ -53,11 +53,13 @@ def _json(status: int, body: JSON, headers: dict[str, str] | None = None) -> web
 
 
 def _error(err: APIError, request_id: str | None = None) -> web.Response:
-    headers = {"x-tierwise-request-id": request_id} if request_id else None
-    return _json(err.status, err.body(), headers)
+    headers = {"x-tierwise-request-id": request_id} if request_id else {}
+    if err.headers:
+        headers.update(err.headers)
+    return _json(err.status, err.body(), headers or None)
 
 
-def _route_headers(rec: LedgerRecord, final: bool = True) -> dict[str, str]:
+def _route_headers(rec: LedgerRecord, final: bool = True, budget: str | None = None) -> dict[str, str]:
     h = {
         "x-tierwise-request-id": rec.id,
         "x-tierwise-tier": rec.tier or "",
@@ -71,6 +73,8 @@ def _route_headers(rec: LedgerRecord, final: bool = True) -> dict[str, str]:
     else:  # a stream's cost is only known at its end: the header carries the pre-call estimate, marked as such
         h["x-tierwise-cost-usd"] = f"{rec.estimated_cost_usd:.10f}"
         h["x-tierwise-cost-estimated"] = "true"
+    if budget:
+        h["x-tierwise-budget"] = budget  # "<scope> <level> <step>": a budget step degraded this request's plan
     return h
 
 
@@ -274,18 +278,18 @@ class Gateway:
         try:
             result = await self.svc.complete(call)
         except APIError as err:
-            return _json(err.status, err.body(), _route_headers(call.record))
-        return _json(200, result.body, _route_headers(result.record))
+            return _json(err.status, err.body(), _route_headers(call.record, budget=call.budget))
+        return _json(200, result.body, _route_headers(result.record, budget=call.budget))
 
     async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
         try:
             stream = await self.svc.open_stream(call)
         except APIError as err:
-            return _json(err.status, err.body(), _route_headers(call.record))
+            return _json(err.status, err.body(), _route_headers(call.record, budget=call.budget))
         resp = web.StreamResponse(
             status=200,
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                     **_route_headers(stream.record, final=False)},
+                     **_route_headers(stream.record, final=False, budget=call.budget)},
         )
         gen = stream.chunks()
         out = _BatchedSSE(resp)

@@ -77,6 +77,8 @@ class Call:
     start_rung: int = 0  # a cascade's first rung to call (a start router may skip cheap rungs)
     prior: dict[str, float] | None = None  # a learned router's predicted quality per model, when the tier has one
     excluded: Mapping[str, str] = field(default_factory=dict)  # models governance left out, with why (cascade rungs)
+    budget: str | None = None  # the budget step that degraded the plan, for the x-tierwise-budget header
+    reserved: bool = False  # budgets or rate limits were admitted: the state backend awaits a settle
     started: float = field(default_factory=time.perf_counter)  # for the request's total latency
 
 
