@@ -6,11 +6,13 @@ through to the upstream untouched, including ones this version does not know.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tierwise.errors import invalid
+from tierwise.sanitize import clean_text
 from tierwise.types import JSON
 
 if TYPE_CHECKING:
@@ -29,6 +31,14 @@ MAX_JSON_DEPTH = 64
 #: Longest identifier tierwise takes from a client: a model or tier name, an X-Task or X-Session-Id header, the
 #: ``user`` field used as a session key. Longer model names are refused; longer session keys are cut.
 MAX_NAME_CHARS = 256
+
+
+#: The request header carrying the caller's tags for the ledger: ``X-Tierwise-Tags: team=search,feature=summarise``.
+TAGS_HEADER = "X-Tierwise-Tags"
+#: OpenAI's limits on ``metadata``, applied to tags from any source and to the merged set.
+MAX_TAGS = 16
+MAX_TAG_KEY_CHARS = 64
+MAX_TAG_VALUE_CHARS = 512
 
 
 def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> JSON:
@@ -187,6 +197,86 @@ def validate_chat_body(body: JSON) -> None:
     _check_type(body, "response_format", dict, "an object")
     _check_type(body, "user", str, "a string")
     _check_type(body, "metadata", dict, "an object")
+
+
+def take_tags(body: JSON, given: str | list[str] | Mapping[str, Any] | None = None, *,
+              where: str = TAGS_HEADER) -> dict[str, str]:
+    """The request's tags for the ledger: the body's OpenAI ``metadata`` merged with ``given`` (the
+    ``X-Tierwise-Tags`` header value(s), ``key=value`` pairs separated by commas; or the in-process Router's
+    ``tags=``), ``given`` winning on a key both have. Keys and values are cleaned of control characters.
+
+    Raises a 400 naming ``where`` or ``metadata`` when either is malformed: not ``key=value`` pairs, a repeated or
+    empty key, a value that is not a string, more than 16 tags (also merged), a key over 64 or a value over 512
+    characters (OpenAI's ``metadata`` limits).
+
+    Takes ``metadata`` out of ``body`` unless ``store`` is true: here it is an annotation for tierwise's ledger, and
+    OpenAI refuses ``metadata`` without ``store: true`` (400 "The 'metadata' parameter is only allowed when 'store'
+    is enabled"); with ``store: true`` the caller wants OpenAI's stored completions and it goes upstream untouched.
+    """
+    if "metadata" in body:
+        metadata = body["metadata"] if body.get("store") is True else body.pop("metadata")
+    else:
+        metadata = None
+    if metadata is None and not given:
+        return {}
+    tags = _checked_tags(_metadata_tags(metadata), "metadata") if metadata is not None else {}
+    if given:
+        if isinstance(given, Mapping):
+            if not all(isinstance(k, str) for k in given):
+                raise invalid(f"'{where}' keys must be strings", where, code="invalid_tags")
+            extra = _checked_tags(dict(given), where)
+        else:
+            extra = _checked_tags(_parse_tag_pairs(given if isinstance(given, str) else ",".join(given), where), where)
+        tags.update(extra)
+        if len(tags) > MAX_TAGS:
+            raise invalid(f"'{where}' and 'metadata' together carry {len(tags)} tags; at most {MAX_TAGS} are allowed",
+                          where, code="invalid_tags")
+    return tags
+
+
+def _metadata_tags(metadata: Any) -> dict[str, Any]:
+    if not isinstance(metadata, dict):
+        raise invalid(f"'metadata' must be an object of string keys and string values, got {_type_name(metadata)}",
+                      "metadata")
+    return metadata
+
+
+def _parse_tag_pairs(text: str, where: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:  # an empty header, a trailing comma
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise invalid(f"'{where}' must be key=value pairs separated by commas; {_show(clean_text(item))} has "
+                          "no '='", where, code="invalid_tags")
+        if key in tags:
+            raise invalid(f"'{where}' names the key {_show(clean_text(key))} twice", where, code="invalid_tags")
+        tags[key] = value.strip()
+    return tags
+
+
+def _checked_tags(tags: dict[str, Any], where: str) -> dict[str, str]:
+    if len(tags) > MAX_TAGS:
+        raise invalid(f"'{where}' carries {len(tags)} tags; at most {MAX_TAGS} are allowed", where,
+                      code="invalid_tags")
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if not key:
+            raise invalid(f"'{where}' has an empty key", where, code="invalid_tags")
+        if len(key) > MAX_TAG_KEY_CHARS:
+            raise invalid(f"'{where}' key {_show(clean_text(key))} is longer than {MAX_TAG_KEY_CHARS} characters",
+                          where, code="invalid_tags")
+        if not isinstance(value, str):
+            raise invalid(f"'{where}' value of {_show(clean_text(key))} must be a string, got {_type_name(value)}",
+                          where, code="invalid_tags")
+        if len(value) > MAX_TAG_VALUE_CHARS:
+            raise invalid(f"'{where}' value of {_show(clean_text(key))} is longer than {MAX_TAG_VALUE_CHARS} "
+                          "characters", where, code="invalid_tags")
+        out[clean_text(key)] = clean_text(value)
+    return out
 
 
 def model_output_limit(cfg: TierwiseConfig, model: str) -> int:

@@ -52,6 +52,7 @@ class RouteRequest:
     classified: tuple[str, float] | None = None  # the classifier's (tier, score) when it ran
     classifier_ran: bool = False
     predicted: Sequence[float] | None = None  # a learned router's predicted quality per model of the tier's router
+    tags: dict[str, str] = field(default_factory=dict)  # the caller's tags for the ledger (requests.take_tags)
 
 
 @dataclass(slots=True)
