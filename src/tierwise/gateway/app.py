@@ -31,7 +31,7 @@ from aiohttp.web_request import BaseRequest
 
 from tierwise.errors import APIError
 from tierwise.governance import ANONYMOUS, Principal
-from tierwise.requests import MAX_NAME_CHARS, check_request_limits, parse_json_body
+from tierwise.requests import MAX_NAME_CHARS, TAGS_HEADER, check_request_limits, parse_json_body, take_tags
 from tierwise.routing.engine import RouteRequest, RoutingError
 from tierwise.routing.executor import Call, count_fallbacks
 from tierwise.sanitize import clean_optional, clean_text
@@ -253,6 +253,7 @@ class Gateway:
         try:
             principal = self._principal(request)
             body = await self._body(request)
+            route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))  # metadata + X-Tierwise-Tags
             self._precheck(body, route)
             call = await self.svc.begin(body, route, principal)
         except APIError as err:
