@@ -124,7 +124,7 @@ class Tierwise:
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
         self.ledger = ledger if ledger is not None else open_ledger(cfg.ledger)
-        self.governor = Governor(cfg, state if state is not None else MemoryStateBackend())
+        self.governor = Governor(cfg, state if state is not None else MemoryStateBackend(), self.pins, self.health)
         # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._log_prompts = cfg.server.log_prompts
@@ -273,7 +273,7 @@ class Tierwise:
         rec.status, rec.http_status, rec.error = status, http_status, error
         rec.fallbacks = count_fallbacks(rec.attempts, rec.model)
         if call.reserved:
-            self.governor.settle(rec)
+            self.governor.settle(call)
         self.ledger.submit(rec)
 
     def _fail(self, call: Call, started: float, exc: BaseException) -> APIError:

@@ -10,6 +10,7 @@ into a step that may shrink the plan, and the request's real cost replaces the r
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,9 @@ from tierwise.errors import APIError
 from tierwise.governance.budgets import Grade, caps_for, exclusions, grade, limits_for
 from tierwise.governance.principal import Principal
 from tierwise.pricing import RequestEstimator
-from tierwise.state.backend import Settlement, StateBackend
+from tierwise.routing.executor import Call
+from tierwise.state.backend import Admission, Settlement, StateBackend
+from tierwise.state.memory import MemoryHealth, MemorySessionPins
 from tierwise.types import LedgerRecord
 
 
@@ -32,9 +35,15 @@ class Governed:
 
 
 class Governor:
-    def __init__(self, cfg: TierwiseConfig, state: StateBackend) -> None:
+    """Drives the state backend for the service. With a backend that shares routing state (Redis), the same two
+    calls also bring the session's pin and the models' cooldowns into this process's tables before the engine
+    decides, and share what the request changed when it settles."""
+
+    def __init__(self, cfg: TierwiseConfig, state: StateBackend, pins: MemorySessionPins, health: MemoryHealth) -> None:
         self.cfg = cfg
         self.state = state
+        self.pins = pins
+        self.health = health
 
     async def admit(self, record: LedgerRecord, principal: Principal, tier: str | None, models: Sequence[str],
                     estimate: RequestEstimator) -> Governed:
@@ -42,12 +51,16 @@ class Governor:
         return what the budgets do to its plan."""
         caps = caps_for(principal, self.cfg.budgets, models)
         limits = limits_for(principal)
-        if not caps and not limits:
+        shared = self.state.shares_routing_state
+        if not caps and not limits and not shared:
             return Governed()
         costs = {m: estimate(m) for m in models}
-        reserve = self._worst_case(tier, costs)
-        tokens = max(estimate.usage(m).total_tokens for m in models)
-        adm = await self.state.admit(record.id, caps, limits, reserve, tokens, {}, self.cfg.budgets.reservation_ttl_s)
+        reserve = self._worst_case(tier, costs) if caps else 0.0
+        tokens = max(estimate.usage(m).total_tokens for m in models) if limits else 0
+        adm = await self.state.admit(record.id, caps, limits, reserve, tokens, {}, self.cfg.budgets.reservation_ttl_s,
+                                     record.session_id if shared else None, models if shared else ())
+        if shared:
+            self._adopt(record.session_id, adm)
         if adm.refused is not None:
             retry = str(math.ceil(adm.retry_after_s or 1))
             is_rate = adm.refused.startswith("rate limit")
@@ -57,6 +70,8 @@ class Governor:
                 code="rate_limit_exceeded" if is_rate else "budget_exceeded", headers={"Retry-After": retry})
         g = grade(caps, adm, self.cfg.budgets)
         out = Governed(grade=g, admitted=True)
+        if not caps:
+            return out
         if tier is None:  # the caller named the model: steps do not swap it, a spent model budget refuses it
             if g.spent_models & set(models):
                 self.settle_nothing(record.id)
@@ -74,12 +89,24 @@ class Governor:
         rungs = {r.model for r in cascade.rungs}
         return sum(costs[m] for m in rungs) + max((c for m, c in costs.items() if m not in rungs), default=0.0)
 
-    def settle(self, record: LedgerRecord) -> None:
-        """The request is over: its real cost (every attempt and rung) replaces its reservation."""
+    def _adopt(self, session_id: str | None, adm: Admission) -> None:
+        """Take the backend's pin and cooldowns into the local tables the engine and executor read."""
+        now = time.time()
+        if session_id and adm.pin is not None:
+            self.pins.set(session_id, adm.pin, now)
+        for model, until in adm.cooling.items():
+            self.health.cool(model, now + (until - adm.now))  # the backend's clock, mapped onto ours
+
+    def settle(self, call: Call) -> None:
+        """The request is over: its real cost (every attempt and rung) replaces its reservation, and a shared
+        backend learns the pin and cooldowns it set."""
+        record = call.record
         per_model: dict[str, float] = {}
         for a in record.attempts:
             per_model[a.model] = per_model.get(a.model, 0.0) + a.cost_usd
-        self.state.settle(Settlement(record.id, record.cost.total_usd, record.usage.total_tokens, per_model))
+        cool = {m: self.cfg.retry.cooldown_s for m in call.cooldowns}
+        self.state.settle(Settlement(record.id, record.cost.total_usd, record.usage.total_tokens, per_model,
+                                     call.session_id, call.new_pin, cool))
 
     def settle_nothing(self, request_id: str) -> None:
         """Admitted, then refused before any upstream call: release the reservation."""

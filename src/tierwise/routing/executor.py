@@ -78,7 +78,9 @@ class Call:
     prior: dict[str, float] | None = None  # a learned router's predicted quality per model, when the tier has one
     excluded: Mapping[str, str] = field(default_factory=dict)  # models governance left out, with why (cascade rungs)
     budget: str | None = None  # the budget step that degraded the plan, for the x-tierwise-budget header
-    reserved: bool = False  # budgets or rate limits were admitted: the state backend awaits a settle
+    reserved: bool = False  # the state backend admitted this request: it awaits a settle
+    new_pin: str | None = None  # the session was (re-)pinned to this model: shared with other replicas at settle
+    cooldowns: list[str] = field(default_factory=list)  # models this request put in cooldown (shared at settle)
     started: float = field(default_factory=time.perf_counter)  # for the request's total latency
 
 
@@ -187,6 +189,7 @@ class Executor:
         )
         if err.kind is not ErrorKind.CLIENT and self.health.record_failure(model, time.time()):
             call.record.notes.append(f"{model}: cooldown {self.cfg.retry.cooldown_s:g}s after repeated failures")
+            call.cooldowns.append(model)
 
     def _succeed(self, call: Call, model: str, ttft_ms: float | None) -> None:
         self.health.record_success(model, ttft_ms, time.time())
@@ -196,6 +199,7 @@ class Executor:
             pinned = call.decision.pinned
             if pinned != model:
                 self.pins.set(call.session_id, model, time.time())
+                call.new_pin = model
                 if pinned is not None:
                     why = next((a.outcome for a in reversed(rec.attempts) if a.model == pinned), "unavailable")
                     rec.notes.append(f"session re-pinned from {pinned} to {model}: {pinned} {why}")
@@ -325,7 +329,8 @@ class Executor:
         """An empty length-truncated answer is a failure (still billed, and booked as such)."""
         att.outcome = ErrorKind.EMPTY_LENGTH.value
         att.error = "finish_reason=length with empty content"
-        self.health.record_failure(model, time.time())
+        if self.health.record_failure(model, time.time()):
+            call.cooldowns.append(model)
         return UpstreamError(
             ErrorKind.EMPTY_LENGTH,
             f"model '{model}' hit its completion limit before producing any content "

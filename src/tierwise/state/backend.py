@@ -59,6 +59,8 @@ class Admission:
     reserved_usd: float = 0.0
     refused: str | None = None  # e.g. "rate limit key:k1 rpm 60" or "budget customer:acme daily $10.00"
     retry_after_s: float | None = None
+    pin: str | None = None  # shared backends: the session's model pin held by the backend
+    cooling: dict[str, float] = field(default_factory=dict)  # shared backends: model -> cooldown end (backend clock)
 
 
 @dataclass(slots=True)
@@ -67,11 +69,20 @@ class Settlement:
     cost_usd: float  # what the request really cost (every rung and attempt billed)
     tokens: int  # prompt + completion tokens actually used (for tpm)
     models: dict[str, float] = field(default_factory=dict)  # cost per model (for model caps)
+    session_id: str | None = None
+    pin: str | None = None  # the session was (re-)pinned to this model during the request
+    cooldowns: dict[str, float] = field(default_factory=dict)  # models put in cooldown -> for how many seconds
 
 
 class StateBackend(Protocol):
+    #: True when session pins and model cooldowns live in the backend (several replicas share them): then every
+    #: request is admitted (to read them) and settled (to share what it changed). The memory backend keeps them
+    #: in the process's own pin table and health state instead.
+    shares_routing_state: bool
+
     async def admit(self, request_id: str, caps: Sequence[Cap], limits: Sequence[RateLimit], reserve_usd: float,
-                    tokens: int, block_at: dict[str, float], ttl_s: float) -> Admission:
+                    tokens: int, block_at: dict[str, float], ttl_s: float, session_id: str | None = None,
+                    models: Sequence[str] = ()) -> Admission:
         """Atomically: check the rate limits (consume one request and ``tokens``), check every cap (refuse when
         settled + reserved spend of a period has reached ``block_at[scope]`` × its cap), and reserve
         ``reserve_usd`` against every cap for ``ttl_s`` (a reservation whose request never settles — its process

@@ -85,6 +85,11 @@ class MemoryHealth:
             return True
         return False
 
+    def cool(self, model: str, until: float) -> None:
+        """A cooldown another replica started (shared state): hold it here until ``until``."""
+        h = self._get(model)
+        h.cooldown_until = max(h.cooldown_until, until)
+
     def ttft_ms(self, model: str) -> float | None:
         h = self._models.get(model)
         return None if h is None else h.ttft_ewma_ms

@@ -41,6 +41,8 @@ class _Reservation:
 
 
 class MemoryStateBackend:
+    shares_routing_state = False  # pins and cooldowns stay in the process's own tables
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
@@ -54,7 +56,8 @@ class MemoryStateBackend:
         self._pruned_minute = 0
 
     async def admit(self, request_id: str, caps: Sequence[Cap], limits: Sequence[RateLimit], reserve_usd: float,
-                    tokens: int, block_at: dict[str, float], ttl_s: float) -> Admission:
+                    tokens: int, block_at: dict[str, float], ttl_s: float, session_id: str | None = None,
+                    models: Sequence[str] = ()) -> Admission:
         with self._lock:
             now = self._clock()
             self._expire(now)
