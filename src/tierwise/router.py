@@ -18,6 +18,7 @@ from tierwise.config.load import load_config
 from tierwise.config.schema import TierwiseConfig
 from tierwise.errors import APIError
 from tierwise.governance import ANONYMOUS
+from tierwise.requests import take_tags
 from tierwise.routing.engine import RouteRequest
 from tierwise.routing.executor import Call
 from tierwise.service import Tierwise
@@ -65,11 +66,13 @@ class Router:
         """Validate and route; a request refused here is booked too (status ``rejected``), as the gateway does, so
         every request has exactly one ledger record."""
         svc = self.service
+        tags = params.pop("tags", None)
         req, route = self._request(body, params, stream)
         try:
             if req is None:
                 raise APIError(400, f"the request body must be a dict (an OpenAI request object), not "
                                     f"{type(body).__name__}", code="invalid_request")
+            route.tags = take_tags(req, tags, where="tags")
             return await svc.begin(req, route)
         except APIError as err:
             svc.reject(err, ANONYMOUS, req, route)
@@ -87,7 +90,9 @@ class Router:
 
     async def acomplete(self, body: JSON | None = None, **params: Any) -> JSON:
         """A chat completion. ``body`` is an OpenAI request dict; keyword params are merged into it.
-        ``task=`` picks a tier explicitly, ``session_id=`` pins a session. Raises :class:`tierwise.APIError`."""
+        ``task=`` picks a tier explicitly, ``session_id=`` pins a session, ``tags=`` (a dict of strings, or
+        ``"key=value,key=value"``) labels the ledger record, merged over the body's ``metadata`` as the gateway merges
+        the ``X-Tierwise-Tags`` header. Raises :class:`tierwise.APIError`."""
         call = await self._begin(body, params, stream=False)
         return (await self.service.complete(call)).body
 
