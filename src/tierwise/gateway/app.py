@@ -31,6 +31,8 @@ from aiohttp.web_request import BaseRequest
 
 from tierwise.errors import APIError
 from tierwise.governance import ANONYMOUS, Principal
+from tierwise.governance.auth import Authenticator, AuthFailure, AuthUnavailable
+from tierwise.governance.keys import hash_key
 from tierwise.requests import MAX_NAME_CHARS, TAGS_HEADER, check_request_limits, parse_json_body, take_tags
 from tierwise.routing.engine import RouteRequest, RoutingError
 from tierwise.routing.executor import Call, count_fallbacks
@@ -41,6 +43,7 @@ from tierwise.types import JSON, LedgerRecord
 log = logging.getLogger("tierwise.gateway")
 
 SVC_KEY: web.AppKey[Tierwise] = web.AppKey("tierwise", Tierwise)
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("tierwise.gateway")
 _JSON = "application/json"
 
 #: Longest credential read from Authorization / x-api-key; a longer one is refused outright (never cut: a cut token
@@ -50,6 +53,10 @@ MAX_KEY_CHARS = 1024
 
 def _json(status: int, body: JSON, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
+
+
+def _unauthorized(message: str) -> APIError:
+    return APIError(401, message, type="authentication_error", code="invalid_api_key")
 
 
 def _error(err: APIError, request_id: str | None = None) -> web.Response:
@@ -177,22 +184,56 @@ class Gateway:
     def __init__(self, svc: Tierwise) -> None:
         self.svc = svc
         self.keys = load_static_keys(svc.cfg.server.api_keys_env)
+        # static keys looked up by their SHA-256, as virtual keys are: no secret compared byte by byte
+        self._static = None if self.keys is None else {hash_key(k): kid for k, kid in self.keys.items()}
         self._static_principals: dict[str, Principal] = {}
+        self.key_mode = svc.cfg.governance.keys
+        # virtual keys (governance.keys: required/optional): loaded at start-up (on_startup), refreshed in a thread
+        self.auth: Authenticator | None = None if self.key_mode == "off" else Authenticator.from_config(svc.cfg)
         self.max_body = svc.cfg.server.max_body_bytes
         self.body_timeout_s = svc.cfg.server.body_timeout_s
         self.started = time.time()
         self.shutting_down = False
 
-    def _principal(self, request: web.Request) -> Principal:
-        if self.keys is None:
+    async def _principal(self, request: web.Request) -> Principal:
+        """Who is calling. A key from ``server.api_keys_env`` (static) is checked first, then a virtual key
+        (``governance.keys``). No key: the anonymous principal with ``governance.keys: optional`` or on an open
+        gateway (neither configured: whatever is sent is ignored), else 401. A key that matches nothing: 401."""
+        if self._static is None and self.auth is None:
             return ANONYMOUS
         auth = request.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-        kid = self.keys.get(clean_text(token)) if len(token) <= MAX_KEY_CHARS else None
-        if kid is None:
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           type="authentication_error", code="invalid_api_key")
-        return self._static_principals.setdefault(kid, Principal(kid, key_id=kid))
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "").strip()
+        if not token:
+            if self.key_mode == "optional":
+                return ANONYMOUS
+            raise _unauthorized("missing API key (send 'Authorization: Bearer <key>')")
+        if len(token) > MAX_KEY_CHARS:
+            raise _unauthorized("invalid API key")
+        if self._static is not None:
+            kid = self._static.get(hash_key(token))
+            if kid is not None:
+                return self._static_principals.setdefault(kid, Principal(kid, key_id=kid))
+        if self.auth is None:
+            raise _unauthorized("invalid API key")
+        try:
+            return await self.auth.authenticate(token)
+        except AuthFailure as exc:
+            raise _unauthorized(str(exc)) from None
+        except AuthUnavailable:
+            raise APIError(503, "cannot verify the API key right now (the governance store is unreachable); retry",
+                           type="server_error", code="auth_unavailable") from None
+
+    def _usable_tiers(self, principal: Principal) -> list[str]:
+        """Tiers the principal may use: allowed, and with at least one model (or the fallback) it may use."""
+        cfg = self.svc.cfg
+        out = []
+        for name, tier in cfg.tiers.items():
+            if principal.refuses_tier(name):
+                continue
+            pool = [*tier.models, tier.fallback or cfg.fallback_model]
+            if any(not principal.refuses_model(m) for m in pool):
+                out.append(name)
+        return out
 
     async def _body(self, request: web.Request) -> JSON:
         length = request.content_length
@@ -251,7 +292,7 @@ class Gateway:
             session_id=_header(request, "X-Session-Id"),
         )
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
             body = await self._body(request)
             route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))  # metadata + X-Tierwise-Tags
             self._precheck(body, route)
@@ -311,15 +352,16 @@ class Gateway:
 
     async def models(self, request: web.Request) -> web.Response:
         try:
-            self._principal(request)
+            principal = await self._principal(request)
         except APIError as err:
             return _error(err)
         cfg = self.svc.cfg
         created = int(self.started)
-        data = [{"id": "auto", "object": "model", "created": created, "owned_by": "tierwise"}]
-        data += [{"id": t, "object": "model", "created": created, "owned_by": "tierwise-tier"} for t in cfg.tiers]
+        tiers = self._usable_tiers(principal)  # only what this caller may use
+        data = [{"id": "auto", "object": "model", "created": created, "owned_by": "tierwise"}] if tiers else []
+        data += [{"id": t, "object": "model", "created": created, "owned_by": "tierwise-tier"} for t in tiers]
         data += [{"id": m, "object": "model", "created": created, "owned_by": mc.provider}
-                 for m, mc in cfg.models.items()]
+                 for m, mc in cfg.models.items() if not principal.refuses_model(m)]
         return _json(200, {"object": "list", "data": data})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -447,6 +489,23 @@ def create_app(svc: Tierwise) -> web.Application:
     app = web.Application(middlewares=[_json_errors], client_max_size=svc.cfg.server.max_body_bytes)
     _answer_protocol_errors_in_json(app, lambda err: svc.reject(err, None, None, None))
     app[SVC_KEY] = svc
+    app[GATEWAY_KEY] = gw
+    if gw.auth is not None:
+        auth = gw.auth
+
+        async def _start_auth(app: web.Application) -> None:
+            await asyncio.to_thread(auth.start)  # opens the store and loads the keys, off the event loop
+
+        async def _stop_auth(app: web.Application) -> None:
+            await asyncio.to_thread(auth.close)
+
+        app.on_startup.append(_start_auth)
+        app.on_cleanup.append(_stop_auth)
+    admin = svc.cfg.admin
+    if admin is not None and admin.enabled and admin.same_listener:  # only when configured: never by default
+        from tierwise.gateway.admin import admin_key_from_env, create_admin_app
+
+        app.add_subapp("/admin", create_admin_app(svc.cfg, admin_key_from_env(svc.cfg), gateway=gw))
     app.router.add_post("/v1/chat/completions", gw.chat)
     # Any segment is a tier name to look up (an unknown one is a booked 404 naming it): aiohttp's default pattern
     # excludes '{' and '}', which turned '/v1/tiers/%7B/…' into an unrouted, unbooked 404.
