@@ -68,3 +68,21 @@ async def test_a_cascade_skips_rungs_the_caller_may_not_use(svc) -> None:
     assert result.record.model == "large" and [a.model for a in result.record.attempts] == ["large"]
     assert "rung 0 (small) left out: not allowed for this API key" in result.record.notes
     assert up.calls == 1  # small was never called
+
+
+async def test_value_tiers_reserve_flagship_models_for_premium_callers(tmp_path: Path) -> None:
+    with FakeUpstream() as up:
+        cfg = config_for(up.base_url, tmp_path)
+        cfg.models["large"].value_tiers = ["premium"]
+        s = Tierwise(cfg)
+        try:
+            premium = await s.begin(dict(MSG), RouteRequest(task_header="chat"), Principal("p", value_tier="premium"))
+            assert premium.decision.candidates[0] == "large"
+            free = await s.begin(dict(MSG), RouteRequest(task_header="chat"), Principal("f", value_tier="free"))
+            assert free.decision.candidates == ["small", "fb"]
+            assert "large left out: reserved for value tiers premium" in free.record.notes
+            with pytest.raises(APIError) as e:
+                await s.begin({**MSG, "model": "large"}, RouteRequest(), Principal("f", value_tier="free"))
+            assert e.value.status == 403 and "reserved for value tiers premium" in e.value.message
+        finally:
+            await s.aclose()

@@ -73,3 +73,36 @@ fallback_model: a
     msg = str(ei.value)
     assert "tiers.smart.learned.artifact" in msg and "gpt-3.5-turbo" in msg
     assert "tiers.broken.learned.artifact" in msg and "not found" in msg
+
+
+def test_margin_routing_maximises_revenue_times_quality_minus_cost(artifact: Path) -> None:
+    """A caller with revenue per request gets argmax R·q − c among models reaching the floor (λ = 1/R)."""
+    from tierwise.routing.engine import RouteRequest, RoutingEngine
+    from tierwise.state import MemoryHealth, MemorySessionPins
+
+    cfg = load_config_text(f"""
+providers: {{p: {{format: openai, base_url: "http://127.0.0.1:9/v1", api_key: k}}}}
+models:
+  gpt-3.5-turbo: {{provider: p, price: {{input: 0.5, output: 1.5}}}}
+  gpt-4: {{provider: p, price: {{input: 30, output: 60}}}}
+tiers:
+  smart: {{policy: learned, models: {MODELS}, learned: {{artifact: "{artifact}", knob: 0.5, quality_floor: 0.6}}}}
+default_tier: smart
+fallback_model: gpt-3.5-turbo
+""", env={})
+    router = load_router(artifact, MODELS)
+    engine = RoutingEngine(cfg, MemorySessionPins(60), MemoryHealth(3, 30), None, {"smart": router})
+    test = load_set("mot/date").split("test")
+    pred = router.predict([p.prompt for p in test.prompts])
+    for revenue in (0.001, 0.05, 10.0):
+        served = []
+        for q in pred:
+            req = RouteRequest(task_header="smart", predicted=q, revenue_usd=revenue)
+            served.append(engine.decide(req, {}, 0.0, lambda m: 0.0).candidates[0])
+        margin = revenue * pred - router.mean_cost[None, :]
+        ok = pred >= 0.6
+        expect = [MODELS[int(np.argmax(np.where(o, m, -np.inf)))] if o.any() else MODELS[int(np.argmax(q))]
+                  for m, o, q in zip(margin, ok, pred, strict=True)]
+        assert served == expect
+    # low revenue keeps traffic on the cheap model, high revenue buys quality where it is predicted
+    assert served.count("gpt-4") > 0

@@ -127,6 +127,7 @@ class Tierwise:
         self.governor = Governor(cfg, state if state is not None else MemoryStateBackend(), self.pins, self.health)
         # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
+        self._value_tiered = any(m.value_tiers is not None for m in cfg.models.values())
         self._log_prompts = cfg.server.log_prompts
         # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
         self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
@@ -165,8 +166,10 @@ class Tierwise:
             raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
         # exact now that the tier is known (the gateway's pre-check must assume the widest tier for classified 'auto')
         check_request_limits(body, self.cfg, tier, route.requested_model if tier is None else None)
-        check_tier(principal, tier, route.requested_model if tier is None else None)
-        excluded = excluded_models(principal, self._tier_models[tier]) if tier is not None else None
+        check_tier(principal, tier, route.requested_model if tier is None else None, self.cfg)
+        excluded = (excluded_models(principal, self._tier_models[tier], self.cfg)
+                    if tier is not None and (principal.allowed_models is not None or self._value_tiered) else None)
+        route.revenue_usd = principal.revenue_per_request_usd
         if route.predicted is None and tier in self._predictors:
             text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
             loop = asyncio.get_running_loop()

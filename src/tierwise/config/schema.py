@@ -92,6 +92,10 @@ class ModelConfig(_Strict):
     )
     reasoning: bool = False
     completion_floor: PositiveInt = Field(default=4096, description="min max_tokens for reasoning models")
+    value_tiers: list[str] | None = Field(
+        default=None,
+        description="only callers of these value tiers (e.g. [premium]) may use this model; unset: every caller",
+    )
     expected_output_tokens: PositiveInt = Field(default=256, description="completion length used in estimates")
     tokenizer: str | None = Field(default=None, description="tiktoken encoding for estimates (auto if unset)")
     # llamacpp only
@@ -140,6 +144,10 @@ class LearnedConfig(_Strict):
         description="threshold: cheapest model whose predicted quality >= knob; lambda: max predicted quality - knob x cost",
     )
     knob: float = Field(default=0.7, ge=0, description="the threshold, or lambda (per USD of mean request cost)")
+    quality_floor: float | None = Field(
+        default=None, ge=0, le=1,
+        description="margin routing (callers with revenue_per_request_usd): predicted quality a model must reach",
+    )
 
 
 class RungConfig(_Strict):

@@ -53,6 +53,7 @@ class RouteRequest:
     classifier_ran: bool = False
     predicted: Sequence[float] | None = None  # a learned router's predicted quality per model of the tier's router
     tags: dict[str, str] = field(default_factory=dict)  # the caller's tags for the ledger (requests.take_tags)
+    revenue_usd: float | None = None  # what the caller earns per request: learned tiers then maximise margin
 
 
 @dataclass(slots=True)
@@ -142,7 +143,7 @@ class RoutingEngine:
             return Decision(None, "direct", direct, "direct", direct=True)
         tcfg = self.cfg.tiers[tier]
         if tcfg.policy == "learned":
-            ordered = self._learned_order(tier, req.predicted)
+            ordered = self._learned_order(tier, req.predicted, req.revenue_usd)
         else:
             ordered = self._order(tcfg.models, tcfg.policy, estimate_cost)
         fallback = tcfg.fallback or self.cfg.fallback_model
@@ -172,8 +173,13 @@ class RoutingEngine:
             return sorted(models, key=lambda m: self.health.ttft_ms(m) or 0.0)
         return list(models)
 
-    def _learned_order(self, tier: str, predicted: Sequence[float] | None) -> list[str]:
-        """The router's choice first, then the other models by predicted quality (best first) as fallbacks."""
+    def _learned_order(self, tier: str, predicted: Sequence[float] | None, revenue: float | None = None) -> list[str]:
+        """The router's choice first, then the other models by predicted quality (best first) as fallbacks.
+
+        With the caller's revenue per request known, the choice maximises expected margin instead of the tier's
+        rule: revenue × predicted quality − expected cost, i.e. the λ rule with λ = 1 / revenue, among the models
+        whose predicted quality reaches the tier's ``quality_floor`` (the best predicted when none does).
+        """
         router = self.routers[tier]
         if predicted is None:
             raise ValueError(f"tier '{tier}' has a learned policy but no prediction was made for this request")
@@ -182,7 +188,14 @@ class RoutingEngine:
         learned = self.cfg.tiers[tier].learned
         assert learned is not None
         pred = np.asarray(predicted, dtype=float)
-        chosen = router.models[int(router.choose(pred[None, :], learned.rule, learned.knob)[0])]
+        rule, knob, allowed = learned.rule, learned.knob, None
+        if revenue:
+            rule, knob = "lambda", 1.0 / revenue
+            if learned.quality_floor is not None:
+                allowed = [m for m, q in zip(router.models, pred, strict=True) if q >= learned.quality_floor]
+                if not allowed:
+                    allowed, knob = None, 0.0  # nothing reaches the floor: the best predicted model
+        chosen = router.models[int(router.choose(pred[None, :], rule, knob, allowed)[0])]
         rest = [router.models[i] for i in np.argsort(-pred, kind="stable") if router.models[i] != chosen]
         return [chosen, *rest]
 
