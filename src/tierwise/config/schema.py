@@ -356,6 +356,22 @@ class BudgetsConfig(_Strict):
         return self
 
 
+class AnomalyConfig(_Strict):
+    """Spend-rate anomaly detection per principal and model (see :mod:`tierwise.governance.anomaly`)."""
+
+    enabled: bool = True
+    bucket_s: float = Field(default=300, gt=0, description="spend is summed in buckets of this many seconds")
+    history_buckets: int = Field(default=288, ge=4, description="buckets of history the baseline is taken from")
+    min_buckets: int = Field(default=12, ge=3, description="history needed before anything is flagged")
+    k: float = Field(default=6.0, gt=0, description="alarm at median + k x 1.4826 x MAD of past buckets")
+    min_usd: float = Field(default=0.5, ge=0, description="never alarm below this spend per bucket")
+    webhook_url: str | None = Field(default=None, description="POST every alert here (JSON)")
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    tighten: Literal["none", "cheaper", "fallback_only", "block"] = Field(
+        default="none", description="hold an anomalous principal to this budget step")
+    tighten_for_s: float = Field(default=3600, gt=0)
+
+
 class StateConfig(_Strict):
     backend: Literal["memory"] = Field(default="memory", description="where budgets and rate limits are counted")
 
@@ -417,6 +433,7 @@ class TierwiseConfig(_Strict):
     sessions: SessionConfig = Field(default_factory=SessionConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    anomalies: AnomalyConfig = Field(default_factory=AnomalyConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     admin: AdminConfig | None = Field(default=None, description="the admin API; absent or null: off")
