@@ -142,6 +142,35 @@ def serve(cfg: TierwiseConfig, host: str | None = None, port: int | None = None,
         runner.run(_serve(cfg, h, p, shutdown_timeout_s, startup))
 
 
+def _setup_failure(exc: BaseException) -> str:
+    from tierwise.governance.store import GovernanceError
+
+    if isinstance(exc, GovernanceError):
+        return exc.message  # names the store and what failed, never a key or a password
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _start_admin(cfg: TierwiseConfig, app: web.Application, runner: web.AppRunner) -> web.AppRunner | None:
+    """The admin API on its own listener (``admin:`` configured, not ``same_listener``); on failure the public
+    runner is cleaned up and a :class:`StartupError` raised."""
+    if cfg.admin is None or not cfg.admin.enabled or cfg.admin.same_listener:
+        return None
+    from tierwise.gateway.admin import admin_key_from_env, start_admin
+    from tierwise.gateway.app import GATEWAY_KEY
+
+    a = cfg.admin
+    try:
+        admin_runner, bound = await start_admin(cfg, admin_key_from_env(cfg), gateway=app[GATEWAY_KEY])
+    except Exception as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):
+            raise StartupError(f"cannot listen on {a.host}:{a.port} for the admin API: {exc.strerror or exc}; free "
+                               "the port or set admin.port / admin.host") from None
+        raise StartupError(f"cannot start the admin API: {_setup_failure(exc)}") from None
+    print(f"tierwise: admin API on http://{a.host}:{bound}/admin", file=sys.stderr, flush=True)
+    return admin_runner
+
+
 async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: float, startup: Startup) -> None:
     from tierwise.gateway.app import create_app
     from tierwise.service import Tierwise
@@ -164,11 +193,19 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
     runner = web.AppRunner(app, handle_signals=False, access_log=None,  # the ledger is the access log
                            handler_cancellation=True,  # a client that disconnects cancels its handler: booked at once
                            shutdown_timeout=1.0)  # after the drain: what is still running is cancelled, fast
-    await runner.setup()
+    try:
+        await runner.setup()  # on_startup: virtual keys loaded from the governance store
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise StartupError(_setup_failure(exc)) from None
+    admin_runner = await _start_admin(cfg, app, runner)  # its own listener (before the public one opens)
     site = web.TCPSite(runner, host, port)
     try:
         await site.start()
     except OSError as exc:
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await runner.cleanup()  # closes the service: the ledger flushes
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; free the port or set "
                            "server.port / --port (and server.host / --host)") from None
@@ -187,6 +224,9 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
         await stop.wait()
         await drain.run(site, shutdown_timeout_s, force)
     finally:
+        if admin_runner is not None:
+            with contextlib.suppress(Exception):
+                await admin_runner.cleanup()  # the admin listener closes with the public one
         await runner.cleanup()  # idle connections close, on_shutdown/on_cleanup run: the ledger flushes
         with contextlib.suppress(Exception):
             for sig in (signal.SIGTERM, signal.SIGINT):
