@@ -47,6 +47,7 @@ def check_startup(cfg: TierwiseConfig, env: dict[str, str] | None = None) -> Sta
     out = Startup()
     out.providers = _check_providers(cfg, env, out.problems)
     _check_api_keys(cfg, env, out.problems)
+    _check_governance(cfg, env, out.problems)
     try:
         from tierwise.pricing import PriceBook
 
@@ -127,6 +128,27 @@ def _check_api_keys(cfg: TierwiseConfig, env: dict[str, str], problems: list[Con
         load_static_keys(name, env)
     except ValueError as exc:
         problems.append(ConfigProblem("server.api_keys_env", f"{exc} (set it to 'id:key,id:key')"))
+
+
+def _check_governance(cfg: TierwiseConfig, env: dict[str, str], problems: list[ConfigProblem]) -> None:
+    """Virtual keys and the admin API: the admin key is set, the admin listener is not the public one, and the
+    governance store can be opened (checked without creating anything)."""
+    admin = cfg.admin if cfg.admin is not None and cfg.admin.enabled else None
+    if cfg.governance.keys == "off" and admin is None:
+        return
+    if admin is not None:
+        from tierwise.gateway.admin import admin_key_problem
+
+        if problem := admin_key_problem(cfg, env):
+            problems.append(ConfigProblem("admin.api_key_env", problem))
+        if not admin.same_listener and admin.port == cfg.server.port and admin.port != 0:
+            problems.append(ConfigProblem(
+                "admin.port", f"the admin API cannot share the public port {admin.port}: give it its own port, or "
+                "set admin.same_listener: true to mount it under /admin on the public listener"))
+    from tierwise.governance.store import store_problem
+
+    if found := store_problem(cfg):
+        problems.append(ConfigProblem(*found))
 
 
 def _check_routers_and_gates(cfg: TierwiseConfig, problems: list[ConfigProblem]) -> None:
