@@ -23,6 +23,7 @@ from tierwise.errors import APIError, from_upstream
 from tierwise.governance import ANONYMOUS, UNAUTHENTICATED, Principal
 from tierwise.governance.access import check_tier, excluded_models, no_model_left
 from tierwise.governance.admission import Governed, Governor
+from tierwise.governance.anomaly import AnomalyDetector, alerts_path
 from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook, RequestEstimator
 from tierwise.providers.base import Provider
@@ -124,7 +125,9 @@ class Tierwise:
         self.providers = providers if providers is not None else build_providers(cfg)
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
         self.ledger = ledger if ledger is not None else open_ledger(cfg.ledger)
-        self.governor = Governor(cfg, state if state is not None else MemoryStateBackend(), self.pins, self.health)
+        self.anomalies = AnomalyDetector(cfg.anomalies, alerts_path(cfg.ledger))
+        self.governor = Governor(cfg, state if state is not None else MemoryStateBackend(), self.pins, self.health,
+                                 self.anomalies)
         # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._value_tiered = any(m.value_tiers is not None for m in cfg.models.values())
@@ -139,6 +142,7 @@ class Tierwise:
             except Exception:  # one provider failing to close must not keep the ledger from flushing
                 log.exception("provider close failed")
         self._classify_pool.shutdown(wait=False, cancel_futures=True)
+        await self.anomalies.aclose()  # alerts already raised still reach their webhook
         await asyncio.to_thread(self._close_ledger)
 
     def _close_ledger(self) -> None:
@@ -277,6 +281,8 @@ class Tierwise:
         rec.fallbacks = count_fallbacks(rec.attempts, rec.model)
         if call.reserved:
             self.governor.settle(call)
+        if rec.cost.total_usd > 0:
+            self.anomalies.observe(rec.principal, rec.model or "-", rec.cost.total_usd, time.time())
         self.ledger.submit(rec)
 
     def _fail(self, call: Call, started: float, exc: BaseException) -> APIError:

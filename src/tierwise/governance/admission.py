@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from tierwise.config.schema import TierwiseConfig
 from tierwise.errors import APIError
+from tierwise.governance.anomaly import AnomalyDetector
 from tierwise.governance.budgets import Grade, caps_for, exclusions, grade, limits_for
 from tierwise.governance.principal import Principal
 from tierwise.pricing import RequestEstimator
@@ -23,6 +24,9 @@ from tierwise.routing.executor import Call
 from tierwise.state.backend import Admission, Settlement, StateBackend
 from tierwise.state.memory import MemoryHealth, MemorySessionPins
 from tierwise.types import LedgerRecord
+
+_STRICTNESS = {None: 0, "cheaper": 1, "fallback_only": 2}
+_HELD = {"cheaper": "cheaper models only", "fallback_only": "the tier's fallback model only"}
 
 
 @dataclass(slots=True)
@@ -39,21 +43,28 @@ class Governor:
     calls also bring the session's pin and the models' cooldowns into this process's tables before the engine
     decides, and share what the request changed when it settles."""
 
-    def __init__(self, cfg: TierwiseConfig, state: StateBackend, pins: MemorySessionPins, health: MemoryHealth) -> None:
+    def __init__(self, cfg: TierwiseConfig, state: StateBackend, pins: MemorySessionPins, health: MemoryHealth,
+                 anomalies: AnomalyDetector) -> None:
         self.cfg = cfg
         self.state = state
         self.pins = pins
         self.health = health
+        self.anomalies = anomalies
 
     async def admit(self, record: LedgerRecord, principal: Principal, tier: str | None, models: Sequence[str],
                     estimate: RequestEstimator) -> Governed:
         """Raise 429 (naming the budget or rate limit, with ``Retry-After``) when the request must wait; else
         return what the budgets do to its plan."""
+        held = self.anomalies.held_step(principal.name, time.time()) if self.anomalies.held_any else None
+        if held == "block":
+            raise APIError(429, f"requests of '{principal.name}' are held after a spend anomaly; the operator has "
+                           "been alerted", type="insufficient_quota", code="spend_anomaly",
+                           headers={"Retry-After": str(math.ceil(self.cfg.anomalies.tighten_for_s))})
         caps = caps_for(principal, self.cfg.budgets, models)
         limits = limits_for(principal)
         shared = self.state.shares_routing_state
         if not caps and not limits and not shared:
-            return Governed()
+            return self._held(held, tier, models, estimate) if held else Governed()
         costs = {m: estimate(m) for m in models}
         reserve = self._worst_case(tier, costs) if caps else 0.0
         tokens = max(estimate.usage(m).total_tokens for m in models) if limits else 0
@@ -69,8 +80,10 @@ class Governor:
                 type="rate_limit_error" if is_rate else "insufficient_quota",
                 code="rate_limit_exceeded" if is_rate else "budget_exceeded", headers={"Retry-After": retry})
         g = grade(caps, adm, self.cfg.budgets)
+        if held and _STRICTNESS[held] > _STRICTNESS[g.step]:
+            g = Grade(held, f"principal:{principal.name}", 0.0, f"spend anomaly: {_HELD[held]}", g.spent_models)
         out = Governed(grade=g, admitted=True)
-        if not caps:
+        if not caps and not held:
             return out
         if tier is None:  # the caller named the model: steps do not swap it, a spent model budget refuses it
             if g.spent_models & set(models):
@@ -81,6 +94,15 @@ class Governor:
         t = self.cfg.tiers[tier]
         out.excluded = exclusions(g.step, models, t.fallback or self.cfg.fallback_model, costs, g.spent_models, g.why)
         return out
+
+    def _held(self, step: str, tier: str | None, models: Sequence[str], estimate: RequestEstimator) -> Governed:
+        """No budget governs the request, but a spend anomaly holds its principal to ``step``."""
+        g = Grade(step, "anomaly", 0.0, f"spend anomaly: {_HELD[step]}")
+        if tier is None:
+            return Governed(grade=g)
+        t = self.cfg.tiers[tier]
+        costs = {m: estimate(m) for m in models}
+        return Governed(exclusions(step, models, t.fallback or self.cfg.fallback_model, costs, frozenset(), g.why), g)
 
     def _worst_case(self, tier: str | None, costs: dict[str, float]) -> float:
         cascade = self.cfg.tiers[tier].cascade if tier is not None else None
