@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lab_parsers(sub)
     add_train_parsers(sub)
+    from tierwise.governance.cli import add_parsers as add_governance_parsers  # keys, principals
+
+    add_governance_parsers(sub)
     return ap
 
 
