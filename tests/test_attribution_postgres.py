@@ -1,4 +1,6 @@
-"""Attribution in the PostgreSQL ledger: layout version 2 migrated in place from version 1 with its rows kept.
+"""Attribution in the PostgreSQL ledger: layout version 2 migrated in place from version 1 with its rows kept, and
+``tierwise spend`` aggregated by the server (GROUP BY, jsonb_each_text, UTC buckets) equal to the rows' plain sums,
+to its totals and to the SQLite store's answer.
 
 Same server and per-test schema as tests/test_ledger_postgres.py (skipped when the server is unreachable, a failure
 under ``TIERWISE_NO_SKIPS=1``).
@@ -6,14 +8,20 @@ under ``TIERWISE_NO_SKIPS=1``).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.spend_data import MIDNIGHT, MONTH_END
 from tests.test_ledger_attribution import V1_COLUMNS, unattributed, v1_row
-from tests.test_ledger_postgres import _DOWN, PG, pg  # noqa: F401 - the fixture
+from tests.test_ledger_postgres import _DOWN, PG, _pg_config, pg  # noqa: F401 - the fixture
 from tests.test_ledger_store import make_record
-from tierwise.ledger import COLUMN_NAMES
+from tests.test_spend import BYS, ROWS, approx, check
+from tierwise.ledger import COLUMN_NAMES, SQLiteLedgerStore
+from tierwise.ledger.spend import METRICS, SpendQuery
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg.types.json import Jsonb  # noqa: E402
@@ -85,3 +93,46 @@ def test_a_version_1_ledger_is_migrated_in_place_with_its_rows_kept(pg: PG, tmp_
     assert set(cols) == {*COLUMN_NAMES, "seq"} and cols["tags"] == "jsonb" and cols["customer"] == "text"
     pg.store().close()  # opening a migrated ledger again changes nothing
     assert pg.query(f'SELECT version FROM "{pg.schema}".{VERSIONS_TABLE}') == [(2,)]
+
+
+def test_spend_is_aggregated_by_the_server_and_equals_the_rows_and_sqlite(pg: PG, tmp_path: Path) -> None:  # noqa: F811
+    store = pg.store()
+    lite = SQLiteLedgerStore(tmp_path / "l.db")
+    try:
+        store.write_batch(ROWS)
+        lite.write_batch(ROWS)
+        for by, tag_key in BYS:
+            for since, until in ((None, None), (MIDNIGHT, MONTH_END), (MONTH_END - 0.0004, MONTH_END + 0.5)):
+                q = SpendQuery(by, since, until, tag_key)
+                report = store.spend(q)
+                check(report, by, since, until, tag_key)
+                other = lite.spend(q)
+                assert [g.group for g in report.groups] == [g.group for g in other.groups]  # same order too
+                assert [g.metrics() for g in report.groups] == [approx(g.metrics()) for g in other.groups]
+        edge = store.spend(SpendQuery(("day",), MONTH_END - 0.0004, MONTH_END + 0.5))
+        assert [(g.group, g.requests) for g in edge.groups] == [(("2026-11-30",), 8), (("2026-12-01",), 8)]
+    finally:
+        store.close()
+        lite.close()
+
+
+def test_spend_cli_reads_postgres(pg: PG, tmp_path: Path) -> None:  # noqa: F811
+    store = pg.store()
+    store.write_batch(ROWS)
+    store.close()
+    cfg = _pg_config(tmp_path, pg.dsn, pg.schema)
+    r = subprocess.run([sys.executable, "-m", "tierwise.cli", "spend", "-c", str(cfg), "--by", "customer",
+                        "--by", "month", "--since", "2026-11", "--until", "2027-01", "--format", "json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["total"]["requests"] == len(ROWS)
+    for name in METRICS:
+        assert sum(g[name] for g in doc["groups"]) == pytest.approx(doc["total"][name], rel=1e-9)
+    assert doc["total"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in ROWS), rel=1e-12)
+    r = subprocess.run([sys.executable, "-m", "tierwise.cli", "spend", "-c", str(cfg), "--by", "tag", "--tag",
+                        "team", "--since", "2026-11-01", "--format", "csv"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("kind,since,until,tag,requests,") and lines[-1].startswith("total,")
+    assert any(",search," in line for line in lines) and any('"x=y, z"' in line for line in lines)

@@ -1,4 +1,4 @@
-"""``tierwise`` command line: serve | check-config | ledger tail/export | price."""
+"""``tierwise`` command line: serve | check-config | ledger tail/export/recover | spend | price | lab verbs."""
 
 from __future__ import annotations
 
@@ -275,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tierwise.lab.eval_cli import add_parsers as add_lab_parsers
     from tierwise.lab.train_cli import add_parsers as add_train_parsers
+    from tierwise.ledger.spend_cli import add_parsers as add_spend_parsers
 
+    add_spend_parsers(sub)
     add_lab_parsers(sub)
     add_train_parsers(sub)
     from tierwise.governance.cli import add_parsers as add_governance_parsers  # keys, principals

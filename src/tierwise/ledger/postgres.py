@@ -68,6 +68,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "ledger.backend 'postgres' needs psycopg 3: pip install 'tierwise[postgres]' (or 'psycopg[binary]>=3.1')"
     ) from exc
 
+from tierwise.ledger.spend import (
+    SPEND_KEYS,
+    STATUS_COUNTS,
+    TOKEN_METRICS,
+    SpendQuery,
+    SpendReport,
+    SpendRow,
+    ordered,
+)
 from tierwise.ledger.store import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, LedgerSchemaError, Row
 
 T = TypeVar("T")
@@ -497,6 +506,55 @@ class PostgresLedgerStore:
             got = self._read("rows_after", lambda c: c.execute(query, (int(seq), limit)).fetchall())
         return [(int(t[0]), _decode(t[1:])) for t in got]
 
+    def spend(self, query: SpendQuery) -> SpendReport:
+        """One ``GROUP BY`` over the window, and the totals, in one ``REPEATABLE READ`` read-only transaction (one
+        snapshot) on a connection of its own; tags through ``tags ->> key`` or ``jsonb_each_text``, days and months
+        in UTC (see :mod:`tierwise.ledger.spend`)."""
+        self._check_open()
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if query.since is not None:
+            where.append(sql.SQL("ts >= %s"))
+            args.append(float(query.since))
+        if query.until is not None:
+            where.append(sql.SQL("ts < %s"))
+            args.append(float(query.until))
+        where_sql = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        exprs: list[sql.Composable] = []
+        group_args: list[Any] = []
+        join = sql.SQL("")
+        for key in query.by:
+            if key in ("day", "month"):  # floored to the second, as in SQLite and Python
+                fmt = "YYYY-MM-DD" if key == "day" else "YYYY-MM"
+                exprs.append(sql.SQL("to_char(to_timestamp(floor(ts)) AT TIME ZONE 'UTC', {})").format(sql.Literal(fmt)))
+            elif key == "tag" and query.tag_key is not None:
+                exprs.append(sql.SQL("tags ->> %s"))
+                group_args.append(query.tag_key)
+            elif key == "tag":
+                join = sql.SQL(" LEFT JOIN LATERAL jsonb_each_text(tags) AS t(key, value) ON true")
+                exprs.append(sql.SQL("t.key || '=' || t.value"))
+            else:
+                exprs.append(sql.Identifier(str(SPEND_KEYS[key])))
+        grouped = sql.SQL("SELECT {}, {} FROM {}{}{} GROUP BY {}").format(
+            sql.SQL(", ").join(exprs), _PG_METRICS, self._table, join, where_sql,
+            sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(exprs))))
+        totals = sql.SQL("SELECT {} FROM {}{}").format(_PG_METRICS, self._table, where_sql)
+        n = len(exprs)
+        conn = self._connect(read_only=True, autocommit=False)
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            got = conn.execute(grouped, [*group_args, *args]).fetchall()
+            total = conn.execute(totals, args).fetchone()
+            conn.rollback()
+        except psycopg.Error as exc:
+            raise self._error("spend", exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        assert total is not None
+        groups = [SpendRow.from_values(t[:n], t[n:]) for t in got]
+        return SpendReport(query, ordered(query, groups), SpendRow.from_values((), total))
+
     def close(self) -> None:
         with self._write_lock, self._read_lock:
             if self._closed:
@@ -510,6 +568,19 @@ class PostgresLedgerStore:
 
     def __repr__(self) -> str:
         return f"PostgresLedgerStore({self.where!r}, schema={self.schema!r})"
+
+
+# The metrics of tierwise.ledger.spend.METRICS, in its order.
+_PG_METRICS = sql.SQL(", ").join([
+    sql.SQL("count(*)"),
+    *(sql.SQL("count(*) FILTER (WHERE status = {})").format(sql.Literal(status))
+      for status in STATUS_COUNTS.values()),
+    *(sql.SQL("coalesce(sum({}), 0)::bigint").format(sql.Identifier(name))
+      for name in TOKEN_METRICS),
+    sql.SQL("coalesce(sum(cost_usd), 0)::float8"),
+    sql.SQL("coalesce(sum((cost_breakdown ->> 'estimated')::float8), 0)::float8"),
+    sql.SQL("count(*) FILTER (WHERE (cost_breakdown ->> 'estimated')::float8 > 0)"),
+])
 
 
 # -- row encoding ----------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A row is exactly :meth:`tierwise.types.LedgerRecord.as_row` — the same dict the JSONL export writes — so every
 store, export and query speaks one shape and a new backend only has to map that dict to its own columns.
 
-The interface is five methods so a PostgreSQL store (asyncpg/psycopg) can follow without touching the writer or
+The interface is small so a PostgreSQL store (asyncpg/psycopg) can follow without touching the writer or
 the exporters. Such a store must:
 
 - ``write_batch(rows)``: insert all rows atomically (one transaction) and idempotently by ``id`` — the writer
@@ -12,6 +12,8 @@ the exporters. Such a store must:
   sync driver (psycopg) fits directly, an async one needs its own loop in that thread.
 - ``tail(n)``, ``iter_rows(since, until)``, ``count()``: read from any thread, on a connection other than the
   writer's, and return rows with the same Python types as ``as_row()`` (``stream`` a bool, nested fields decoded).
+- ``spend(query)``: sums per group over a window (:mod:`tierwise.ledger.spend`), aggregated by the database
+  (``GROUP BY``), never by loading rows into Python, groups and totals from one snapshot.
 - ``close()``: idempotent.
 """
 
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+
+from tierwise.ledger.spend import SpendQuery, SpendReport, memory_spend, sqlite_spend
 
 Row = dict[str, Any]
 
@@ -116,6 +120,11 @@ class LedgerStore(Protocol):
         end, so ``ts`` order is not insertion order and a ``ts`` cursor would skip rows."""
         ...
 
+    def spend(self, query: SpendQuery) -> SpendReport:
+        """Cost, requests, errors and tokens per group of ``query.by`` over ``query``'s window, and the window's
+        totals, aggregated by the database (see :mod:`tierwise.ledger.spend`)."""
+        ...
+
 
 def complete_row(row: Row) -> Row:
     """``row`` with every column added since schema version 1 present (a row journaled or saved to a fallback file
@@ -181,6 +190,10 @@ class MemoryLedgerStore:
     def count(self) -> int:
         with self._lock:
             return len(self._rows)
+
+    def spend(self, query: SpendQuery) -> SpendReport:
+        # in Python: this store is for tests and throwaway gateways (the SQL stores aggregate in the database)
+        return memory_spend(self.iter_rows(query.since, query.until), query)
 
     def close(self) -> None:
         pass
@@ -321,6 +334,16 @@ class SQLiteLedgerStore:
         with self._read_lock:
             self._check_open()
             return int(self._read_conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+    def spend(self, query: SpendQuery) -> SpendReport:
+        """One ``GROUP BY`` over the window (indexes on ``ts`` and on (column, ts) serve it), on a connection of its
+        own so a long report holds up no other reader."""
+        self._check_open()
+        conn = self._connect(read_only=True)
+        try:
+            return sqlite_spend(conn, query)
+        finally:
+            conn.close()
 
     def journal_mode(self) -> str:
         """The journal mode the file is in (``wal``); for health checks and tests."""

@@ -1,0 +1,267 @@
+"""Spend over a window, grouped by who and what: the query behind ``tierwise spend``.
+
+Aggregation happens where the rows are: one ``GROUP BY`` in SQLite (:func:`sqlite_spend`) or PostgreSQL
+(:meth:`tierwise.ledger.postgres.PostgresLedgerStore.spend`), never by loading rows into Python; only the memory
+store (tests, throwaway gateways) sums in Python (:func:`memory_spend`), with the same semantics, which the tests
+hold all three to.
+
+Grouping keys (``--by``; several make one group per combination):
+
+- ``customer``, ``department``, ``project``, ``tier``, ``model``, ``principal``, ``key`` (the ``key_id`` column):
+  the record's value, ``None`` when it has none (e.g. rows written before attribution, an open gateway).
+- ``day`` / ``month``: the UTC calendar day (``2026-11-25``) / month (``2026-11``) of ``ts``, floored to the second
+  in every backend so that a request at 23:59:59.9996 is never booked to the next day.
+- ``tag``: with ``tag_key``, that tag's value (``None`` for rows without it); without, every ``key=value`` pair of
+  the row's tags (``None`` for rows without tags). Without ``tag_key`` a row with two tags is in two groups, so the
+  groups then add up to more than the total; in every other grouping they add up to it exactly.
+
+Metrics per group (:data:`METRICS`, also the CSV/JSON column names, stable): ``requests`` (rows, every status),
+``errors`` (status ``error``), ``rejected`` (refused before routing), ``cancelled`` (``client_cancelled``),
+``interrupted`` (the process died mid-request), tokens by kind, ``cost_usd`` (the ledger's ``cost_usd``, estimates
+included), ``estimated_usd`` (the part of it booked at tierwise's pre-call estimate, ``cost_breakdown.estimated``:
+calls cut off in flight by a hang-up or a crash, which the upstream may or may not have billed) and
+``estimated_requests`` (rows with such a part). :attr:`SpendRow.estimated_share` is ``estimated_usd / cost_usd``.
+
+Margin per customer (issue 9 item 5) needs the revenue of each request on its row (a ``revenue_usd`` column booked
+from the principal's revenue per request); it then becomes two more metrics, ``revenue_usd`` (a SUM like
+``cost_usd``) and ``margin_usd`` (revenue − cost), appended to :data:`METRICS` and to the three implementations.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+#: ``--by`` keys: name -> ledger column (None: computed from ``ts`` or ``tags``).
+SPEND_KEYS: dict[str, str | None] = {
+    "customer": "customer",
+    "department": "department",
+    "project": "project",
+    "tag": None,
+    "tier": "tier",
+    "model": "model",
+    "principal": "principal",
+    "key": "key_id",
+    "day": None,
+    "month": None,
+}
+
+#: Per-group metrics, in output order (the CSV/JSON column names). Margin (issue 9 item 5) appends
+#: ``revenue_usd`` and ``margin_usd`` here.
+METRICS: tuple[str, ...] = (
+    "requests", "errors", "rejected", "cancelled", "interrupted",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cost_usd", "estimated_usd", "estimated_requests",
+)
+
+#: Count metrics of rows by status, and the token metrics (ledger columns of the same name).
+STATUS_COUNTS = {"errors": "error", "rejected": "rejected", "cancelled": "client_cancelled",
+                  "interrupted": "interrupted"}
+TOKEN_METRICS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+class SpendQueryError(ValueError):
+    """A spend query that cannot be run as asked (unknown key, ``tag_key`` without ``tag``, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpendQuery:
+    """Group rows with ``since <= ts < until`` (either bound optional) by ``by``; see the module docstring."""
+
+    by: tuple[str, ...]
+    since: float | None = None
+    until: float | None = None
+    tag_key: str | None = None  # with 'tag' in ``by``: group by this tag's value instead of every key=value pair
+
+    def __post_init__(self) -> None:
+        if isinstance(self.by, str):
+            object.__setattr__(self, "by", (self.by,))
+        if not self.by:
+            raise SpendQueryError("group by at least one key")
+        unknown = [k for k in self.by if k not in SPEND_KEYS]
+        if unknown:
+            raise SpendQueryError(f"unknown grouping key {unknown[0]!r} (use {', '.join(SPEND_KEYS)})")
+        if len(set(self.by)) != len(self.by):
+            raise SpendQueryError("a grouping key is given twice")
+        if self.tag_key is not None and "tag" not in self.by:
+            raise SpendQueryError("a tag key only makes sense when grouping by tag (--by tag --tag KEY)")
+        if self.tag_key == "":
+            raise SpendQueryError("the tag key must not be empty")
+        if self.since is not None and self.until is not None and self.until < self.since:
+            raise SpendQueryError("the window ends before it starts (--until is before --since)")
+
+
+@dataclass(slots=True)
+class SpendRow:
+    """One group's sums (``group``: one value per key of the query's ``by``; ``()`` for the total)."""
+
+    group: tuple[str | None, ...] = ()
+    requests: int = 0
+    errors: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    interrupted: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    estimated_usd: float = 0.0
+    estimated_requests: int = 0
+
+    @property
+    def estimated_share(self) -> float:
+        """The share of ``cost_usd`` booked at estimates (0 when nothing was spent)."""
+        return self.estimated_usd / self.cost_usd if self.cost_usd > 0 else 0.0
+
+    def metrics(self) -> dict[str, int | float]:
+        return {name: getattr(self, name) for name in METRICS}
+
+    @classmethod
+    def from_values(cls, group: tuple[Any, ...], values: Iterable[Any]) -> SpendRow:
+        """From the metric values in :data:`METRICS` order, as the SQL queries return them (None: nothing)."""
+        row = cls(tuple(None if g is None else str(g) for g in group))
+        for name, value in zip(METRICS, values, strict=True):
+            if value is not None:
+                setattr(row, name, float(value) if name.endswith("_usd") else int(value))
+        return row
+
+
+@dataclass(slots=True)
+class SpendReport:
+    """The groups of a spend query (ordered: chronologically when grouped by day or month, else by cost, highest
+    first) and the window's totals, both read from one snapshot of the ledger."""
+
+    query: SpendQuery
+    groups: list[SpendRow] = field(default_factory=list)
+    total: SpendRow = field(default_factory=SpendRow)
+
+
+def _null_last(value: str | None) -> tuple[bool, str]:
+    return value is None, value or ""
+
+
+def ordered(query: SpendQuery, groups: list[SpendRow]) -> list[SpendRow]:
+    """Groups in report order: by their keys when one is a day or month, else by cost (highest first), then keys."""
+    if "day" in query.by or "month" in query.by:
+        return sorted(groups, key=lambda g: [_null_last(v) for v in g.group])
+    return sorted(groups, key=lambda g: (-g.cost_usd, [_null_last(v) for v in g.group]))
+
+
+def utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def utc_month(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+# -- SQLite ------------------------------------------------------------------------------------------------------
+
+_SQLITE_METRICS = ", ".join([
+    "count(*)",
+    *(f"coalesce(sum(status = '{status}'), 0)" for status in STATUS_COUNTS.values()),
+    *(f"coalesce(sum({name}), 0)" for name in TOKEN_METRICS),
+    "total(cost_usd)",
+    "total(json_extract(cost_breakdown, '$.estimated'))",
+    "coalesce(sum(json_extract(cost_breakdown, '$.estimated') > 0), 0)",
+])
+
+
+def sqlite_spend(conn: sqlite3.Connection, query: SpendQuery) -> SpendReport:
+    """Run ``query`` on an SQLite ledger connection (the ``requests`` table): the groups and the totals in one read
+    transaction, so they come from the same snapshot even while a writer appends."""
+    where, args = [], []
+    if query.since is not None:
+        where.append("ts >= ?")
+        args.append(float(query.since))
+    if query.until is not None:
+        where.append("ts < ?")
+        args.append(float(query.until))
+    where_sql = f" WHERE {' AND '.join(where)}" if where else ""
+    exprs, group_args, join = [], [], ""
+    for key in query.by:
+        if key == "day":
+            exprs.append("strftime('%Y-%m-%d', CAST(ts AS INTEGER), 'unixepoch')")  # floored: see module doc
+        elif key == "month":
+            exprs.append("strftime('%Y-%m', CAST(ts AS INTEGER), 'unixepoch')")
+        elif key == "tag" and query.tag_key is not None:
+            exprs.append("(SELECT t.value FROM json_each(requests.tags) AS t WHERE t.key = ?)")
+            group_args.append(query.tag_key)
+        elif key == "tag":
+            join = " LEFT JOIN json_each(requests.tags) AS t"
+            exprs.append("t.key || '=' || t.value")
+        else:
+            exprs.append(str(SPEND_KEYS[key]))
+    positions = ", ".join(str(i + 1) for i in range(len(exprs)))
+    grouped = (f"SELECT {', '.join(exprs)}, {_SQLITE_METRICS} FROM requests{join}{where_sql} "
+               f"GROUP BY {positions}")
+    totals = f"SELECT {_SQLITE_METRICS} FROM requests{where_sql}"
+    n = len(exprs)
+    conn.execute("BEGIN")
+    try:
+        got = conn.execute(grouped, [*group_args, *args]).fetchall()
+        total = conn.execute(totals, args).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    groups = [SpendRow.from_values(t[:n], t[n:]) for t in got]
+    return SpendReport(query, ordered(query, groups), SpendRow.from_values((), total))
+
+
+# -- in Python (the memory store) --------------------------------------------------------------------------------
+
+def _group_values(row: dict[str, Any], query: SpendQuery) -> list[tuple[str | None, ...]]:
+    """The groups ``row`` belongs to (more than one only when grouping by every tag pair)."""
+    combos: list[tuple[str | None, ...]] = [()]
+    for key in query.by:
+        if key == "day":
+            values: list[str | None] = [utc_day(float(row["ts"]))]
+        elif key == "month":
+            values = [utc_month(float(row["ts"]))]
+        elif key == "tag":
+            tags = row.get("tags") or {}
+            if query.tag_key is not None:
+                v = tags.get(query.tag_key)
+                values = [None if v is None else str(v)]
+            else:
+                values = [f"{k}={v}" for k, v in tags.items()] or [None]
+        else:
+            v = row.get(str(SPEND_KEYS[key]))
+            values = [None if v is None else str(v)]
+        combos = [(*c, v) for c in combos for v in values]
+    return combos
+
+
+def _add(acc: SpendRow, row: dict[str, Any]) -> None:
+    acc.requests += 1
+    status = row.get("status")
+    for name, value in STATUS_COUNTS.items():
+        if status == value:
+            setattr(acc, name, getattr(acc, name) + 1)
+    for name in TOKEN_METRICS:
+        setattr(acc, name, getattr(acc, name) + int(row.get(name) or 0))
+    acc.cost_usd += float(row.get("cost_usd") or 0.0)
+    estimated = float((row.get("cost_breakdown") or {}).get("estimated") or 0.0)
+    acc.estimated_usd += estimated
+    acc.estimated_requests += estimated > 0
+
+
+def memory_spend(rows: Iterable[dict[str, Any]], query: SpendQuery) -> SpendReport:
+    """``query`` over ``rows`` (already limited to the window) in Python: for the memory store only."""
+    groups: dict[tuple[str | None, ...], SpendRow] = {}
+    total = SpendRow()
+    for row in rows:
+        _add(total, row)
+        for g in _group_values(row, query):
+            acc = groups.get(g)
+            if acc is None:
+                acc = groups[g] = SpendRow(g)
+            _add(acc, row)
+    return SpendReport(query, ordered(query, list(groups.values())), total)
+
+
+assert [f.name for f in fields(SpendRow)][1:] == list(METRICS)
