@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,47 +20,7 @@ from pathlib import Path
 import httpx
 
 from tests.fakes.upstream import FakeUpstream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(tmp: Path, upstream_url: str, port: int, ledger: str) -> Path:
-    cfg = tmp / "tierwise.yaml"
-    cfg.write_text(f"""
-server: {{port: {port}, request_deadline_s: 20}}
-ledger: {ledger}
-providers:
-  fake: {{format: openai, base_url: "{upstream_url}", api_key_env: FAKE_KEY, timeout_s: 10}}
-models:
-  small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
-tiers:
-  chat: {{models: [small]}}
-default_tier: chat
-fallback_model: small
-""")
-    return cfg
-
-
-def start_serve(cfg: Path, port: int, *, timeout_s: float = 30.0) -> subprocess.Popen:
-    """A real `tierwise serve` process; returns once /healthz answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={"FAKE_KEY": "sk-crash-secret", "PATH": "/usr/bin:/bin"})
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError("gateway exited at start: " + proc.communicate()[1][-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("gateway did not start: " + proc.communicate()[1][-3000:])
+from tests.procs import free_port, start_serve, write_config
 
 
 @dataclass

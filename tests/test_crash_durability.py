@@ -9,7 +9,6 @@ import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.crash_scenario import free_port, run, start_serve, write_config
+from tests.crash_scenario import run
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import GatewayServer, config_for
+from tests.procs import free_port, start_serve, write_config
 
 CHAT = "/v1/chat/completions"
 MSG = {"messages": [{"role": "user", "content": "hello"}]}
@@ -63,17 +63,7 @@ def fill(path: Path) -> Path:
 
 def _serve_limited(cfg: Path, port: int, fsize: int) -> subprocess.Popen:
     """`tierwise serve` whose files cannot grow beyond ``fsize`` bytes (EFBIG, like a full disk)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={"FAKE_KEY": "k", "PATH": "/usr/bin:/bin"},
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize)))
-    for _ in range(300):
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(proc.communicate()[1][-2000:])
+    return start_serve(cfg, port, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize)))
 
 
 def test_full_disk_refuses_new_traffic_loudly_and_loses_nothing(tmp_path: Path) -> None:

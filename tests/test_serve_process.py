@@ -14,45 +14,14 @@ import httpx
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.procs import SECRET, free_port, start_serve, write_config
 
 
 def start_gateway(tmp: Path, upstream_url: str) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     db = tmp / "ledger.db"
-    cfg = tmp / "tierwise.yaml"
-    cfg.write_text(f"""
-server: {{port: {port}}}
-ledger: {{path: "{db}", flush_interval_ms: 5000, batch_size: 100000}}
-providers:
-  fake: {{format: openai, base_url: "{upstream_url}", api_key_env: FAKE_KEY}}
-models:
-  small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
-tiers:
-  chat: {{models: [small]}}
-default_tier: chat
-fallback_model: small
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={"FAKE_KEY": "sk-proc-secret", "PATH": "/usr/bin:/bin"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url, db
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not start: " + proc.communicate()[1])
+    ledger = f'{{path: "{db}", flush_interval_ms: 5000, batch_size: 100000}}'
+    return start_serve(write_config(tmp, upstream_url, port, ledger), port), f"http://127.0.0.1:{port}", db
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -79,7 +48,7 @@ def test_records_flushed_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
         ids.append(slow["r"].headers["x-tierwise-request-id"])
         rows = {r[0] for r in sqlite3.connect(db).execute("select id from requests")}
         assert set(ids) <= rows and len(rows) == 26
-        assert "sk-proc-secret" not in err and "Traceback" not in err
+        assert SECRET not in err and "Traceback" not in err
 
 
 def test_refuses_to_start_on_bad_config(tmp_path: Path) -> None:

@@ -1,0 +1,58 @@
+"""Real `tierwise serve` processes for tests: a free loopback port, a one-model config on a fake upstream, start."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+#: the provider key the processes get from their environment: tests assert it never reaches a log or a client
+SECRET = "sk-proc-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp: Path, upstream_url: str, port: int, ledger: str) -> Path:
+    cfg = tmp / "tierwise.yaml"
+    cfg.write_text(f"""
+server: {{port: {port}, request_deadline_s: 20}}
+ledger: {ledger}
+providers:
+  fake: {{format: openai, base_url: "{upstream_url}", api_key_env: FAKE_KEY, timeout_s: 10}}
+models:
+  small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
+tiers:
+  chat: {{models: [small]}}
+default_tier: chat
+fallback_model: small
+""")
+    return cfg
+
+
+def start_serve(cfg: Path, port: int, *, timeout_s: float = 30.0,
+                preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    """A real `tierwise serve` process; returns once /healthz answers. ``preexec_fn`` runs in the child before
+    it starts (e.g. to set resource limits)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"FAKE_KEY": SECRET, "PATH": "/usr/bin:/bin"}, preexec_fn=preexec_fn)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("gateway exited at start: " + proc.communicate()[1][-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("gateway did not start: " + proc.communicate()[1][-3000:])
