@@ -72,6 +72,8 @@ class Governor:
                                      record.session_id if shared else None, models if shared else ())
         if shared:
             self._adopt(record.session_id, adm)
+        if adm.note is not None:
+            record.notes.append(adm.note)
         if adm.refused is not None:
             retry = str(math.ceil(adm.retry_after_s or 1))
             is_rate = adm.refused.startswith("rate limit")

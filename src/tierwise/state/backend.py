@@ -61,6 +61,7 @@ class Admission:
     retry_after_s: float | None = None
     pin: str | None = None  # shared backends: the session's model pin held by the backend
     cooling: dict[str, float] = field(default_factory=dict)  # shared backends: model -> cooldown end (backend clock)
+    note: str | None = None  # admitted in a degraded way (e.g. the shared store was unreachable): for the ledger
 
 
 @dataclass(slots=True)
