@@ -373,7 +373,31 @@ class AnomalyConfig(_Strict):
 
 
 class StateConfig(_Strict):
-    backend: Literal["memory"] = Field(default="memory", description="where budgets and rate limits are counted")
+    """Where budgets, rate limits, session pins and cooldowns are kept (see :mod:`tierwise.state.redis_backend`)."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: this process (exact for one process); redis: shared by every replica (needs 'url' and "
+                    "the 'redis' extra)",
+    )
+    url: str | None = Field(
+        default=None, description="redis: redis://[user:password@]host:port/db, rediss:// (TLS) or unix://path; "
+                                  "put the password in an environment variable: ${REDIS_URL}",
+    )
+    prefix: str = Field(default="tw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                        description="redis: keys are '{prefix}:…' (one hash tag: runs on Redis Cluster too)")
+    on_unavailable: Literal["closed", "open"] = Field(
+        default="closed",
+        description="redis unreachable: closed refuses requests that budgets or rate limits govern (503 "
+                    "state_unavailable); open admits them without (noted on their ledger records)",
+    )
+    timeout_s: float = Field(default=0.5, gt=0, le=30, description="redis: connect and per-call timeout")
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StateConfig:
+        if self.backend == "redis" and not (self.url and self.url.strip()):
+            raise ValueError("state.backend 'redis' needs state.url (e.g. redis://127.0.0.1:6379/0)")
+        return self
 
 
 class GovernanceConfig(_Strict):
