@@ -31,9 +31,8 @@ from tierwise.providers.registry import build_providers
 from tierwise.requests import check_request_limits, prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
-from tierwise.state import MemoryHealth, MemorySessionPins
+from tierwise.state import MemoryHealth, MemorySessionPins, build_state_backend
 from tierwise.state.backend import StateBackend
-from tierwise.state.memory_backend import MemoryStateBackend
 from tierwise.types import JSON, Cost, LedgerRecord, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -126,7 +125,7 @@ class Tierwise:
         self.executor = Executor(cfg, self.providers, self.prices, self.pins, self.health)
         self.ledger = ledger if ledger is not None else open_ledger(cfg.ledger)
         self.anomalies = AnomalyDetector(cfg.anomalies, alerts_path(cfg.ledger))
-        self.governor = Governor(cfg, state if state is not None else MemoryStateBackend(), self.pins, self.health,
+        self.governor = Governor(cfg, state if state is not None else build_state_backend(cfg), self.pins, self.health,
                                  self.anomalies)
         # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
@@ -143,6 +142,7 @@ class Tierwise:
                 log.exception("provider close failed")
         self._classify_pool.shutdown(wait=False, cancel_futures=True)
         await self.anomalies.aclose()  # alerts already raised still reach their webhook
+        await self.governor.state.aclose()  # queued settlements are sent (a bounded wait) before the ledger closes
         await asyncio.to_thread(self._close_ledger)
 
     def _close_ledger(self) -> None:
