@@ -1,0 +1,610 @@
+"""Budgets, rate limits, session pins and model cooldowns shared by every gateway replica, in Redis.
+
+The semantics are :class:`~tierwise.state.memory_backend.MemoryStateBackend`'s, made atomic across processes by
+two Lua scripts (loaded once, run with ``EVALSHA``; a ``NOSCRIPT`` after a Redis restart reloads them):
+
+- **admit** is one round trip. The script reads Redis ``TIME`` (periods are UTC days and months on Redis's clock,
+  so skewed replica clocks still share one day), releases up to :data:`PURGE_PER_CALL` expired reservations,
+  checks the rate limits (a sliding window over this minute and the last) and the caps (refuse when settled +
+  reserved spend of a period has reached the cap), and then either refuses — consuming and reserving nothing — or
+  counts the request against the rate limits and reserves its estimate against every cap but model caps (those are
+  only charged at settle and never block). It returns every cap's consumption (as it stood before this
+  reservation; this month's past days' spend for the projection), the session's pin and the cooling models.
+- **settle** never blocks the request: :meth:`RedisStateBackend.settle` queues the settlement and a background task
+  sends what has queued up in one ``EVALSHA`` (up to :data:`BATCH_MAX` per call; under load, the settlements that
+  arrive while one batch is in flight go in the next). Each replaces the request's reservation by its real cost,
+  corrects the tokens-per-minute estimate, and stores the pin (``SET … PX``) and the cooldowns the request started.
+  A settlement is idempotent per request id: the reservation record is deleted by the settlement that charges it,
+  so a batch re-sent after a lost reply charges nothing twice.
+
+Money is integer nano-dollars (``INCRBY``), never a float in Redis. Every key is under one hash tag —
+``{<prefix>}:…`` — so both scripts touch a single slot and run unchanged on Redis Cluster (all of tierwise's state
+then lives on one shard: it is small, and atomicity across caps needs it there). Keys (``P`` = ``{prefix}``):
+``P:sp:<scope>:<day|month>`` settled spend, ``P:rv:<scope>:<day|month>`` reserved, ``P:res`` (sorted set of open
+reservations by expiry) and ``P:r:<request id>`` (one reservation), ``P:rq|tk:<scope>:<minute>`` requests and tokens
+per minute, ``P:days:<month>`` the days of the month anything was settled, ``P:pin:<session>``,
+``P:cool:<model>`` (cooldown end, ms on Redis's clock), ``P:done:<request id>`` (see below).
+
+Beyond the memory backend: a reservation that expires is released (never charged) as there, but its record stays
+for :data:`LATE_SETTLE_S` so that a settlement arriving after the expiry — a request slower than the TTL, or one
+queued while Redis was away — still charges the request's real cost, once.
+
+Redis unreachable (refused, timed out, loading, read-only, out of memory): with ``on_unavailable="closed"`` (the
+default) a request that a budget or rate limit governs is refused with a 503 ``state_unavailable`` in OpenAI's
+shape; with ``"open"`` it is admitted without budgets and rate limits, and its ledger record says so
+(:attr:`~tierwise.state.backend.Admission.note`). A request that no budget governs is admitted either way (it only
+loses the shared pin and cooldowns). The outage is logged once when it starts and once when it ends, naming
+Redis by host, port and database, never with the URL's credentials. While Redis is down, admits fail fast for
+:data:`PROBE_INTERVAL_S` after each failed try instead of each waiting for the timeout. Settlements wait in a queue
+and are sent when Redis is back (an open-mode admission's settlement carries its caps and charges them then, once,
+on the periods current at that time); past ``max_pending`` queued settlements the oldest are dropped (counted and
+logged): their reservations expire after ``budgets.reservation_ttl_s`` and their spend is not charged.
+
+A Redis restart without persistence loses every counter (budgets start the day from zero): run Redis with AOF
+(``appendonly yes``) where budgets must survive one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import orjson
+
+from tierwise.errors import APIError
+from tierwise.state.backend import Admission, Cap, RateLimit, Settlement, Usage
+from tierwise.state.memory_backend import seconds_to_next_day, seconds_to_next_month
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger("tierwise.state")
+
+NANO = 1_000_000_000  # USD -> integer nano-dollars
+PURGE_PER_CALL = 256  # expired reservations an admit releases at most (the rest at the next admits)
+BATCH_MAX = 256  # settlements per EVALSHA
+LATE_SETTLE_S = 86_400  # an expired reservation's record waits this long for a late settlement
+PROBE_INTERVAL_S = 0.5  # while Redis is down: admits fail fast for this long after each failed try
+_KEEP_DAY_MS = 40 * 86_400_000  # spend and reservations of a day are kept 40 days (the memory backend's horizon)
+_KEEP_MONTH_MS = 400 * 86_400_000
+
+# Shared Lua: the UTC date of a unix time (Howard Hinnant's days-to-civil, exact integer arithmetic on doubles),
+# releasing a reservation, charging scopes.
+_LIB = r"""
+local base = ARGV[1]
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local now
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local now_ms = math.floor(now * 1000)
+local y, mo, d = civil(math.floor(now / 86400))
+local month = string.format('%04d-%02d', y, mo)
+local day = string.format('%s-%02d', month, d)
+local minute = math.floor(now / 60)
+local KEEP_DAY, KEEP_MONTH = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function add(key, amount, keep)
+  redis.call('INCRBY', key, amount)
+  redis.call('PEXPIRE', key, keep)
+end
+local function release(r)
+  for _, s in ipairs(r.s) do
+    for _, k in ipairs({base .. ':rv:' .. s .. ':' .. r.d, base .. ':rv:' .. s .. ':' .. r.m}) do
+      if redis.call('EXISTS', k) == 1 then redis.call('DECRBY', k, r.a) end
+    end
+  end
+end
+local function charge(scopes, dd, mm, amount)
+  for _, s in ipairs(scopes) do
+    add(base .. ':sp:' .. s .. ':' .. dd, amount, KEEP_DAY)
+    add(base .. ':sp:' .. s .. ':' .. mm, amount, KEEP_MONTH)
+  end
+end
+"""
+
+# KEYS[1] = P:res. ARGV: base, now|'' , keep day, keep month, request id, reserve (nano), tokens, ttl ms, record ms,
+# session|'', #caps, #limits, #models, then per cap: scope, daily threshold|'', monthly threshold|'', is model
+# (1/0); per limit: scope, rpm|'', tpm|''; the models.
+_ADMIT = _LIB + r"""
+local res = KEYS[1]
+local rid, amount, tokens = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local ttl_ms, record_ms, session = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local ncap, nlim, nmod = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local at = 14
+-- release expired reservations (bounded); their records stay for a late settlement
+local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[14 + 4 * ncap + 3 * nlim + nmod]))
+for _, id in ipairs(expired) do
+  redis.call('ZREM', res, id)
+  local rk = base .. ':r:' .. id
+  local raw = redis.call('GET', rk)
+  if raw then
+    local r = cjson.decode(raw)
+    if r.x == nil then
+      release(r)
+      r.x = 1
+      redis.call('SET', rk, cjson.encode(r), 'KEEPTTL')
+    end
+  end
+end
+-- consumption of every cap, before this request
+local seen = redis.call('SMEMBERS', base .. ':days:' .. month)
+local past = {}
+for _, dd in ipairs(seen) do
+  if dd < day then past[#past + 1] = dd end
+end
+table.sort(past)
+local caps, usage = {}, {}
+for i = 1, ncap do
+  local scope = ARGV[at]
+  caps[i] = {scope, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3] == '1'}
+  at = at + 4
+  local p = base .. ':sp:' .. scope .. ':'
+  local v = redis.call('MGET', p .. day, base .. ':rv:' .. scope .. ':' .. day, p .. month,
+                       base .. ':rv:' .. scope .. ':' .. month)
+  local u = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'), {}}
+  for j, dd in ipairs(past) do u[5][j] = tonumber(redis.call('GET', p .. dd) or '0') end
+  usage[i] = u
+end
+local limits = {}
+for i = 1, nlim do
+  limits[i] = {ARGV[at], ARGV[at + 1], ARGV[at + 2]}
+  at = at + 3
+end
+local status, which, unit = 'ok', 0, ''
+local again = redis.call('EXISTS', base .. ':r:' .. rid) == 1  -- a retried admit whose reply was lost
+if not again then
+  -- rate limits: this minute plus the part of the last one the sliding window still covers
+  local into = now / 60 - minute
+  for i, lim in ipairs(limits) do
+    for _, kind in ipairs({{lim[2], 'rq', 1, 'rpm'}, {lim[3], 'tk', tokens, 'tpm'}}) do
+      if status == 'ok' and kind[1] ~= '' then
+        local k = base .. ':' .. kind[2] .. ':' .. lim[1] .. ':'
+        local prev = tonumber(redis.call('GET', k .. string.format('%d', minute - 1)) or '0')
+        local cur = tonumber(redis.call('GET', k .. string.format('%d', minute)) or '0')
+        if prev * (1 - into) + cur + kind[3] > tonumber(kind[1]) then status, which, unit = 'rate', i, kind[4] end
+      end
+    end
+  end
+  -- caps: refuse when settled + reserved has reached the blocking level (model caps never block)
+  if status == 'ok' then
+    for i, c in ipairs(caps) do
+      if status == 'ok' and not c[4] then
+        local u = usage[i]
+        if c[2] ~= '' and u[1] + u[2] >= tonumber(c[2]) then status, which, unit = 'cap', i, 'daily'
+        elseif c[3] ~= '' and u[3] + u[4] >= tonumber(c[3]) then status, which, unit = 'cap', i, 'monthly' end
+      end
+    end
+  end
+  if status == 'ok' and (ncap > 0 or nlim > 0) then
+    local scopes, mscopes, rscopes = {}, {}, {}
+    for _, c in ipairs(caps) do
+      if c[4] then mscopes[#mscopes + 1] = c[1] else
+        scopes[#scopes + 1] = c[1]
+        add(base .. ':rv:' .. c[1] .. ':' .. day, amount, KEEP_DAY)
+        add(base .. ':rv:' .. c[1] .. ':' .. month, amount, KEEP_MONTH)
+      end
+    end
+    for _, lim in ipairs(limits) do
+      rscopes[#rscopes + 1] = lim[1]
+      local m = string.format('%d', minute)
+      add(base .. ':rq:' .. lim[1] .. ':' .. m, 1, 150000)
+      add(base .. ':tk:' .. lim[1] .. ':' .. m, tokens, 150000)
+    end
+    local r = {a = amount, s = scopes, ms = mscopes, rs = rscopes, t = tokens, d = day, m = month, mi = minute}
+    redis.call('SET', base .. ':r:' .. rid, cjson.encode(r), 'PX', ttl_ms + record_ms)
+    redis.call('ZADD', res, now_ms + ttl_ms, rid)
+  end
+end
+-- shared routing state: the session's pin, the models in cooldown
+local pin = ''
+if session ~= '' then pin = redis.call('GET', base .. ':pin:' .. session) or '' end
+local cooling = {}
+for i = 1, nmod do
+  local model = ARGV[at]
+  at = at + 1
+  local until_ms = redis.call('GET', base .. ':cool:' .. model)
+  if until_ms and tonumber(until_ms) > now_ms then
+    cooling[#cooling + 1] = model
+    cooling[#cooling + 1] = until_ms
+  end
+end
+local out = {}
+for i, u in ipairs(usage) do out[i] = {u[1], u[2], u[3], u[4], u[5]} end
+return {string.format('%.6f', now), status, which, unit, out, pin, cooling}
+"""
+
+# KEYS[1] = P:res. ARGV: base, now|'', keep day, keep month, pin ttl ms, late-settle ms, JSON array of settlements
+# [request id, cost nano, tokens, {model: nano}, session|null, pin|null, {model: cooldown ms}, unreserved|null]
+# where unreserved = [scopes, model scopes] (admitted while Redis was away: charge these, once).
+_SETTLE = _LIB + r"""
+local res = KEYS[1]
+local pin_ms, late_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function models_charge(mscopes, models, dd, mm)
+  for _, s in ipairs(mscopes) do
+    local c = models[string.sub(s, 7)]
+    if c then charge({s}, dd, mm, c) else charge({s}, dd, mm, 0) end
+  end
+end
+local charged = 0
+for _, st in ipairs(cjson.decode(ARGV[7])) do
+  local id, cost, tokens, models = st[1], st[2], st[3], st[4]
+  local rk = base .. ':r:' .. id
+  local raw = redis.call('GET', rk)
+  if raw then
+    local r = cjson.decode(raw)
+    if r.x == nil then
+      release(r)
+      redis.call('ZREM', res, id)
+    end
+    charge(r.s, r.d, r.m, cost)
+    models_charge(r.ms, models, r.d, r.m)
+    for _, s in ipairs(r.rs) do  -- tokens per minute: the admission's estimate, corrected to what was used
+      local k = base .. ':tk:' .. s .. ':' .. string.format('%d', r.mi)
+      if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, tokens - r.t) end
+    end
+    redis.call('SADD', base .. ':days:' .. r.m, r.d)
+    redis.call('PEXPIRE', base .. ':days:' .. r.m, KEEP_MONTH)
+    redis.call('DEL', rk)
+    charged = charged + 1
+  elseif st[8] ~= cjson.null then
+    if redis.call('SET', base .. ':done:' .. id, '1', 'NX', 'PX', late_ms) then
+      charge(st[8][1], day, month, cost)
+      models_charge(st[8][2], models, day, month)
+      redis.call('SADD', base .. ':days:' .. month, day)
+      redis.call('PEXPIRE', base .. ':days:' .. month, KEEP_MONTH)
+      charged = charged + 1
+    end
+  end
+  if st[5] ~= cjson.null and st[6] ~= cjson.null then
+    redis.call('SET', base .. ':pin:' .. st[5], st[6], 'PX', pin_ms)
+  end
+  for model, ms in pairs(st[7]) do
+    local k = base .. ':cool:' .. model
+    local until_ms = now_ms + ms
+    local cur = tonumber(redis.call('GET', k) or '0')
+    if until_ms > cur then redis.call('SET', k, string.format('%d', until_ms), 'PX', math.max(1, math.floor(ms))) end
+  end
+end
+return charged
+"""
+
+
+def redacted(url: str) -> str:
+    """``redis://host:port/db`` of a Redis URL: never its user name or password (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or 6379
+    except ValueError:
+        return "redis (unparseable url)"
+    db = parts.path.strip("/") or "0"
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme or 'redis'}://{host}:{port}/{db}"
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis cannot serve us now (as opposed to a bug in a script)."""
+    from redis import exceptions as rx
+
+    if isinstance(exc, rx.ConnectionError | rx.TimeoutError | rx.ReadOnlyError | rx.OutOfMemoryError
+                  | rx.ClusterDownError | rx.TryAgainError | OSError | asyncio.TimeoutError):
+        return True
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(("OOM", "LOADING", "READONLY", "MASTERDOWN"))
+
+
+def _nano(usd: float) -> int:
+    return round(usd * NANO)
+
+
+class RedisStateBackend:
+    """See the module docstring. ``url`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL; ``timeout_s`` bounds
+    connecting and each call; ``clock`` (tests only) replaces Redis ``TIME``; ``client`` an existing
+    ``redis.asyncio.Redis``.
+
+    ``round_trips`` counts the calls made to Redis by kind (``admit``, ``settle``, ``script_load``);
+    ``admitted`` and ``settled`` count requests, so round trips per request = sum / admitted."""
+
+    shares_routing_state = True
+
+    def __init__(self, url: str, *, prefix: str = "tw", on_unavailable: Literal["closed", "open"] = "closed",
+                 pin_ttl_s: float = 3600.0, timeout_s: float = 0.5, max_pending: int = 100_000,
+                 batch_max: int = BATCH_MAX, clock: Callable[[], float] | None = None,
+                 client: Redis | None = None) -> None:
+        if on_unavailable not in ("closed", "open"):
+            raise ValueError("on_unavailable must be 'closed' or 'open'")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the prefix must not contain '{' or '}' (it becomes the keys' hash tag)")
+        self.url = url
+        self.where = redacted(url)
+        self.prefix = prefix
+        self.base = "{" + prefix + "}"
+        self.on_unavailable = on_unavailable
+        self.pin_ttl_ms = max(1, int(pin_ttl_s * 1000))
+        self.max_pending = max_pending
+        self.batch_max = batch_max
+        self._clock = clock
+        self._client = client if client is not None else self._connect(url, timeout_s)
+        self._res_key = self.base + ":res"
+        self._consts = [self.base, "", str(_KEEP_DAY_MS), str(_KEEP_MONTH_MS)]
+        self._sha: dict[str, str] = {}
+        self.round_trips: collections.Counter[str] = collections.Counter()
+        self.admitted = 0
+        self.settled = 0  # settlements sent and acknowledged
+        self.dropped = 0  # settlements dropped because the queue was full
+        self.degraded = 0  # admissions made without Redis (on_unavailable: open)
+        self._queue: collections.deque[list[Any]] = collections.deque()
+        self._unreserved: collections.OrderedDict[str, list[list[str]]] = collections.OrderedDict()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._closed = False
+
+    @staticmethod
+    def _connect(url: str, timeout_s: float) -> Redis:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                              retry=Retry(NoBackoff(), 0), decode_responses=True,  # retries are ours (see _call)
+                              lib_name=None, lib_version=None)  # no CLIENT SETINFO round trips per connection
+
+    # -- admit -----------------------------------------------------------------------------------------------------
+
+    async def admit(self, request_id: str, caps: Sequence[Cap], limits: Sequence[RateLimit], reserve_usd: float,
+                    tokens: int, block_at: dict[str, float], ttl_s: float, session_id: str | None = None,
+                    models: Sequence[str] = ()) -> Admission:
+        self._start()
+        if self._down_since is not None and time.monotonic() < self._retry_at:
+            return self._without_redis(request_id, caps, limits, None)
+        args: list[Any] = [*self._consts, request_id, _nano(reserve_usd), int(tokens), max(1, int(ttl_s * 1000)),
+                           LATE_SETTLE_S * 1000, session_id or "", len(caps), len(limits), len(models)]
+        if self._clock is not None:
+            args[1] = repr(self._clock())
+        for c in caps:
+            level = block_at.get(c.scope, 1.0)
+            args += [c.scope, "" if c.daily_usd is None else repr(c.daily_usd * level * NANO),
+                     "" if c.monthly_usd is None else repr(c.monthly_usd * level * NANO),
+                     "1" if c.scope.startswith("model:") else "0"]
+        for lim in limits:
+            args += [lim.scope, "" if lim.rpm is None else lim.rpm, "" if lim.tpm is None else lim.tpm]
+        args += [*models, PURGE_PER_CALL]
+        try:
+            out = await self._call("admit", _ADMIT, args)
+        except Exception as exc:
+            if not _unavailable(exc):
+                raise
+            return self._without_redis(request_id, caps, limits, exc)
+        self._back_up()
+        self.admitted += 1
+        return self._admission(out, caps, limits, reserve_usd)
+
+    @staticmethod
+    def _admission(out: list[Any], caps: Sequence[Cap], limits: Sequence[RateLimit], reserve_usd: float) -> Admission:
+        now_s, status, which, unit, usages, pin, cooling = out
+        now = float(now_s)
+        usage = {}
+        for cap, u in zip(caps, usages, strict=True):
+            usage[cap.scope] = Usage(u[0] / NANO, u[1] / NANO, u[2] / NANO, u[3] / NANO,
+                                     tuple(p / NANO for p in u[4]))
+        cool = {cooling[i]: int(cooling[i + 1]) / 1000 for i in range(0, len(cooling), 2)}
+        refused: str | None = None
+        retry: float | None = None
+        if status == "rate":
+            lim = limits[which - 1]
+            cap_n, what = (lim.rpm, "requests") if unit == "rpm" else (lim.tpm, "tokens")
+            refused, retry = f"rate limit {lim.scope}: {cap_n} {what} per minute", max(1.0, 60 * (1 - (now / 60 - now // 60)))
+        elif status == "cap":
+            c = caps[which - 1]
+            if unit == "daily":
+                refused, retry = f"budget {c.scope} daily ${c.daily_usd:g}", seconds_to_next_day(now)
+            else:
+                refused, retry = f"budget {c.scope} monthly ${c.monthly_usd:g}", seconds_to_next_month(now)
+        return Admission(now, usage, 0.0 if refused else reserve_usd, refused, retry, pin or None, cool)
+
+    def _without_redis(self, request_id: str, caps: Sequence[Cap], limits: Sequence[RateLimit],
+                       exc: BaseException | None) -> Admission:
+        """Redis is away: refuse (closed) or admit without budgets and rate limits (open, or nothing to govern)."""
+        if exc is not None:
+            self._went_down(exc)
+        if (caps or limits) and self.on_unavailable == "closed":
+            raise APIError(503, "tierwise cannot check budgets and rate limits right now (its shared state store, "
+                           "Redis, is unreachable), so it refuses requests they govern (state.on_unavailable: "
+                           "closed); retry shortly", type="server_error", code="state_unavailable",
+                           headers={"Retry-After": "1"})
+        self.degraded += 1
+        note = None
+        if caps or limits:
+            note = ("admitted without budgets or rate limits: the shared state store (Redis) was unreachable "
+                    "(state.on_unavailable: open); its cost is charged to the budgets when Redis is back")
+            self._unreserved[request_id] = [[c.scope for c in caps if not c.scope.startswith("model:")],
+                                            [c.scope for c in caps if c.scope.startswith("model:")]]
+            while len(self._unreserved) > self.max_pending:
+                self._unreserved.popitem(last=False)
+        return Admission(time.time(), {}, 0.0, note=note)
+
+    # -- settle ----------------------------------------------------------------------------------------------------
+
+    def settle(self, s: Settlement) -> None:
+        item: list[Any] = [s.request_id, _nano(s.cost_usd), int(s.tokens),
+                           {m: _nano(c) for m, c in s.models.items()},
+                           s.session_id if s.pin is not None else None, s.pin,
+                           {m: int(sec * 1000) for m, sec in s.cooldowns.items()},
+                           self._unreserved.pop(s.request_id, None)]
+        if len(self._queue) >= self.max_pending:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error("state backend %s: %d settlement(s) dropped (more than %d waiting for Redis): their "
+                          "reservations expire and their spend is not charged to budgets", self.where,
+                          self.dropped, self.max_pending)
+        self._queue.append(item)
+        self._start()
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is None or self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _start(self) -> None:
+        """Start the settlement sender on the running loop (the first admit or settle does)."""
+        if self._worker is not None or self._closed:
+            return
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._wake = asyncio.Event()
+        self._worker = self._loop.create_task(self._send_settlements(), name="tierwise-redis-settle")
+
+    async def _send_settlements(self) -> None:
+        assert self._wake is not None
+        backoff = 0.05
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._down_since is not None and time.monotonic() < self._retry_at:
+                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
+            batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
+            self._in_flight = len(batch)
+            args = [*self._consts, self.pin_ttl_ms, LATE_SETTLE_S * 1000, orjson.dumps(batch).decode()]
+            if self._clock is not None:
+                args[1] = repr(self._clock())
+            try:
+                await self._call("settle", _SETTLE, args)
+            except asyncio.CancelledError:
+                self._queue.extendleft(reversed(batch))
+                raise
+            except Exception as exc:
+                if _unavailable(exc):
+                    self._queue.extendleft(reversed(batch))  # sent again when Redis answers: idempotent
+                    self._went_down(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                else:  # a bug: never loop on it
+                    log.error("state backend %s: %d settlement(s) failed: %s", self.where, len(batch), exc)
+            else:
+                backoff = 0.05
+                self.settled += len(batch)
+                self._back_up()
+            finally:
+                self._in_flight = 0
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued settlement has been sent (True) or ``timeout_s`` passed (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue or self._in_flight:
+            if time.monotonic() >= deadline or self._worker is None or self._worker.done():
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued (for up to ``timeout_s``), then close the connections."""
+        if self._closed:
+            return
+        if self._queue and not await self.flush(timeout_s):
+            log.warning("state backend %s: %d settlement(s) not sent at shutdown (Redis unreachable): their "
+                        "reservations expire and their spend is not charged to budgets", self.where,
+                        len(self._queue) + self._in_flight)
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
+        await self._client.aclose()
+
+    # -- Redis calls -----------------------------------------------------------------------------------------------
+
+    async def _call(self, kind: str, script: str, args: list[Any]) -> Any:
+        """EVALSHA ``script``; loads it first time and after a NOSCRIPT (a restarted Redis); one retry on a broken
+        connection (a pooled one a Redis restart left dead) — safe, both scripts are idempotent per request id."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import NoScriptError
+
+        for attempt in (0, 1):
+            sha = self._sha.get(kind)
+            try:
+                if sha is None:
+                    self.round_trips["script_load"] += 1
+                    sha = self._sha[kind] = await self._client.script_load(script)
+                self.round_trips[kind] += 1
+                return await self._client.evalsha(sha, 1, self._res_key, *args)  # type: ignore[misc]
+            except NoScriptError:
+                self._sha.pop(kind, None)
+                if attempt:
+                    raise
+            except RedisConnectionError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> None:
+        await self._client.ping()  # type: ignore[misc]
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + PROBE_INTERVAL_S
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            how = "refusing requests that budgets or rate limits govern" if self.on_unavailable == "closed" else \
+                "admitting requests without budgets or rate limits"
+            log.error("state backend Redis at %s is unreachable (%s): %s until it is back "
+                      "(state.on_unavailable: %s)", self.where, _describe(exc, self.url), how, self.on_unavailable)
+
+    def _back_up(self) -> None:
+        if self._down_since is not None:
+            log.warning("state backend Redis at %s is reachable again after %.1f s", self.where,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests, the benchmark and operators."""
+        return {"round_trips": dict(self.round_trips), "admitted": self.admitted, "settled": self.settled,
+                "pending": len(self._queue), "dropped": self.dropped, "degraded": self.degraded,
+                "down": self._down_since is not None}
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """The error's type and message with the URL's password (if any) cut out."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        secret = urlsplit(url).password
+    except ValueError:
+        secret = None
+    return text.replace(secret, "***") if secret else text
+
