@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: install tierwise with every extra (test, local models, semantic routing, lab, postgres)
+# One command on a fresh machine: install tierwise with every extra (test, local models, semantic routing, lab, postgres, redis)
 # into ./.venv and run the full test suite. Extra arguments go to pytest (e.g. -m "not slow" for the fast loop).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
-install_tierwise "test,local,semantic,lab,postgres"
+install_tierwise "test,local,semantic,lab,postgres,redis"
 "$VENV/bin/python" -m ruff check src tests bench scripts
 # the request path (gateway, service, engine, executor, cascade, config, types) is type-checked
 "$VENV/bin/python" -m mypy --ignore-missing-imports src/tierwise/service.py src/tierwise/router.py src/tierwise/gateway \
