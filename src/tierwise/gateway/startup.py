@@ -67,7 +67,20 @@ def check_startup(cfg: TierwiseConfig, env: dict[str, str] | None = None) -> Sta
     problem = ledger_problem(cfg.ledger)
     if problem is not None:
         out.problems.append(ConfigProblem("ledger.path", problem))
+    if cfg.state.backend == "redis" and (problem := state_problem(cfg.state.url or "")) is not None:
+        out.problems.append(ConfigProblem("state.url", problem))
     return out
+
+
+def state_problem(url: str) -> str | None:
+    """Why the Redis state backend cannot be reached (connect + PING), or None; never the URL's password."""
+    try:
+        import redis  # noqa: F401  (the client is an extra)
+
+        from tierwise.state.redis_backend import connection_problem
+    except ImportError:
+        return "state.backend 'redis' needs the redis extra: pip install 'tierwise[redis]'"
+    return connection_problem(url)
 
 
 def _why(exc: BaseException) -> str:
