@@ -608,3 +608,24 @@ def _describe(exc: BaseException, url: str) -> str:
         secret = None
     return text.replace(secret, "***") if secret else text
 
+
+
+def connection_problem(url: str, timeout_s: float = 2.0) -> str | None:
+    """Why Redis at ``url`` cannot be used, or None (connects and PINGs; for ``check-config`` and ``serve``).
+    The message names host, port and database, never the URL's credentials."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    where = redacted(url)
+    try:
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                lib_name=None, lib_version=None)
+    except (ValueError, RedisError) as exc:
+        return f"state.url is not a usable Redis URL ({_describe(exc, url)})"
+    try:
+        client.ping()
+    except (RedisError, OSError) as exc:
+        return f"cannot reach the Redis state backend at {where}: {_describe(exc, url)}"
+    finally:
+        client.close()
+    return None
