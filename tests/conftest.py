@@ -71,3 +71,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             print(f"\nTIERWISE_NO_SKIPS: {rep.nodeid} was skipped: {reason}")
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _reap_serve_processes() -> Iterator[None]:
+    """No `tierwise serve` a test started outlives it, even when the test fails half-way."""
+    yield
+    from tests.procs import reap
+
+    reap()

@@ -14,6 +14,17 @@ import httpx
 #: the provider key the processes get from their environment: tests assert it never reaches a log or a client
 SECRET = "sk-proc-secret"
 
+_started: list[subprocess.Popen] = []
+
+
+def reap() -> None:
+    """Kill every process :func:`start_serve` started that is still running (a test that failed half-way)."""
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -45,6 +56,7 @@ def start_serve(cfg: Path, port: int, *, timeout_s: float = 30.0,
     proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={"FAKE_KEY": SECRET, "PATH": "/usr/bin:/bin"}, preexec_fn=preexec_fn)
+    _started.append(proc)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
