@@ -69,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from tierwise.ledger.spend import (
+    ESTIMATE_STATUSES,
     SPEND_KEYS,
     STATUS_COUNTS,
     TOKEN_METRICS,
@@ -76,6 +77,7 @@ from tierwise.ledger.spend import (
     SpendReport,
     SpendRow,
     ordered,
+    total_of,
 )
 from tierwise.ledger.store import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, LedgerSchemaError, Row
 
@@ -507,8 +509,8 @@ class PostgresLedgerStore:
         return [(int(t[0]), _decode(t[1:])) for t in got]
 
     def spend(self, query: SpendQuery) -> SpendReport:
-        """One ``GROUP BY`` over the window, and the totals, in one ``REPEATABLE READ`` read-only transaction (one
-        snapshot) on a connection of its own; tags through ``tags ->> key`` or ``jsonb_each_text``, days and months
+        """One ``GROUP BY`` over the window (and, when the groups do not partition the rows, the totals in the same
+        ``REPEATABLE READ`` read-only transaction: one snapshot) on a connection of its own; tags through ``tags ->> key`` or ``jsonb_each_text``, days and months
         in UTC (see :mod:`tierwise.ledger.spend`)."""
         self._check_open()
         where: list[sql.Composable] = []
@@ -544,16 +546,16 @@ class PostgresLedgerStore:
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             got = conn.execute(grouped, [*group_args, *args]).fetchall()
-            total = conn.execute(totals, args).fetchone()
+            total = None if query.partitions else conn.execute(totals, args).fetchone()
             conn.rollback()
         except psycopg.Error as exc:
             raise self._error("spend", exc) from None
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
-        assert total is not None
         groups = [SpendRow.from_values(t[:n], t[n:]) for t in got]
-        return SpendReport(query, ordered(query, groups), SpendRow.from_values((), total))
+        return SpendReport(query, ordered(query, groups),
+                           total_of(groups) if total is None else SpendRow.from_values((), total))
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
@@ -578,8 +580,10 @@ _PG_METRICS = sql.SQL(", ").join([
     *(sql.SQL("coalesce(sum({}), 0)::bigint").format(sql.Identifier(name))
       for name in TOKEN_METRICS),
     sql.SQL("coalesce(sum(cost_usd), 0)::float8"),
-    sql.SQL("coalesce(sum((cost_breakdown ->> 'estimated')::float8), 0)::float8"),
-    sql.SQL("count(*) FILTER (WHERE (cost_breakdown ->> 'estimated')::float8 > 0)"),
+    sql.SQL("coalesce(sum((cost_breakdown ->> 'estimated')::float8) FILTER (WHERE status IN ({})), 0)::float8")
+    .format(sql.SQL(", ").join(sql.Literal(s) for s in ESTIMATE_STATUSES)),
+    sql.SQL("count(*) FILTER (WHERE status IN ({}) AND (cost_breakdown ->> 'estimated')::float8 > 0)")
+    .format(sql.SQL(", ").join(sql.Literal(s) for s in ESTIMATE_STATUSES)),
 ])
 
 
