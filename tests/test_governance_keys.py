@@ -340,3 +340,13 @@ def test_postgres_store_survives_lost_connections(gov: GovEnv, store: Governance
     assert store.get_key(kid).id == kid  # a read reconnects
     kill()
     assert store.revoke_key(kid).status() == "revoked"  # a write whose first statement found the connection gone
+
+
+def test_governance_ddl_takes_the_ledgers_schema_lock() -> None:
+    """Both create tables in one PostgreSQL schema: they must serialise on the same advisory lock."""
+    pytest.importorskip("psycopg")
+    from tierwise.governance.store import schema_lock_key
+    from tierwise.ledger.postgres import _lock_key
+
+    for schema in ("tierwise", "tw_other"):
+        assert schema_lock_key(schema) == _lock_key("ledger.schema", schema)

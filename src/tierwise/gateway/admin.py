@@ -240,6 +240,7 @@ class AdminAPI:
         name = self._principal_name(request)
 
         def delete(s: GovernanceStore) -> list[str]:
+            s.get_principal(name)  # 404 naming no parameter: the name is the path's
             ids = [k.id for k in s.list_keys(name)]
             s.delete_principal(name)
             return ids

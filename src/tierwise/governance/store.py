@@ -33,12 +33,13 @@ ids its records name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar, runtime_checkable
@@ -767,6 +768,36 @@ PG_PRINCIPALS, PG_KEYS, PG_META = "tierwise_gov_principals", "tierwise_gov_keys"
 _PG_MIGRATIONS: dict[int, tuple[str, ...]] = {}  # version N -> N+1 ({P}, {K}, {M} placeholders)
 
 
+def schema_lock_key(schema: str) -> int:
+    """The advisory lock the PostgreSQL ledger takes around its DDL in ``schema``
+    (``tierwise.ledger.postgres._lock_key("ledger.schema", schema)``, same derivation): taking the same one means
+    the ledger and the governance store never create the schema or the versions table at the same time."""
+    digest = hashlib.blake2b(f"tierwise.ledger.schema:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _describe(exc: BaseException, secret: str | None = None) -> str:
+    """A psycopg error in words that cannot leak a value or a password (as the PostgreSQL ledger describes its
+    own): data errors (SQLSTATE class 22) quote values, so they keep only their class and SQLSTATE; other server
+    errors keep their primary message (object names); client-side errors keep their class, connection errors
+    their text; the DSN's password is masked in any case."""
+    name = type(exc).__name__
+    state = getattr(exc, "sqlstate", None)
+    if state is not None:
+        diag = getattr(exc, "diag", None)
+        primary = (getattr(diag, "message_primary", None) or "") if diag is not None else ""
+        text = f"{name} (SQLSTATE {state})" if state.startswith("22") or not primary else (
+            f"{primary} ({name}, SQLSTATE {state})")
+    elif name in ("OperationalError", "InterfaceError"):
+        text = f"{name}: {str(exc).strip()}"
+    else:
+        text = name
+    text = " ".join(text.split())[:300]
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
 class PostgresGovernanceStore(_SQLStore):
     """Principals and keys in PostgreSQL (psycopg 3), shared by every replica; see the module docstring.
 
@@ -783,10 +814,7 @@ class PostgresGovernanceStore(_SQLStore):
         except ImportError:
             raise GovernanceStoreError("governance on PostgreSQL needs psycopg 3: pip install 'tierwise[postgres]'") \
                 from None
-        from tierwise.ledger.postgres import _describe, _lock_key
-
         self._psycopg = psycopg
-        self._describe = _describe
         if not dsn or not dsn.strip():
             raise GovernanceStoreError("the PostgreSQL governance store needs a DSN (governance.dsn or ledger.dsn)")
         try:
@@ -804,7 +832,7 @@ class PostgresGovernanceStore(_SQLStore):
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = 10
         self._timeout_ms = int(statement_timeout_s * 1000)
-        self._schema_lock = _lock_key("ledger.schema", schema)  # the ledger's DDL lock: one DDL at a time per schema
+        self._schema_lock = schema_lock_key(schema)  # the ledger's DDL lock: one DDL at a time per schema
         self._lock = threading.Lock()
         self._closed = False
         ident = sql.Identifier
@@ -824,7 +852,7 @@ class PostgresGovernanceStore(_SQLStore):
 
     def _error(self, doing: str, exc: BaseException) -> GovernanceStoreError:
         return GovernanceStoreError(
-            f"PostgreSQL governance store {self.schema} ({self.where}): {doing}: {self._describe(exc, self._secret)}")
+            f"PostgreSQL governance store {self.schema} ({self.where}): {doing}: {_describe(exc, self._secret)}")
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
@@ -832,7 +860,7 @@ class PostgresGovernanceStore(_SQLStore):
             conn = psycopg.connect(self._dsn, autocommit=True, **self._kwargs)
         except psycopg.Error as exc:
             raise GovernanceStoreError(f"cannot connect to the PostgreSQL governance store ({self.where}): "
-                                       f"{self._describe(exc, self._secret)}") from None
+                                       f"{_describe(exc, self._secret)}") from None
         try:
             conn.execute("SELECT set_config('statement_timeout', %s, false), "
                          "set_config('idle_in_transaction_session_timeout', %s, false)",
@@ -992,8 +1020,6 @@ def store_problem(cfg: TierwiseConfig) -> tuple[str, str] | None:
             from psycopg.conninfo import conninfo_to_dict
         except ImportError:
             return "governance.backend", "governance on PostgreSQL needs psycopg 3: pip install 'tierwise[postgres]'"
-        from tierwise.ledger.postgres import _describe
-
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.Error:
@@ -1039,10 +1065,3 @@ def _sqlite_problem(path: Path) -> tuple[str, str] | None:
                                    f"{SQLITE_SCHEMA_VERSION}: upgrade tierwise")
     return None
 
-
-def iter_all(store: GovernanceStore) -> Iterator[tuple[KeyRecord, PrincipalRecord]]:
-    """Every key (whatever its status) with its principal: for listings that need both."""
-    principals = {p.name: p for p in store.list_principals()}
-    for k in store.list_keys():
-        if k.principal in principals:
-            yield k, principals[k.principal]
