@@ -100,8 +100,9 @@ def _field_flags(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: Any) -> None:
     """Register ``keys`` and ``principals`` on the main CLI's subparsers."""
-    keys = sub.add_parser("keys", help="virtual API keys: create, list, show, rotate, revoke") \
-        .add_subparsers(dest="keys_cmd", required=True, parser_class=_OneLineParser)
+    group = sub.add_parser("keys", help="virtual API keys: create, list, show, rotate, revoke")
+    group.__class__ = _OneLineParser  # built by the main parser's class; same state, one-line errors
+    keys = group.add_subparsers(dest="keys_cmd", required=True, parser_class=_OneLineParser)
     p = keys.add_parser("create", help="create a key (and its principal when new); prints the key once")
     _config_arg(p)
     p.add_argument("--principal", required=True, help="the principal the key belongs to")
@@ -136,8 +137,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_guard(cmd_keys_revoke))
 
-    prs = sub.add_parser("principals", help="principals: create, list, show, update, delete") \
-        .add_subparsers(dest="principals_cmd", required=True, parser_class=_OneLineParser)
+    group = sub.add_parser("principals", help="principals: create, list, show, update, delete")
+    group.__class__ = _OneLineParser
+    prs = group.add_subparsers(dest="principals_cmd", required=True, parser_class=_OneLineParser)
     p = prs.add_parser("create", help="create a principal")
     _config_arg(p)
     p.add_argument("name")
