@@ -5,7 +5,6 @@ naming the field, 404, 409), same_listener mounting, and serve/check-config refu
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -307,4 +306,3 @@ def test_same_listener_mounts_admin_under_admin(upstream: FakeUpstream, tmp_path
         assert gw.rows()[-1]["principal"] == "acme"
     finally:
         gw.stop()
-    os.environ.pop("TIERWISE_ADMIN_KEY", None)
