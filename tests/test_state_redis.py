@@ -727,7 +727,12 @@ def test_redis_down_fails_closed_with_503_then_recovers(tmp_path: Path, own_redi
             assert err["code"] == "state_unavailable" and err["type"] == "server_error" and "Redis" in err["message"]
         own_redis.start()  # an empty Redis: the scripts are loaded again (NOSCRIPT)
         statuses: list[int] = []
-        assert _wait_for(lambda: statuses.append(post(gw, "a").status_code) or statuses[-1] == 200)
+
+        def served() -> bool:
+            statuses.append(post(gw, "a").status_code)
+            return statuses[-1] == 200
+
+        assert _wait_for(served)
         flushed(gw)
         rows = gw.rows()
         st = state_of(gw)
