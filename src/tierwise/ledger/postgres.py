@@ -76,6 +76,7 @@ from tierwise.ledger.spend import (
     SpendQuery,
     SpendReport,
     SpendRow,
+    named_groups,
     ordered,
     total_of,
 )
@@ -526,9 +527,10 @@ class PostgresLedgerStore:
         group_args: list[Any] = []
         join = sql.SQL("")
         for key in query.by:
-            if key in ("day", "month"):  # floored to the second, as in SQLite and Python
-                fmt = "YYYY-MM-DD" if key == "day" else "YYYY-MM"
-                exprs.append(sql.SQL("to_char(to_timestamp(floor(ts)) AT TIME ZONE 'UTC', {})").format(sql.Literal(fmt)))
+            if key == "day":  # the UTC day number, floored to the second as in SQLite and Python
+                exprs.append(sql.SQL("floor(ts)::bigint / 86400"))
+            elif key == "month":
+                exprs.append(sql.SQL("to_char(to_timestamp(floor(ts)) AT TIME ZONE 'UTC', 'YYYY-MM')"))
             elif key == "tag" and query.tag_key is not None:
                 exprs.append(sql.SQL("tags ->> %s"))
                 group_args.append(query.tag_key)
@@ -541,7 +543,6 @@ class PostgresLedgerStore:
             sql.SQL(", ").join(exprs), _PG_METRICS, self._table, join, where_sql,
             sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(exprs))))
         totals = sql.SQL("SELECT {} FROM {}{}").format(_PG_METRICS, self._table, where_sql)
-        n = len(exprs)
         conn = self._connect(read_only=True, autocommit=False)
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -553,7 +554,7 @@ class PostgresLedgerStore:
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
-        groups = [SpendRow.from_values(t[:n], t[n:]) for t in got]
+        groups = named_groups(query, got)
         return SpendReport(query, ordered(query, groups),
                            total_of(groups) if total is None else SpendRow.from_values((), total))
 

@@ -10,7 +10,9 @@ Grouping keys (``--by``; several make one group per combination):
 - ``customer``, ``department``, ``project``, ``tier``, ``model``, ``principal``, ``key`` (the ``key_id`` column):
   the record's value, ``None`` when it has none (e.g. rows written before attribution, an open gateway).
 - ``day`` / ``month``: the UTC calendar day (``2026-11-25``) / month (``2026-11``) of ``ts``, floored to the second
-  in every backend so that a request at 23:59:59.9996 is never booked to the next day.
+  in every backend so that a request at 23:59:59.9996 is never booked to the next day. SQL groups days by their
+  number since 1970-01-01 (integer arithmetic on ``ts``: half the cost of formatting a date per row) and names the
+  few groups afterwards.
 - ``tag``: with ``tag_key``, that tag's value (``None`` for rows without it); without, every ``key=value`` pair of
   the row's tags (``None`` for rows without tags). Without ``tag_key`` a row with two tags is in two groups, so the
   groups then add up to more than the total; in every other grouping they add up to it exactly.
@@ -38,6 +40,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from datetime import date, timedelta
 from typing import Any
 
 #: ``--by`` keys: name -> ledger column (None: computed from ``ts`` or ``tags``).
@@ -178,6 +181,27 @@ def ordered(query: SpendQuery, groups: list[SpendRow]) -> list[SpendRow]:
     return sorted(groups, key=lambda g: (-g.cost_usd, [_null_last(v) for v in g.group]))
 
 
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+def day_name(day_number: int) -> str:
+    """``2026-11-25`` for a UTC day counted from 1970-01-01 (what the SQL groups days by)."""
+    return (_EPOCH_DAY + timedelta(days=int(day_number))).isoformat()
+
+
+def named_groups(query: SpendQuery, rows: Iterable[tuple[Any, ...]]) -> list[SpendRow]:
+    """SQL result rows (the group values, then the metrics) as :class:`SpendRow`, day numbers named."""
+    n = len(query.by)
+    day = query.by.index("day") if "day" in query.by else -1
+    out = []
+    for t in rows:
+        group = list(t[:n])
+        if day >= 0 and group[day] is not None:
+            group[day] = day_name(group[day])
+        out.append(SpendRow.from_values(tuple(group), t[n:]))
+    return out
+
+
 def utc_day(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
@@ -215,7 +239,7 @@ def sqlite_spend(conn: sqlite3.Connection, query: SpendQuery) -> SpendReport:
     exprs, group_args, join = [], [], ""
     for key in query.by:
         if key == "day":
-            exprs.append("strftime('%Y-%m-%d', CAST(ts AS INTEGER), 'unixepoch')")  # floored: see module doc
+            exprs.append("CAST(ts AS INTEGER) / 86400")  # the UTC day number, floored: see the module docstring
         elif key == "month":
             exprs.append("strftime('%Y-%m', CAST(ts AS INTEGER), 'unixepoch')")
         elif key == "tag" and query.tag_key is not None:
@@ -230,14 +254,13 @@ def sqlite_spend(conn: sqlite3.Connection, query: SpendQuery) -> SpendReport:
     grouped = (f"SELECT {', '.join(exprs)}, {_SQLITE_METRICS} FROM requests{join}{where_sql} "
                f"GROUP BY {positions}")
     totals = f"SELECT {_SQLITE_METRICS} FROM requests{where_sql}"
-    n = len(exprs)
     conn.execute("BEGIN")
     try:
         got = conn.execute(grouped, [*group_args, *args]).fetchall()
         total = None if query.partitions else conn.execute(totals, args).fetchone()
     finally:
         conn.execute("COMMIT")
-    groups = [SpendRow.from_values(t[:n], t[n:]) for t in got]
+    groups = named_groups(query, got)
     return SpendReport(query, ordered(query, groups),
                        total_of(groups) if total is None else SpendRow.from_values((), total))
 
