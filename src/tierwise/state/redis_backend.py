@@ -104,15 +104,17 @@ local month = string.format('%04d-%02d', y, mo)
 local day = string.format('%s-%02d', month, d)
 local minute = math.floor(now / 60)
 local KEEP_DAY, KEEP_MONTH = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- INCRBY with the amount written as an integer (Lua would send 1e+15 for a big number); a key is given its TTL
+-- when the increment created it (the result is the amount), so there is no PEXPIRE call per increment
 local function add(key, amount, keep)
-  redis.call('INCRBY', key, amount)
-  redis.call('PEXPIRE', key, keep)
+  local a = string.format('%d', amount)
+  if redis.call('INCRBY', key, a) == amount then redis.call('PEXPIRE', key, keep) end
 end
 local function release(r)
+  local a = tonumber(r.a)
   for _, s in ipairs(r.s) do
-    for _, k in ipairs({base .. ':rv:' .. s .. ':' .. r.d, base .. ':rv:' .. s .. ':' .. r.m}) do
-      if redis.call('EXISTS', k) == 1 then redis.call('DECRBY', k, r.a) end
-    end
+    add(base .. ':rv:' .. s .. ':' .. r.d, -a, KEEP_DAY)
+    add(base .. ':rv:' .. s .. ':' .. r.m, -a, KEEP_MONTH)
   end
 end
 local function charge(scopes, dd, mm, amount)
@@ -123,17 +125,16 @@ local function charge(scopes, dd, mm, amount)
 end
 """
 
-# KEYS[1] = P:res. ARGV: base, now|'' , keep day, keep month, request id, reserve (nano), tokens, ttl ms, record ms,
-# session|'', #caps, #limits, #models, then per cap: scope, daily threshold|'', monthly threshold|'', is model
-# (1/0); per limit: scope, rpm|'', tpm|''; the models.
+# KEYS[1] = P:res. ARGV: base, now|'', keep day, keep month, and the request as one JSON object (one argument
+# instead of dozens: packing arguments is most of redis-py's cost per call): id, a (reserve, nano), t (tokens),
+# ttl and rec (ms), s (session|''), p (purge limit), c: caps [scope, daily threshold|-1, monthly threshold|-1,
+# is model 1/0], l: limits [scope, rpm|-1, tpm|-1], m: models.
 _ADMIT = _LIB + r"""
 local res = KEYS[1]
-local rid, amount, tokens = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local ttl_ms, record_ms, session = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-local ncap, nlim, nmod = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local at = 14
+local q = cjson.decode(ARGV[5])
+local rid, amount, tokens, ttl_ms, record_ms, session = q.id, q.a, q.t, q.ttl, q.rec, q.s
 -- release expired reservations (bounded); their records stay for a late settlement
-local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[14 + 4 * ncap + 3 * nlim + nmod]))
+local expired = redis.call('ZRANGEBYSCORE', res, '-inf', now_ms, 'LIMIT', 0, q.p)
 for _, id in ipairs(expired) do
   redis.call('ZREM', res, id)
   local rk = base .. ':r:' .. id
@@ -147,42 +148,57 @@ for _, id in ipairs(expired) do
     end
   end
 end
--- consumption of every cap, before this request
-local seen = redis.call('SMEMBERS', base .. ':days:' .. month)
+-- consumption of every cap, before this request, in one MGET: 4 keys per cap, then its past days of this month
+local ncap = #q.c
 local past = {}
-for _, dd in ipairs(seen) do
-  if dd < day then past[#past + 1] = dd end
+if ncap > 0 then
+  for _, dd in ipairs(redis.call('SMEMBERS', base .. ':days:' .. month)) do
+    if dd < day then past[#past + 1] = dd end
+  end
+  table.sort(past)
 end
-table.sort(past)
-local caps, usage = {}, {}
-for i = 1, ncap do
-  local scope = ARGV[at]
-  caps[i] = {scope, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3] == '1'}
-  at = at + 4
-  local p = base .. ':sp:' .. scope .. ':'
-  local v = redis.call('MGET', p .. day, base .. ':rv:' .. scope .. ':' .. day, p .. month,
-                       base .. ':rv:' .. scope .. ':' .. month)
-  local u = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'), {}}
-  for j, dd in ipairs(past) do u[5][j] = tonumber(redis.call('GET', p .. dd) or '0') end
-  usage[i] = u
+local caps, usage, keys = {}, {}, {}
+for i, c in ipairs(q.c) do
+  local sp, rv = base .. ':sp:' .. c[1] .. ':', base .. ':rv:' .. c[1] .. ':'
+  caps[i] = {c[1], c[2], c[3], c[4] == 1}
+  keys[#keys + 1] = sp .. day
+  keys[#keys + 1] = rv .. day
+  keys[#keys + 1] = sp .. month
+  keys[#keys + 1] = rv .. month
+  for _, dd in ipairs(past) do keys[#keys + 1] = sp .. dd end
 end
-local limits = {}
-for i = 1, nlim do
-  limits[i] = {ARGV[at], ARGV[at + 1], ARGV[at + 2]}
-  at = at + 3
+if ncap > 0 then
+  local v = redis.call('MGET', unpack(keys))
+  local at = 1
+  for i = 1, ncap do
+    local u = {tonumber(v[at] or '0'), tonumber(v[at + 1] or '0'), tonumber(v[at + 2] or '0'),
+               tonumber(v[at + 3] or '0'), {}}
+    for j = 1, #past do u[5][j] = tonumber(v[at + 3 + j] or '0') end
+    at = at + 4 + #past
+    usage[i] = u
+  end
 end
+local limits = q.l
 local status, which, unit = 'ok', 0, ''
 local again = redis.call('EXISTS', base .. ':r:' .. rid) == 1  -- a retried admit whose reply was lost
 if not again then
   -- rate limits: this minute plus the part of the last one the sliding window still covers
   local into = now / 60 - minute
-  for i, lim in ipairs(limits) do
-    for _, kind in ipairs({{lim[2], 'rq', 1, 'rpm'}, {lim[3], 'tk', tokens, 'tpm'}}) do
-      if status == 'ok' and kind[1] ~= '' then
-        local k = base .. ':' .. kind[2] .. ':' .. lim[1] .. ':'
-        local prev = tonumber(redis.call('GET', k .. string.format('%d', minute - 1)) or '0')
-        local cur = tonumber(redis.call('GET', k .. string.format('%d', minute)) or '0')
-        if prev * (1 - into) + cur + kind[3] > tonumber(kind[1]) then status, which, unit = 'rate', i, kind[4] end
+  local m0, m1 = string.format('%d', minute - 1), string.format('%d', minute)
+  if #limits > 0 then
+    local rk = {}
+    for _, lim in ipairs(limits) do
+      for _, kind in ipairs({'rq', 'tk'}) do
+        rk[#rk + 1] = base .. ':' .. kind .. ':' .. lim[1] .. ':' .. m0
+        rk[#rk + 1] = base .. ':' .. kind .. ':' .. lim[1] .. ':' .. m1
+      end
+    end
+    local v = redis.call('MGET', unpack(rk))
+    for i, lim in ipairs(limits) do
+      for j, kind in ipairs({{lim[2], 1, 'rpm'}, {lim[3], tokens, 'tpm'}}) do
+        local at = (i - 1) * 4 + (j - 1) * 2 + 1
+        local used = tonumber(v[at] or '0') * (1 - into) + tonumber(v[at + 1] or '0')
+        if status == 'ok' and kind[1] >= 0 and used + kind[2] > kind[1] then status, which, unit = 'rate', i, kind[3] end
       end
     end
   end
@@ -191,12 +207,12 @@ if not again then
     for i, c in ipairs(caps) do
       if status == 'ok' and not c[4] then
         local u = usage[i]
-        if c[2] ~= '' and u[1] + u[2] >= tonumber(c[2]) then status, which, unit = 'cap', i, 'daily'
-        elseif c[3] ~= '' and u[3] + u[4] >= tonumber(c[3]) then status, which, unit = 'cap', i, 'monthly' end
+        if c[2] >= 0 and u[1] + u[2] >= c[2] then status, which, unit = 'cap', i, 'daily'
+        elseif c[3] >= 0 and u[3] + u[4] >= c[3] then status, which, unit = 'cap', i, 'monthly' end
       end
     end
   end
-  if status == 'ok' and (ncap > 0 or nlim > 0) then
+  if status == 'ok' and (ncap > 0 or #limits > 0) then
     local scopes, mscopes, rscopes = {}, {}, {}
     for _, c in ipairs(caps) do
       if c[4] then mscopes[#mscopes + 1] = c[1] else
@@ -211,22 +227,25 @@ if not again then
       add(base .. ':rq:' .. lim[1] .. ':' .. m, 1, 150000)
       add(base .. ':tk:' .. lim[1] .. ':' .. m, tokens, 150000)
     end
-    local r = {a = amount, s = scopes, ms = mscopes, rs = rscopes, t = tokens, d = day, m = month, mi = minute}
+    -- the amount as a string: cjson writes numbers with 14 significant digits
+    local r = {a = string.format('%d', amount), s = scopes, ms = mscopes, rs = rscopes, t = tokens, d = day, m = month, mi = minute}
     redis.call('SET', base .. ':r:' .. rid, cjson.encode(r), 'PX', ttl_ms + record_ms)
     redis.call('ZADD', res, now_ms + ttl_ms, rid)
   end
 end
 -- shared routing state: the session's pin, the models in cooldown
-local pin = ''
-if session ~= '' then pin = redis.call('GET', base .. ':pin:' .. session) or '' end
-local cooling = {}
-for i = 1, nmod do
-  local model = ARGV[at]
-  at = at + 1
-  local until_ms = redis.call('GET', base .. ':cool:' .. model)
-  if until_ms and tonumber(until_ms) > now_ms then
-    cooling[#cooling + 1] = model
-    cooling[#cooling + 1] = until_ms
+local pin, cooling = '', {}
+if session ~= '' or #q.m > 0 then
+  local rk = {base .. ':pin:' .. session}
+  for _, model in ipairs(q.m) do rk[#rk + 1] = base .. ':cool:' .. model end
+  local v = redis.call('MGET', unpack(rk))
+  if session ~= '' then pin = v[1] or '' end
+  for i, model in ipairs(q.m) do
+    local until_ms = v[i + 1]
+    if until_ms and tonumber(until_ms) > now_ms then
+      cooling[#cooling + 1] = model
+      cooling[#cooling + 1] = until_ms
+    end
   end
 end
 local out = {}
@@ -246,6 +265,9 @@ local function models_charge(mscopes, models, dd, mm)
     if c then charge({s}, dd, mm, c) else charge({s}, dd, mm, 0) end
   end
 end
+local function seen(mm, dd)  -- the days of a month anything was settled on (the projection's past days)
+  if redis.call('SADD', base .. ':days:' .. mm, dd) == 1 then redis.call('PEXPIRE', base .. ':days:' .. mm, KEEP_MONTH) end
+end
 local charged = 0
 for _, st in ipairs(cjson.decode(ARGV[7])) do
   local id, cost, tokens, models = st[1], st[2], st[3], st[4]
@@ -260,19 +282,16 @@ for _, st in ipairs(cjson.decode(ARGV[7])) do
     charge(r.s, r.d, r.m, cost)
     models_charge(r.ms, models, r.d, r.m)
     for _, s in ipairs(r.rs) do  -- tokens per minute: the admission's estimate, corrected to what was used
-      local k = base .. ':tk:' .. s .. ':' .. string.format('%d', r.mi)
-      if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, tokens - r.t) end
+      add(base .. ':tk:' .. s .. ':' .. string.format('%d', r.mi), tokens - r.t, 150000)
     end
-    redis.call('SADD', base .. ':days:' .. r.m, r.d)
-    redis.call('PEXPIRE', base .. ':days:' .. r.m, KEEP_MONTH)
+    seen(r.m, r.d)
     redis.call('DEL', rk)
     charged = charged + 1
   elseif st[8] ~= cjson.null then
     if redis.call('SET', base .. ':done:' .. id, '1', 'NX', 'PX', late_ms) then
       charge(st[8][1], day, month, cost)
       models_charge(st[8][2], models, day, month)
-      redis.call('SADD', base .. ':days:' .. month, day)
-      redis.call('PEXPIRE', base .. ':days:' .. month, KEEP_MONTH)
+      seen(month, day)
       charged = charged + 1
     end
   end
@@ -371,8 +390,7 @@ class RedisStateBackend:
         from redis.backoff import NoBackoff
 
         return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                              retry=Retry(NoBackoff(), 0), decode_responses=True,  # retries are ours (see _call)
-                              lib_name=None, lib_version=None)  # no CLIENT SETINFO round trips per connection
+                              retry=Retry(NoBackoff(), 0), decode_responses=True)  # retries are ours (see _call)
 
     # -- admit -----------------------------------------------------------------------------------------------------
 
@@ -382,18 +400,16 @@ class RedisStateBackend:
         self._start()
         if self._down_since is not None and time.monotonic() < self._retry_at:
             return self._without_redis(request_id, caps, limits, None)
-        args: list[Any] = [*self._consts, request_id, _nano(reserve_usd), int(tokens), max(1, int(ttl_s * 1000)),
-                           LATE_SETTLE_S * 1000, session_id or "", len(caps), len(limits), len(models)]
-        if self._clock is not None:
-            args[1] = repr(self._clock())
-        for c in caps:
-            level = block_at.get(c.scope, 1.0)
-            args += [c.scope, "" if c.daily_usd is None else repr(c.daily_usd * level * NANO),
-                     "" if c.monthly_usd is None else repr(c.monthly_usd * level * NANO),
-                     "1" if c.scope.startswith("model:") else "0"]
-        for lim in limits:
-            args += [lim.scope, "" if lim.rpm is None else lim.rpm, "" if lim.tpm is None else lim.tpm]
-        args += [*models, PURGE_PER_CALL]
+        spec = {"id": request_id, "a": _nano(reserve_usd), "t": int(tokens), "ttl": max(1, int(ttl_s * 1000)),
+                "rec": LATE_SETTLE_S * 1000, "s": session_id or "", "p": PURGE_PER_CALL,
+                "c": [[c.scope, -1 if c.daily_usd is None else c.daily_usd * block_at.get(c.scope, 1.0) * NANO,
+                       -1 if c.monthly_usd is None else c.monthly_usd * block_at.get(c.scope, 1.0) * NANO,
+                       1 if c.scope.startswith("model:") else 0] for c in caps],
+                "l": [[lim.scope, -1 if lim.rpm is None else lim.rpm, -1 if lim.tpm is None else lim.tpm]
+                      for lim in limits],
+                "m": list(models)}
+        args = [self.base, "" if self._clock is None else repr(self._clock()), *self._consts[2:],
+                orjson.dumps(spec)]
         try:
             out = await self._call("admit", _ADMIT, args)
         except Exception as exc:
@@ -618,8 +634,7 @@ def connection_problem(url: str, timeout_s: float = 2.0) -> str | None:
 
     where = redacted(url)
     try:
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                lib_name=None, lib_version=None)
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     except (ValueError, RedisError) as exc:
         return f"state.url is not a usable Redis URL ({_describe(exc, url)})"
     try:
