@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -126,11 +128,14 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def serve(cfg: TierwiseConfig, host: str | None = None, port: int | None = None,
-          shutdown_timeout_s: float = 10.0, *, startup: Startup | None = None, source: str = "<config>") -> None:
+          shutdown_timeout_s: float = 10.0, *, startup: Startup | None = None, source: str = "<config>",
+          worker: tuple[int, int] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout_s`` to finish, then the ledger flushes.
 
     Raises :class:`StartupError` (nothing listening, nothing left running) when the gateway cannot start.
-    ``startup`` is :func:`check_startup`'s result when the caller already ran it.
+    ``startup`` is :func:`check_startup`'s result when the caller already ran it. ``worker`` = (index, count) when
+    this process is one of :func:`serve_workers`'s: the port is shared (SO_REUSEPORT), only worker 0 runs the admin
+    listener, and the worker stops (draining) when its parent is gone.
     """
     if startup is None:
         startup = check_startup(cfg)
@@ -139,7 +144,7 @@ def serve(cfg: TierwiseConfig, host: str | None = None, port: int | None = None,
     h = host or cfg.server.host
     p = cfg.server.port if port is None else port
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(cfg, h, p, shutdown_timeout_s, startup))
+        runner.run(_serve(cfg, h, p, shutdown_timeout_s, startup, worker))
 
 
 def _setup_failure(exc: BaseException) -> str:
@@ -171,7 +176,8 @@ async def _start_admin(cfg: TierwiseConfig, app: web.Application, runner: web.Ap
     return admin_runner
 
 
-async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: float, startup: Startup) -> None:
+async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: float, startup: Startup,
+                 worker: tuple[int, int] | None = None) -> None:
     from tierwise.gateway.app import create_app
     from tierwise.service import Tierwise
 
@@ -199,8 +205,9 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
         with contextlib.suppress(Exception):
             await runner.cleanup()
         raise StartupError(_setup_failure(exc)) from None
-    admin_runner = await _start_admin(cfg, app, runner)  # its own listener (before the public one opens)
-    site = web.TCPSite(runner, host, port)
+    # the admin API on its own listener (before the public one opens); of several workers, worker 0 runs it
+    admin_runner = await _start_admin(cfg, app, runner) if worker is None or worker[0] == 0 else None
+    site = web.TCPSite(runner, host, port, reuse_port=True if worker is not None else None)
     try:
         await site.start()
     except OSError as exc:
@@ -211,7 +218,8 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
                            "server.port / --port (and server.host / --host)") from None
     try:
         bound = runner.addresses[0][1] if runner.addresses else port
-        print(f"tierwise: serving on http://{host}:{bound}/v1 (ledger: {cfg.ledger.backend} {cfg.ledger.path})",
+        who = f"worker {worker[0] + 1}/{worker[1]} (pid {os.getpid()}) " if worker is not None else ""
+        print(f"tierwise: {who}serving on http://{host}:{bound}/v1 (ledger: {cfg.ledger.backend} {cfg.ledger.path})",
               file=sys.stderr, flush=True)
         stop, force = asyncio.Event(), asyncio.Event()
 
@@ -221,7 +229,10 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        orphaned = asyncio.ensure_future(_parent_gone(stop)) if worker is not None else None
         await stop.wait()
+        if orphaned is not None:
+            orphaned.cancel()
         await drain.run(site, shutdown_timeout_s, force)
     finally:
         if admin_runner is not None:
@@ -231,3 +242,101 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
         with contextlib.suppress(Exception):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().remove_signal_handler(sig)
+
+
+# -- several worker processes on one port -------------------------------------------------------------------------
+
+
+async def _parent_gone(stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL) drains and stops instead of serving on unsupervised."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("worker %d: the supervising process %d is gone: shutting down", os.getpid(), parent)
+    stop.set()
+
+
+def workers_problem(cfg: TierwiseConfig, workers: int) -> str | None:
+    """Why ``workers`` processes must not serve this config, or None: with ``state.backend: memory`` each worker
+    would count budgets and rate limits on its own, so each could spend a whole budget."""
+    if workers <= 1 or cfg.state.backend != "memory":
+        return None
+    governed = []
+    if any(c.daily_usd is not None or c.monthly_usd is not None for c in cfg.budgets.caps.values()):
+        governed.append("budgets.caps")
+    if cfg.governance.keys != "off":
+        governed.append(f"virtual keys (governance.keys: {cfg.governance.keys}), whose budgets and rate limits")
+    if not governed:
+        return None
+    return (f"--workers {workers} with state.backend: memory: {' and '.join(governed)} would be counted by each "
+            "worker on its own, so together they could spend each budget several times over; set state.backend: "
+            "redis (state.url: redis://…) to share them, or run one worker")
+
+
+def serve_workers(argv: list[str], workers: int, host: str, port: int) -> int:
+    """Run ``workers`` copies of ``tierwise serve`` (``argv``: the command line of one, without ``--worker``) on
+    ``host:port`` (SO_REUSEPORT: the kernel spreads connections over them), each with its own event loop, service,
+    state and ledger journal. SIGTERM/SIGINT are forwarded (a second one forces, as for one process); the parent
+    waits until every worker has drained and exited. A worker that dies is started again (at most once a second);
+    one that cannot start (exit 2) stops them all. Returns the exit status."""
+    if port == 0:  # one port for all: pick it here
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    started: dict[int, float] = {}
+    signals: list[int] = []
+
+    def spawn(i: int) -> None:
+        # own session: a terminal's Ctrl-C reaches the parent alone, which forwards it once
+        procs[i] = subprocess.Popen([*argv, "--host", host, "--port", str(port), "--worker", f"{i}/{workers}"],
+                                    start_new_session=True)
+        started[i] = time.monotonic()
+
+    def forward(signum: int, frame: object) -> None:
+        signals.append(signum)
+        for p in procs.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    code = 0
+    try:
+        for i in range(workers):
+            spawn(i)
+        print(f"tierwise: {workers} workers on http://{host}:{port}/v1 (pids "
+              f"{', '.join(str(p.pid) for p in procs.values())})", file=sys.stderr, flush=True)
+        restart_at: dict[int, float] = {}
+        while True:
+            for i, p in list(procs.items()):
+                rc = p.poll()
+                if rc is None or signals:
+                    continue
+                if rc == 2 and time.monotonic() - started[i] < 60:  # could not start: the config or the port
+                    log.error("worker %d/%d could not start (exit 2): stopping the others", i + 1, workers)
+                    code = 2
+                    forward(signal.SIGTERM, None)
+                elif i not in restart_at:
+                    log.error("worker %d/%d (pid %d) exited with status %s: starting it again", i + 1, workers,
+                              p.pid, rc)
+                    restart_at[i] = max(time.monotonic(), started[i] + 1.0)
+            for i, at in list(restart_at.items()):
+                if not signals and time.monotonic() >= at:
+                    del restart_at[i]
+                    spawn(i)
+            if signals and all(p.poll() is not None for p in procs.values()):
+                break
+            time.sleep(0.05)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for p in procs.values():  # only if the loop itself failed: never leave workers behind
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
+    if code == 0:
+        code = max((p.returncode for p in procs.values() if p.returncode and p.returncode > 0), default=0)
+    return code
