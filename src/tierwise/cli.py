@@ -52,6 +52,13 @@ def _when(value: str | None) -> float | None:
     return dt.timestamp()
 
 
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from tierwise.config.load import config_error
     from tierwise.gateway.server import serve
@@ -62,8 +69,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if startup.problems:
         print(f"tierwise: refusing to start: {config_error(args.config, startup.problems)}", file=sys.stderr)
         return 2
+    if args.workers > 1 and args.worker is None:  # the supervisor: N copies of this command share the port
+        from tierwise.gateway.server import serve_workers, workers_problem
+
+        problem = workers_problem(cfg, args.workers)
+        if problem is not None:
+            print(f"tierwise: refusing to start: {problem}", file=sys.stderr)
+            return 2
+        argv = [sys.executable, "-m", "tierwise.cli", "--log-level", args.log_level, "serve", "--config", args.config]
+        return serve_workers(argv, args.workers, args.host or cfg.server.host,
+                             cfg.server.port if args.port is None else args.port)
+    worker = None
+    if args.worker is not None:
+        index, count = (int(x) for x in args.worker.split("/"))
+        worker = (index, count)
     try:
-        serve(cfg, args.host, args.port, startup=startup, source=args.config)
+        serve(cfg, args.host, args.port, startup=startup, source=args.config, worker=worker)
     except StartupError as exc:
         print(f"tierwise: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -237,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(s)
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes sharing the port (SO_REUSEPORT), each its own event loop and ledger journal; "
+                        "with budgets or rate limits, needs state.backend: redis (default: 1)")
+    s.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor for each worker: index/count
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("check-config", help="validate a config and report every problem at once")
