@@ -811,3 +811,41 @@ async def test_noscript_after_a_script_flush_reloads(own_redis: OwnRedis, prefix
         assert b.round_trips["script_load"] == 2 and b.round_trips["admit"] == 3
     finally:
         await b.aclose()
+
+
+def test_serve_workers_share_budgets_through_redis(tmp_path: Path, prefix: str) -> None:
+    """`tierwise serve --workers 2` on state.backend redis (allowed: the workers share one set of counters)."""
+    from tests.test_serve_workers import start, write_config
+
+    with FakeUpstream() as up:
+        up.set(prompt_tokens=500, completion_tokens=400, latency_s=0.02)
+        port = free_port()
+        cfg = write_config(tmp_path, up.base_url, port, f'state: {{backend: redis, url: "{REDIS_URL}", prefix: '
+                           f'"{prefix}"}}\nbudgets: {{caps: {{global: {{daily_usd: 0.005}}}}, steps: []}}\n')
+        proc = start(cfg, port, 2)
+        codes: list[int] = []
+        try:
+            def client() -> None:
+                for _ in range(6):
+                    with httpx.Client(timeout=15) as c:
+                        codes.append(c.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                            json={"messages": MSG, "max_tokens": 400}).status_code)
+
+            threads = [threading.Thread(target=client) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            day = redis_day()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    rows = sqlite3.connect(tmp_path / "ledger.db").execute("select cost_usd from requests where status = 'ok'").fetchall()
+    spent = sum(c for (c,) in rows)
+    per_request = 500 * 0.1 / 1e6 + 400 * 0.4 / 1e6
+    assert set(codes) == {200, 429} and codes.count(200) == len(rows)
+    assert 0.005 - per_request <= spent <= 0.005 + 16 * per_request + 1e-9, (spent, len(rows))
+    assert abs(nano(prefix, f"sp:global:{day}") - round(spent * 1e9)) <= len(rows)
