@@ -1,12 +1,11 @@
 """Budgets with reservations and graded steps, rate limits: through real HTTP on a real gateway and fake upstream.
 
-The caller is a principal with budgets (here from a keyed gateway whose principals the test defines; the key store
-builds the same Principal), so what is tested is the request path a real key takes.
+The caller is a principal with budgets behind a real virtual key (SQLite governance store), so what is tested is
+the request path a real key takes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
+from tests.governance_env import GovEnv, gateway_config, make_key
 from tests.harness import GatewayServer, config_for
 from tierwise.config.schema import BudgetsConfig
 from tierwise.governance import Principal
@@ -26,48 +26,33 @@ from tierwise.state.memory_backend import MemoryStateBackend, seconds_to_next_da
 MSG = [{"role": "user", "content": "hello there"}]
 
 
-def gateway(up: FakeUpstream, tmp: Path, budgets: dict | None, principals: dict[str, Principal]) -> GatewayServer:
-    cfg = config_for(up.base_url, tmp)
+def gateway(up: FakeUpstream, tmp: Path, budgets: dict | None,
+            principals: dict[str, dict]) -> tuple[GatewayServer, dict[str, dict[str, str]]]:
+    """A gateway with virtual keys (SQLite governance store) for these principals; returns it and, per principal,
+    the Authorization header of a key of theirs."""
+    env = GovEnv("sqlite", tmp)
+    cfg = gateway_config(up.base_url, tmp, env)
     if budgets is not None:
         cfg.budgets = BudgetsConfig.model_validate(budgets)
-    gw_app_principals.update(principals)
-    return GatewayServer(cfg).start()
-
-
-gw_app_principals: dict[str, Principal] = {}
-
-
-@pytest.fixture(autouse=True)
-def keyed_by_header(monkeypatch: pytest.MonkeyPatch):
-    """Authenticate by a test header: the principals (with their budgets) are the test's. Only how the caller is
-    identified is replaced; admission, reservations, steps and settlement are the gateway's own."""
-    from tierwise.gateway import app
-
-    def who(request) -> Principal:  # type: ignore[no-untyped-def]
-        return gw_app_principals[request.headers.get("x-test-principal", "")]
-
-    async def principal(self, request):  # type: ignore[no-untyped-def]
-        return who(request)
-
-    def principal_sync(self, request):  # type: ignore[no-untyped-def]
-        return who(request)
-
-    target = app.Gateway._principal
-    monkeypatch.setattr(app.Gateway, "_principal", principal if asyncio.iscoroutinefunction(target) else principal_sync)
-    gw_app_principals.clear()
-    yield
+    store = env.store()
+    try:
+        auth = {name: {"Authorization": f"Bearer {make_key(store, name, **fields)[1]}"}
+                for name, fields in principals.items()}
+    finally:
+        store.close()
+    return GatewayServer(cfg).start(), auth
 
 
 def test_graded_steps_then_429_naming_the_budget(tmp_path: Path) -> None:
     with FakeUpstream() as up:
         up.set(prompt_tokens=1000, completion_tokens=1000)
         # chat = [large, small] + fallback fb: $0.0125, $0.0005 and $0.00025 a request at these token counts
-        gw = gateway(up, tmp_path, None, {"acme": Principal("acme", customer="acme", daily_budget_usd=0.10)})
+        gw, auth = gateway(up, tmp_path, None, {"acme": {"customer": "acme", "daily_budget_usd": 0.10}})
         try:
             seen = []
             for _ in range(80):
                 r = httpx.post(gw.base_url + "/chat/completions", json={"messages": MSG, "max_tokens": 1000},
-                               headers={"x-test-principal": "acme", "X-Task": "chat"}, timeout=10)
+                               headers={**auth["acme"], "X-Task": "chat"}, timeout=10)
                 seen.append((r.status_code, r.headers.get("x-tierwise-model"), r.headers.get("x-tierwise-budget")))
                 if r.status_code == 429:
                     break
@@ -95,8 +80,7 @@ def test_overspend_is_bounded_by_reservations_in_flight_under_concurrency(tmp_pa
     """32 concurrent clients against a $0.02 cap: spend ends within cap + what was in flight when it was reached."""
     with FakeUpstream() as up:
         up.set(prompt_tokens=500, completion_tokens=400, latency_s=0.05)
-        gw = gateway(up, tmp_path, {"steps": []},
-                     {"p": Principal("p", department="search", daily_budget_usd=0.02)})
+        gw, auth = gateway(up, tmp_path, {"steps": []}, {"p": {"department": "search", "daily_budget_usd": 0.02}})
         codes: list[int] = []
         lock = threading.Lock()
 
@@ -104,7 +88,7 @@ def test_overspend_is_bounded_by_reservations_in_flight_under_concurrency(tmp_pa
             with httpx.Client(timeout=10) as c:
                 for _ in range(10):
                     r = c.post(gw.base_url + "/chat/completions", json={"messages": MSG, "max_tokens": 400},
-                               headers={"x-test-principal": "p", "X-Task": "label"})
+                               headers={**auth["p"], "X-Task": "label"})
                     with lock:
                         codes.append(r.status_code)
 
@@ -126,15 +110,15 @@ def test_overspend_is_bounded_by_reservations_in_flight_under_concurrency(tmp_pa
 
 def test_rate_limit_429_with_retry_after(tmp_path: Path) -> None:
     with FakeUpstream() as up:
-        gw = gateway(up, tmp_path, None, {"k": Principal("k", key_id="key_1", rpm=3)})
+        gw, auth = gateway(up, tmp_path, None, {"k": {"rpm": 3}})
         try:
             codes = [httpx.post(gw.base_url + "/chat/completions", json={"messages": MSG},
-                                headers={"x-test-principal": "k"}, timeout=10) for _ in range(4)]
+                                headers=auth["k"], timeout=10) for _ in range(4)]
         finally:
             gw.stop()
     assert [r.status_code for r in codes] == [200, 200, 200, 429]
     err = codes[-1].json()["error"]
-    assert err["code"] == "rate_limit_exceeded" and "key:key_1: 3 requests per minute" in err["message"]
+    assert err["code"] == "rate_limit_exceeded" and ": 3 requests per minute" in err["message"]
     assert 1 <= int(codes[-1].headers["Retry-After"]) <= 60
 
 

@@ -117,9 +117,12 @@ def test_overrides_only_narrow() -> None:
     got = resolve(k, p)
     assert got.name == "acme" and got.key_id == "key_000000000001" and got.customer == "Acme"
     assert got.allowed_tiers == frozenset({"label"}) and got.allowed_models == frozenset({"small"})
-    assert (got.daily_budget_usd, got.monthly_budget_usd, got.rpm, got.tpm) == (10.0, 100.0, 10, 5000)
+    # the principal's own limits, shared by its keys, and the key's on top (never above the principal's)
+    assert (got.daily_budget_usd, got.monthly_budget_usd, got.rpm, got.tpm) == (10.0, None, 60, None)
+    assert (got.key_daily_budget_usd, got.key_monthly_budget_usd, got.key_rpm, got.key_tpm) == (10.0, 100.0, 10, 5000)
     bare = resolve(KeyRecord(id="key_000000000002", name=None, principal="acme", prefix="tw-y", created_at=0.0), p)
     assert bare.allowed_tiers == frozenset({"chat", "label"}) and bare.allowed_models is None and bare.rpm == 60
+    assert (bare.key_daily_budget_usd, bare.key_rpm) == (None, None)
 
 
 # -- the gateway --------------------------------------------------------------------------------------------

@@ -84,18 +84,19 @@ def _cap_int(key: int | None, principal: int | None) -> int | None:
 
 
 def resolve(key: KeyRecord, p: PrincipalRecord) -> Principal:
-    """The principal a request with ``key`` runs as: the key's overrides applied, each one only narrowing the
-    principal's (allow lists intersected, each limit the smaller of the two)."""
+    """The principal a request with ``key`` runs as: allow lists intersected with the key's; the principal's
+    budgets and rate limits (shared by all its keys) plus the key's own, each never above the principal's."""
     return Principal(
         name=p.name, key_id=key.id, customer=p.customer, department=p.department, project=p.project,
         value_tier=p.value_tier,
         allowed_tiers=_narrow(p.allowed_tiers, key.allowed_tiers),
         allowed_models=_narrow(p.allowed_models, key.allowed_models),
         revenue_per_request_usd=p.revenue_per_request_usd,
-        daily_budget_usd=_cap(key.daily_budget_usd, p.daily_budget_usd),
-        monthly_budget_usd=_cap(key.monthly_budget_usd, p.monthly_budget_usd),
-        rpm=_cap_int(key.rpm, p.rpm),
-        tpm=_cap_int(key.tpm, p.tpm),
+        daily_budget_usd=p.daily_budget_usd, monthly_budget_usd=p.monthly_budget_usd, rpm=p.rpm, tpm=p.tpm,
+        key_daily_budget_usd=_cap(key.daily_budget_usd, p.daily_budget_usd) if key.daily_budget_usd else None,
+        key_monthly_budget_usd=_cap(key.monthly_budget_usd, p.monthly_budget_usd) if key.monthly_budget_usd else None,
+        key_rpm=_cap_int(key.rpm, p.rpm) if key.rpm else None,
+        key_tpm=_cap_int(key.tpm, p.tpm) if key.tpm else None,
     )
 
 

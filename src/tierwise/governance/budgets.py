@@ -36,8 +36,9 @@ def caps_for(principal: Principal, cfg: BudgetsConfig, models: Sequence[str]) ->
     """Every cap that governs a request of ``principal`` whose plan may use ``models``."""
     caps: list[Cap] = []
     if principal.daily_budget_usd is not None or principal.monthly_budget_usd is not None:
-        scope = f"key:{principal.key_id}" if principal.key_id else f"principal:{principal.name}"
-        caps.append(Cap(scope, principal.daily_budget_usd, principal.monthly_budget_usd))
+        caps.append(Cap(f"principal:{principal.name}", principal.daily_budget_usd, principal.monthly_budget_usd))
+    if principal.key_id and (principal.key_daily_budget_usd is not None or principal.key_monthly_budget_usd is not None):
+        caps.append(Cap(f"key:{principal.key_id}", principal.key_daily_budget_usd, principal.key_monthly_budget_usd))
     wanted = {"global": "global"}
     if principal.customer:
         wanted[f"customer:{principal.customer}"] = "customer:*"
@@ -55,10 +56,13 @@ def caps_for(principal: Principal, cfg: BudgetsConfig, models: Sequence[str]) ->
 
 
 def limits_for(principal: Principal) -> list[RateLimit]:
-    if principal.rpm is None and principal.tpm is None:
-        return []
-    scope = f"key:{principal.key_id}" if principal.key_id else f"principal:{principal.name}"
-    return [RateLimit(scope, principal.rpm, principal.tpm)]
+    """The principal's rate limits (shared by its keys) and its key's own."""
+    out = []
+    if principal.rpm is not None or principal.tpm is not None:
+        out.append(RateLimit(f"principal:{principal.name}", principal.rpm, principal.tpm))
+    if principal.key_id and (principal.key_rpm is not None or principal.key_tpm is not None):
+        out.append(RateLimit(f"key:{principal.key_id}", principal.key_rpm, principal.key_tpm))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

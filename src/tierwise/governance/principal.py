@@ -26,12 +26,16 @@ class Principal:
     allowed_tiers: frozenset[str] | None = None  # None: every tier
     allowed_models: frozenset[str] | None = None  # None: every model
     revenue_per_request_usd: float | None = None
-    # the effective limits of this request's key (the key's own override where it sets one, never above its
-    # principal's; else the principal's); None: no limit
+    # the principal's limits, shared by all its keys (scope ``principal:<name>``); None: no limit
     daily_budget_usd: float | None = None
     monthly_budget_usd: float | None = None
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens per minute (prompt + completion)
+    # the key's own limits on top (scope ``key:<id>``), never above its principal's; None: none of its own
+    key_daily_budget_usd: float | None = None
+    key_monthly_budget_usd: float | None = None
+    key_rpm: int | None = None
+    key_tpm: int | None = None
 
     def refuses_tier(self, tier: str) -> bool:
         return self.allowed_tiers is not None and tier not in self.allowed_tiers
