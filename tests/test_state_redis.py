@@ -32,11 +32,10 @@ import httpx
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import GatewayServer, config_for
-from tests.test_budgets import gw_app_principals, keyed_by_header  # noqa: F401  (autouse: principals by header)
+from tests.governance_env import GovEnv, gateway_config, make_key
+from tests.harness import GatewayServer
 from tierwise.config.schema import BudgetsConfig
 from tierwise.errors import APIError
-from tierwise.governance import Principal
 from tierwise.state.backend import Cap, RateLimit, Settlement, StateBackend
 from tierwise.state.memory_backend import MemoryStateBackend
 
@@ -396,31 +395,41 @@ def test_redacted_never_shows_credentials() -> None:
 
 
 @contextlib.contextmanager
-def replicas(up: FakeUpstream, tmp: Path, prefix: str, n: int, budgets: dict | None = None, url: str = REDIS_URL,
-             on_unavailable: str = "closed") -> Iterator[list[GatewayServer]]:
-    """``n`` real gateways (each its own service, event loop and ledger) on one Redis; stopped afterwards (their
-    queued settlements are sent then)."""
+def replicas(up: FakeUpstream, tmp: Path, prefix: str, n: int, principals: dict[str, dict[str, Any]],
+             budgets: dict | None = None, url: str = REDIS_URL,
+             on_unavailable: str = "closed") -> Iterator[tuple[list[GatewayServer], dict[str, dict[str, str]]]]:
+    """``n`` real gateways (each its own service, event loop and ledger) on one Redis and one governance store
+    (virtual keys: a key of each of ``principals``, whose Authorization headers come back by name); stopped
+    afterwards (their queued settlements are sent then)."""
+    env = GovEnv("sqlite", tmp)
+    store = env.store()
+    try:
+        auth = {name: {"Authorization": f"Bearer {make_key(store, name, **fields)[1]}"}
+                for name, fields in principals.items()}
+    finally:
+        store.close()
     gws: list[GatewayServer] = []
     try:
         for i in range(n):
             d = tmp / f"replica{i}"
             d.mkdir()
-            cfg = config_for(up.base_url, d, extra=f'state: {{backend: redis, url: "{url}", prefix: "{prefix}", '
-                                                   f'on_unavailable: {on_unavailable}}}\n')
+            cfg = gateway_config(up.base_url, d, env, extra=f'state: {{backend: redis, url: "{url}", prefix: '
+                                 f'"{prefix}", on_unavailable: {on_unavailable}}}\n')
             if budgets is not None:
                 cfg.budgets = BudgetsConfig.model_validate(budgets)
             gws.append(GatewayServer(cfg).start())
-        yield gws
+        yield gws, auth
     finally:
         for gw in gws:
             gw.stop()
 
 
-def post(gw: GatewayServer, who: str, client: httpx.Client | None = None, **headers: str) -> httpx.Response:
+def post(gw: GatewayServer, auth: dict[str, str], client: httpx.Client | None = None,
+         **headers: str) -> httpx.Response:
     body: dict[str, Any] = {"messages": MSG}
     if "max_tokens" in headers:
         body["max_tokens"] = int(headers.pop("max_tokens"))
-    h = {"x-test-principal": who, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    h = {**auth, **{k.replace("_", "-"): v for k, v in headers.items()}}
     return (client or httpx).post(gw.base_url + "/chat/completions", json=body, headers=h, timeout=10)  # type: ignore[attr-defined]
 
 
@@ -447,15 +456,15 @@ def test_overspend_bound_and_exact_spend_across_three_replicas(tmp_path: Path, p
     """48 concurrent clients spread over three gateways against one $0.02 daily cap."""
     with FakeUpstream() as up:
         up.set(prompt_tokens=500, completion_tokens=400, latency_s=0.05)
-        gw_app_principals["p"] = Principal("p", department="search", daily_budget_usd=0.02)
         codes: list[int] = []
         lock = threading.Lock()
-        with replicas(up, tmp_path, prefix, 3, {"steps": []}) as gws:
+        with replicas(up, tmp_path, prefix, 3, {"p": {"department": "search", "daily_budget_usd": 0.02}},
+                      {"steps": []}) as (gws, auth):
 
             def client(i: int) -> None:
                 with httpx.Client(timeout=10) as c:
                     for j in range(8):
-                        r = post(gws[(i + j) % 3], "p", c, X_Task="label", max_tokens="400")
+                        r = post(gws[(i + j) % 3], auth["p"], c, X_Task="label", max_tokens="400")
                         with lock:
                             codes.append(r.status_code)
 
@@ -484,38 +493,35 @@ def _not_near_a_minute_boundary() -> None:
 
 
 def test_rate_limits_are_shared_across_replicas(tmp_path: Path, prefix: str) -> None:
-    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 3) as gws:
-        gw_app_principals["k"] = Principal("k", key_id="key_shared", rpm=6)
+    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 3, {"k": {"rpm": 6}}) as (gws, auth):
         _not_near_a_minute_boundary()
-        got = [post(gws[i % 3], "k") for i in range(12)]
+        got = [post(gws[i % 3], auth["k"]) for i in range(12)]
     assert [r.status_code for r in got] == [200] * 6 + [429] * 6
     err = got[-1].json()["error"]
-    assert err["code"] == "rate_limit_exceeded" and "key:key_shared: 6 requests per minute" in err["message"]
+    assert err["code"] == "rate_limit_exceeded" and "principal:k: 6 requests per minute" in err["message"]
     assert 1 <= int(got[-1].headers["Retry-After"]) <= 60
 
 
 def test_a_session_pinned_on_one_replica_is_honoured_on_another(tmp_path: Path, prefix: str) -> None:
-    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 2) as (one, two):
-        gw_app_principals["a"] = Principal("a")
+    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 2, {"a": {}}) as ((one, two), auth):
         up.push_faults([{"kind": "http_error", "status": 401}])  # large refuses: small serves and is pinned
-        r = post(one, "a", X_Task="chat", X_Session_Id="sess-1")
+        r = post(one, auth["a"], X_Task="chat", X_Session_Id="sess-1")
         assert r.status_code == 200 and r.headers["x-tierwise-model"] == "small"
         flushed(one)
-        r = post(two, "a", X_Task="chat", X_Session_Id="sess-1")
+        r = post(two, auth["a"], X_Task="chat", X_Session_Id="sess-1")
         assert r.headers["x-tierwise-model"] == "small"  # the pin made on the other replica
-        r = post(two, "a", X_Task="chat", X_Session_Id="sess-2")
+        r = post(two, auth["a"], X_Task="chat", X_Session_Id="sess-2")
         assert r.headers["x-tierwise-model"] == "large"  # another session: the tier's first choice
 
 
 def test_a_cooldown_started_on_one_replica_is_seen_by_another(tmp_path: Path, prefix: str) -> None:
-    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 2) as (one, two):
-        gw_app_principals["a"] = Principal("a")
+    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 2, {"a": {}}) as ((one, two), auth):
         up.push_faults([{"kind": "http_error", "status": 500}] * 3)  # large fails 3 times: cooldown (3 failures)
-        r = post(one, "a", X_Task="chat")
+        r = post(one, auth["a"], X_Task="chat")
         assert r.status_code == 200 and r.headers["x-tierwise-model"] == "small"
         flushed(one)
         before = sum(1 for q in up.requests if q.body.get("model") == "large-up")
-        r = post(two, "a", X_Task="chat")
+        r = post(two, auth["a"], X_Task="chat")
         assert r.status_code == 200 and r.headers["x-tierwise-model"] == "small"
         assert sum(1 for q in up.requests if q.body.get("model") == "large-up") == before  # not even tried
         row = two.rows()[-1]
@@ -524,13 +530,12 @@ def test_a_cooldown_started_on_one_replica_is_seen_by_another(tmp_path: Path, pr
 
 def test_round_trips_per_request_through_the_gateway(tmp_path: Path, prefix: str) -> None:
     """Budgets + rate limits on: one admit per request, settles batched — at most 2 round trips per request."""
-    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 1) as (gw,):
-        gw_app_principals["p"] = Principal("p", key_id="k_rt", customer="c", daily_budget_usd=100.0, rpm=100_000,
-                                           tpm=100_000_000)
+    fields = {"customer": "c", "daily_budget_usd": 100.0, "rpm": 100_000, "tpm": 100_000_000}
+    with FakeUpstream() as up, replicas(up, tmp_path, prefix, 1, {"p": fields}) as ((gw,), auth):
         st = state_of(gw)
         with httpx.Client(timeout=10) as c:
             for _ in range(30):
-                assert post(gw, "p", c, X_Session_Id="s").status_code == 200
+                assert post(gw, auth["p"], c, X_Session_Id="s").status_code == 200
         flushed(gw)
         sequential = (st.round_trips["admit"] + st.round_trips["settle"]) / st.admitted
         before = dict(st.round_trips), st.admitted
@@ -538,7 +543,7 @@ def test_round_trips_per_request_through_the_gateway(tmp_path: Path, prefix: str
         def client() -> None:
             with httpx.Client(timeout=10) as c:
                 for _ in range(10):
-                    assert post(gw, "p", c).status_code == 200
+                    assert post(gw, auth["p"], c).status_code == 200
 
         threads = [threading.Thread(target=client) for _ in range(16)]
         for t in threads:
@@ -714,13 +719,12 @@ def _wait_for(fn: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 def test_redis_down_fails_closed_with_503_then_recovers(tmp_path: Path, own_redis: OwnRedis,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tierwise.state")
-    with FakeUpstream() as up, replicas(up, tmp_path, "tw", 1, {"caps": {"global": {"daily_usd": 100}}},
-                                        url=own_redis.url) as (gw,):
-        gw_app_principals["a"] = Principal("a")
-        assert post(gw, "a").status_code == 200
+    with FakeUpstream() as up, replicas(up, tmp_path, "tw", 1, {"a": {}}, {"caps": {"global": {"daily_usd": 100}}},
+                                        url=own_redis.url) as ((gw,), auth):
+        assert post(gw, auth["a"]).status_code == 200
         flushed(gw)
         own_redis.stop()
-        down = [post(gw, "a") for _ in range(3)]
+        down = [post(gw, auth["a"]) for _ in range(3)]
         for r in down:
             assert r.status_code == 503 and r.headers["Retry-After"] == "1"
             err = r.json()["error"]
@@ -729,7 +733,7 @@ def test_redis_down_fails_closed_with_503_then_recovers(tmp_path: Path, own_redi
         statuses: list[int] = []
 
         def served() -> bool:
-            statuses.append(post(gw, "a").status_code)
+            statuses.append(post(gw, auth["a"]).status_code)
             return statuses[-1] == 200
 
         assert _wait_for(served)
@@ -750,14 +754,13 @@ def test_redis_down_fails_closed_with_503_then_recovers(tmp_path: Path, own_redi
 def test_redis_down_fails_open_then_charges_what_was_spent(tmp_path: Path, own_redis: OwnRedis,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tierwise.state")
-    with FakeUpstream() as up, replicas(up, tmp_path, "tw", 1, {"caps": {"global": {"daily_usd": 100}}},
-                                        url=own_redis.url, on_unavailable="open") as (gw,):
+    with FakeUpstream() as up, replicas(up, tmp_path, "tw", 1, {"a": {}}, {"caps": {"global": {"daily_usd": 100}}},
+                                        url=own_redis.url, on_unavailable="open") as ((gw,), auth):
         up.set(prompt_tokens=1000, completion_tokens=1000)
-        gw_app_principals["a"] = Principal("a")
-        assert post(gw, "a", X_Task="label").status_code == 200
+        assert post(gw, auth["a"], X_Task="label").status_code == 200
         flushed(gw)
         own_redis.stop()
-        assert [post(gw, "a", X_Task="label").status_code for _ in range(3)] == [200] * 3
+        assert [post(gw, auth["a"], X_Task="label").status_code for _ in range(3)] == [200] * 3
         own_redis.start()  # empty: only what was spent during the outage is there to charge
         flushed(gw)  # the settlements queued while Redis was away are sent now
         rows = gw.rows()

@@ -374,6 +374,7 @@ class RedisStateBackend:
         self.degraded = 0  # admissions made without Redis (on_unavailable: open)
         self._queue: collections.deque[list[Any]] = collections.deque()
         self._unreserved: collections.OrderedDict[str, list[list[str]]] = collections.OrderedDict()
+        self._unrecorded: collections.OrderedDict[str, None] = collections.OrderedDict()  # admitted, no record
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -417,6 +418,10 @@ class RedisStateBackend:
             return self._without_redis(request_id, caps, limits, exc)
         self._back_up()
         self.admitted += 1
+        if not caps and not limits:  # nothing reserved: its settle matters only if it changes a pin or a cooldown
+            self._unrecorded[request_id] = None
+            if len(self._unrecorded) > self.max_pending:
+                self._unrecorded.popitem(last=False)
         return self._admission(out, caps, limits, reserve_usd)
 
     @staticmethod
@@ -466,6 +471,8 @@ class RedisStateBackend:
     # -- settle ----------------------------------------------------------------------------------------------------
 
     def settle(self, s: Settlement) -> None:
+        if self._unrecorded.pop(s.request_id, 0) is None and s.pin is None and not s.cooldowns:
+            return  # nothing to charge or share: no round trip
         item: list[Any] = [s.request_id, _nano(s.cost_usd), int(s.tokens),
                            {m: _nano(c) for m, c in s.models.items()},
                            s.session_id if s.pin is not None else None, s.pin,
