@@ -205,13 +205,13 @@ async def client(host: str, port: int, payload: bytes, stream: bool, t_measure: 
 
 
 async def run(url: str, concurrency: int, duration_s: float, warmup_s: float, stream: bool,
-              max_requests: int, timeout_s: float) -> dict:
+              max_requests: int, timeout_s: float, bearer: str = "bench") -> dict:
     """Drive the target; returns counts, the measured window, raw latencies (µs) and TTFTs (µs, streams only)."""
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     body = request_body(stream)
     payload = (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"Accept: {'text/event-stream' if stream else 'application/json'}\r\nAuthorization: Bearer bench\r\n"
+               f"Accept: {'text/event-stream' if stream else 'application/json'}\r\nAuthorization: Bearer {bearer}\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     tally = Tally()
     start = time.perf_counter_ns()
@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--max-requests", type=int, default=200_000, help="per client; bounds the run by count too")
     ap.add_argument("--timeout", type=float, default=10.0, help="per request")
+    ap.add_argument("--bearer", default="bench", help="the API key sent as Authorization: Bearer")
     args = ap.parse_args()
     host = urlsplit(args.url).hostname or ""
     if not host.startswith("127.") and host not in ("localhost", "::1"):
@@ -248,7 +249,7 @@ def main() -> None:
     import uvloop
 
     result = uvloop.run(run(args.url, args.concurrency, args.duration, args.warmup, args.stream,
-                            args.max_requests, args.timeout))
+                            args.max_requests, args.timeout, args.bearer))
     data = memoryview(orjson.dumps(result))
     # Loop: with PYTHONUNBUFFERED=1 sys.stdout.buffer is a raw FileIO whose write() to a full pipe can be partial.
     while data:

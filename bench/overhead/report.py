@@ -118,7 +118,9 @@ def render(results: dict, concs: Sequence[int], stream_concs: Sequence[int]) -> 
         "answer: ~200 tokens (1.5 kB JSON, or a 42 kB SSE stream: role chunk, 171 content chunks, finish and usage "
         "chunks). Gateway: one model on an "
         "`openai`-format provider, `model: auto` → default tier, SQLite ledger on (one row per request), crash "
-        f"journal {'off' if '--no-journal' in meta['command'] else 'on (two write()s per request, fsync never)'}.",
+        f"journal {'off' if '--no-journal' in meta['command'] else 'on (two write()s per request, fsync never)'}"
+        + ("; every request authenticated by a virtual key and admitted against a key, a customer and a global "
+           "budget and rate limits (memory state backend)." if "--governance" in meta["command"] else "."),
         "",
         "## Targets (item 14)",
         "",

@@ -4,6 +4,7 @@ Python floor) and through the tierwise gateway (ledger on: one SQLite row per re
     python bench/overhead/run.py            # full: 2 rounds x 5 settings x 3 targets, ~4 minutes
     python bench/overhead/run.py --quick    # 1 round, shorter windows, < 1 minute
     python bench/overhead/run.py --no-journal   # the same with the ledger's crash journal off (for comparison)
+    python bench/overhead/run.py --governance   # virtual keys required, budgets and rate limits on every request
 
 Writes ``bench/results/overhead.md`` (the table, also printed) and ``bench/results/overhead.json`` (every run, with
 latency ladders, CPU, RSS, machine load). See ``bench/overhead/README.md`` for what each number means.
@@ -49,8 +50,27 @@ default_tier: chat
 fallback_model: bench-model
 """
 
+# Every request authenticated by a virtual key and governed: the key's principal has a daily budget and rate limits,
+# its customer and the whole gateway have caps (all far above what a run spends, so every request is admitted,
+# reserved and settled, and none is refused).
+GOVERNANCE_CONFIG = """governance: {{keys: required, path: "{gov}"}}
+budgets:
+  caps:
+    global: {{daily_usd: 100000, monthly_usd: 1000000}}
+    customer:*: {{daily_usd: 100000}}
+"""
 
-def start_servers(tmp: Path, journal: bool = True) -> dict[str, procs.Server]:
+
+def governance_key(cfg: Path) -> str:
+    """A virtual key for the bench's principal, created through the CLI as an operator would."""
+    out = subprocess.run([sys.executable, "-m", "tierwise.cli", "keys", "create", "--config", str(cfg),
+                          "--principal", "bench", "--customer", "bench-co", "--daily-budget-usd", "100000",
+                          "--rpm", "10000000", "--tpm", "1000000000", "--json"],
+                         capture_output=True, text=True, check=True)
+    return str(orjson.loads(out.stdout)["key"])
+
+
+def start_servers(tmp: Path, journal: bool = True, governance: bool = False) -> dict[str, procs.Server]:
     py = sys.executable
     mock = procs.Server("mock", [py, str(HERE / "mock_upstream.py")], tmp / "mock.log")
     mock.wait_ready("/health")
@@ -59,10 +79,13 @@ def start_servers(tmp: Path, journal: bool = True) -> dict[str, procs.Server]:
     port = procs.free_port()
     cfg = tmp / "tierwise.yaml"
     cfg.write_text(GATEWAY_CONFIG.format(port=port, ledger=tmp / "ledger.db", upstream=mock.base,
-                                         journal="true" if journal else "false"))
+                                         journal="true" if journal else "false")
+                   + (GOVERNANCE_CONFIG.format(gov=tmp / "governance.db") if governance else ""))
+    bearer = governance_key(cfg) if governance else "bench"
     gw = procs.Server("gateway", [py, "-m", "tierwise.cli", "serve", "--config", str(cfg)], tmp / "gateway.log",
                       cwd=str(tmp), port=port)
     gw.startup_s = gw.wait_ready("/healthz")  # type: ignore[attr-defined]
+    gw.bearer = bearer  # type: ignore[attr-defined]
     return {"mock": mock, "bare": bare, "gateway": gw}
 
 
@@ -78,7 +101,8 @@ def one_run(target: str, stream: bool, conc: int, rnd: int, servers: dict[str, p
     cpu0 = {name: procs.cpu_s(pid) for name, pid in pids.items()}
     busy0, wall0, load0 = procs.machine_busy_s(), time.time(), procs.loadavg()
     cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", url_of(target, servers), "-c", str(conc),
-           "--duration", str(duration), "--warmup", str(warmup)] + (["--stream"] if stream else [])
+           "--duration", str(duration), "--warmup", str(warmup),
+           "--bearer", getattr(servers["gateway"], "bearer", "bench")] + (["--stream"] if stream else [])
     done = subprocess.run(cmd, capture_output=True, timeout=warmup + duration + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed: {done.stderr.decode()[-2000:]}")
@@ -105,7 +129,8 @@ def one_run(target: str, stream: bool, conc: int, rnd: int, servers: dict[str, p
 def first_request_ms(gw: procs.Server) -> float:
     """Latency of the very first chat request after start-up (lazy initialisation shows up here, e.g. tokenizers)."""
     req = urllib.request.Request(gw.base + "/v1/chat/completions", data=request_body(False),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {getattr(gw, 'bearer', 'bench')}"})
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=30) as resp:  # loopback only
         resp.read()
@@ -142,20 +167,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
     ap.add_argument("--keep-samples", type=Path, help="also write every raw latency sample to this JSON file")
     ap.add_argument("--no-journal", action="store_true", help="turn the ledger's crash journal off")
+    ap.add_argument("--governance", action="store_true",
+                    help="virtual keys required, budgets (key, customer, global) and rate limits on every request")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
     duration = args.duration or (2.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     keep: dict | None = {} if args.keep_samples else None
     command = ("python bench/overhead/run.py" + (" --quick" if args.quick else "")
-               + (" --no-journal" if args.no_journal else ""))
+               + (" --no-journal" if args.no_journal else "") + (" --governance" if args.governance else ""))
     meta = {"command": command, "started": dt.datetime.now().isoformat(timespec="seconds"), "git": git_rev(),
             "machine": procs.machine_facts(), "loadavg_before": procs.loadavg(), "rounds": rounds,
             "duration_s": duration, "warmup_s": warmup}
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="tierwise-overhead-") as tmpdir:
         tmp = Path(tmpdir)
-        servers = start_servers(tmp, journal=not args.no_journal)
+        servers = start_servers(tmp, journal=not args.no_journal, governance=args.governance)
         gw = servers["gateway"]
         try:
             time.sleep(0.5)  # let start-up work settle before reading "idle" memory
@@ -189,7 +216,8 @@ def main() -> int:
     meta["elapsed_s"] = time.time() - t_start
     results = {"meta": meta, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = ("overhead-quick" if args.quick else "overhead") + ("-nojournal" if args.no_journal else "")
+    stem = (("overhead-quick" if args.quick else "overhead") + ("-nojournal" if args.no_journal else "")
+            + ("-governance" if args.governance else ""))
     (args.out / f"{stem}.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     md = report.render(results, NONSTREAM_CONC, STREAM_CONC)
     (args.out / f"{stem}.md").write_text(md)
