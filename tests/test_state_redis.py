@@ -852,3 +852,36 @@ def test_serve_workers_share_budgets_through_redis(tmp_path: Path, prefix: str) 
     assert set(codes) == {200, 429} and codes.count(200) == len(rows)
     assert 0.005 - per_request <= spent <= 0.005 + 16 * per_request + 1e-9, (spent, len(rows))
     assert abs(nano(prefix, f"sp:global:{day}") - round(spent * 1e9)) <= len(rows)
+
+
+def test_config_and_check_config(tmp_path: Path) -> None:
+    from tierwise.config import load_config_text
+    from tierwise.config.load import ConfigError
+
+    port = free_port()  # nothing listens there
+    cfg = tmp_path / "t.yaml"
+    body = f"""
+ledger: {{path: "{tmp_path / 'ledger.db'}"}}
+providers:
+  fake: {{format: openai, base_url: "http://127.0.0.1:9/v1", api_key: k}}
+models:
+  small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
+tiers:
+  chat: {{models: [small]}}
+default_tier: chat
+fallback_model: small
+"""
+    with pytest.raises(ConfigError) as exc:
+        load_config_text("state: {backend: redis}\n" + body, env={})
+    assert "state.url" in str(exc.value)
+    with pytest.raises(ConfigError):
+        load_config_text('state: {backend: redis, url: "redis://x", prefix: "a}b"}\n' + body, env={})
+    cfg.write_text(f'state: {{backend: redis, url: "redis://:pw-s3cret@127.0.0.1:{port}/3"}}\n' + body)
+    r = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "state.url" in r.stderr and f"redis://127.0.0.1:{port}/3" in r.stderr
+    assert "pw-s3cret" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+    cfg.write_text(f'state: {{backend: redis, url: "{REDIS_URL}"}}\n' + body)
+    r = subprocess.run([sys.executable, "-m", "tierwise.cli", "check-config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
