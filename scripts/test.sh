@@ -5,8 +5,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 install_tierwise "test,local,semantic,lab,postgres,redis"
 "$VENV/bin/python" -m ruff check src tests bench scripts
-# the request path (gateway, service, engine, executor, cascade, config, types) is type-checked
+# the request path (gateway, service, engine, executor, cascade, config, types), the ledger, governance and shared
+# state are type-checked
 "$VENV/bin/python" -m mypy --ignore-missing-imports src/tierwise/service.py src/tierwise/router.py src/tierwise/gateway \
   src/tierwise/routing/engine.py src/tierwise/routing/executor.py src/tierwise/routing/cascade.py src/tierwise/config \
-  src/tierwise/types.py src/tierwise/errors.py src/tierwise/requests.py src/tierwise/pricing.py
+  src/tierwise/types.py src/tierwise/errors.py src/tierwise/requests.py src/tierwise/pricing.py \
+  src/tierwise/ledger src/tierwise/governance src/tierwise/state src/tierwise/sanitize.py src/tierwise/cli.py
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
