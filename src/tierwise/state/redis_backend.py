@@ -339,7 +339,7 @@ def _nano(usd: float) -> int:
 class RedisStateBackend:
     """See the module docstring. ``url`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL; ``timeout_s`` bounds
     connecting and each call; ``clock`` (tests only) replaces Redis ``TIME``; ``client`` an existing
-    ``redis.asyncio.Redis``.
+    ``redis.asyncio.Redis`` (made with ``decode_responses=True``).
 
     ``round_trips`` counts the calls made to Redis by kind (``admit``, ``settle``, ``script_load``);
     ``admitted`` and ``settled`` count requests, so round trips per request = sum / admitted."""
@@ -438,7 +438,8 @@ class RedisStateBackend:
         if status == "rate":
             lim = limits[which - 1]
             cap_n, what = (lim.rpm, "requests") if unit == "rpm" else (lim.tpm, "tokens")
-            refused, retry = f"rate limit {lim.scope}: {cap_n} {what} per minute", max(1.0, 60 * (1 - (now / 60 - now // 60)))
+            into = now / 60 - now // 60  # the part of this minute gone (as the memory backend computes it)
+            refused, retry = f"rate limit {lim.scope}: {cap_n} {what} per minute", max(1.0, 60 * (1 - into))
         elif status == "cap":
             c = caps[which - 1]
             if unit == "daily":
@@ -466,6 +467,10 @@ class RedisStateBackend:
                                             [c.scope for c in caps if c.scope.startswith("model:")]]
             while len(self._unreserved) > self.max_pending:
                 self._unreserved.popitem(last=False)
+        else:
+            self._unrecorded[request_id] = None
+            if len(self._unrecorded) > self.max_pending:
+                self._unrecorded.popitem(last=False)
         return Admission(time.time(), {}, 0.0, note=note)
 
     # -- settle ----------------------------------------------------------------------------------------------------
