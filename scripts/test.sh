@@ -9,6 +9,6 @@ install_tierwise "test,local,semantic,lab,postgres,redis"
 # state are type-checked
 "$VENV/bin/python" -m mypy --ignore-missing-imports src/tierwise/service.py src/tierwise/router.py src/tierwise/gateway \
   src/tierwise/routing/engine.py src/tierwise/routing/executor.py src/tierwise/routing/cascade.py src/tierwise/config \
-  src/tierwise/types.py src/tierwise/errors.py src/tierwise/requests.py src/tierwise/pricing.py src/tierwise/state \
+  src/tierwise/types.py src/tierwise/errors.py src/tierwise/requests.py src/tierwise/pricing.py \
   src/tierwise/ledger src/tierwise/governance src/tierwise/state src/tierwise/sanitize.py src/tierwise/cli.py
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
