@@ -32,12 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(tmp: Path, upstream_url: str, port: int, ledger: str) -> Path:
-    cfg = tmp / "tierwise.yaml"
+def write_config(tmp: Path, upstream_url: str, port: int, ledger: str, extra: str = "",
+                 name: str = "tierwise") -> Path:
+    """``<tmp>/<name>.yaml``: one model on the fake upstream; ``ledger`` is the ledger: mapping, ``extra`` more
+    top-level YAML (state:, budgets:, …)."""
+    cfg = tmp / f"{name}.yaml"
     cfg.write_text(f"""
 server: {{port: {port}, request_deadline_s: 20}}
 ledger: {ledger}
-providers:
+{extra}providers:
   fake: {{format: openai, base_url: "{upstream_url}", api_key_env: FAKE_KEY, timeout_s: 10}}
 models:
   small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
@@ -49,11 +52,11 @@ fallback_model: small
     return cfg
 
 
-def start_serve(cfg: Path, port: int, *, timeout_s: float = 30.0,
+def start_serve(cfg: Path, port: int, *, timeout_s: float = 30.0, args: tuple[str, ...] = (),
                 preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
-    """A real `tierwise serve` process; returns once /healthz answers. ``preexec_fn`` runs in the child before
-    it starts (e.g. to set resource limits)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
+    """A real `tierwise serve` process (``args``: more serve flags, e.g. ``--workers``); returns once /healthz
+    answers. ``preexec_fn`` runs in the child before it starts (e.g. to set resource limits)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={"FAKE_KEY": SECRET, "PATH": "/usr/bin:/bin"}, preexec_fn=preexec_fn)
     _started.append(proc)

@@ -14,44 +14,18 @@ from pathlib import Path
 
 import httpx
 
+from tests import procs
 from tests.fakes.upstream import FakeUpstream
-from tests.test_serve_process import free_port
 
 MSG = [{"role": "user", "content": "hi"}]
 
 
 def write_config(tmp: Path, upstream_url: str, port: int, extra: str = "") -> Path:
-    cfg = tmp / "tierwise.yaml"
-    cfg.write_text(f"""
-server: {{port: {port}}}
-ledger: {{path: "{tmp / 'ledger.db'}", flush_interval_ms: 2000}}
-providers:
-  fake: {{format: openai, base_url: "{upstream_url}", api_key_env: FAKE_KEY}}
-models:
-  small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
-tiers:
-  chat: {{models: [small]}}
-{extra}default_tier: chat
-fallback_model: small
-""")
-    return cfg
+    return procs.write_config(tmp, upstream_url, port, f'{{path: "{tmp / "ledger.db"}", flush_interval_ms: 2000}}', extra)
 
 
 def start(cfg: Path, port: int, workers: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg), "--workers",
-                             str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={"FAKE_KEY": "sk-workers-secret", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-    deadline = time.time() + 40
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError("gateway exited: " + proc.communicate()[1])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not start: " + proc.communicate()[1])
+    return procs.start_serve(cfg, port, timeout_s=40, args=("--workers", str(workers)))
 
 
 def chat(port: int) -> httpx.Response:
@@ -61,7 +35,7 @@ def chat(port: int) -> httpx.Response:
 
 def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path) -> None:
     with FakeUpstream() as up:
-        port = free_port()
+        port = procs.free_port()
         proc = start(write_config(tmp_path, up.base_url, port), port, 2)
         try:
             ids = []
@@ -89,11 +63,11 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path) -> None
     ids += [r.headers["x-tierwise-request-id"] for r in slow]
     rows = [r[0] for r in sqlite3.connect(tmp_path / "ledger.db").execute("select id from requests")]
     assert sorted(rows) == sorted(ids)  # every request exactly once, from both workers' journals and writers
-    assert err.count("serving on") == 2 and "Traceback" not in err and "sk-workers-secret" not in err
+    assert err.count("serving on") == 2 and "Traceback" not in err and procs.SECRET not in err
 
 
 def test_workers_with_memory_state_and_budgets_are_refused(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, "http://127.0.0.1:9/v1", free_port(), "budgets: {caps: {global: {daily_usd: 5}}}\n")
+    cfg = write_config(tmp_path, "http://127.0.0.1:9/v1", procs.free_port(), "budgets: {caps: {global: {daily_usd: 5}}}\n")
     r = subprocess.run([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg), "--workers", "2"],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "FAKE_KEY": "k"})
     assert r.returncode == 2

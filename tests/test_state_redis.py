@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,9 +30,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import procs
 from tests.fakes.upstream import FakeUpstream
 from tests.governance_env import GovEnv, gateway_config, make_key
 from tests.harness import GatewayServer
+from tests.procs import free_port
 from tierwise.config.schema import BudgetsConfig
 from tierwise.errors import APIError
 from tierwise.state.backend import Cap, RateLimit, Settlement, StateBackend
@@ -65,12 +66,6 @@ _DOWN = _unreachable()
 pytestmark = pytest.mark.skipif(_DOWN is not None, reason=_DOWN or "")
 needs_server_binary = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (apt-get "
                                          "install redis-server): the outage tests start their own")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -562,34 +557,10 @@ def test_round_trips_per_request_through_the_gateway(tmp_path: Path, prefix: str
 
 def _serve(tmp: Path, name: str, upstream_url: str, prefix: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(f"""
-server: {{port: {port}, request_deadline_s: 10}}
-ledger: {{path: "{tmp / (name + '.db')}", flush_interval_ms: 20}}
-state: {{backend: redis, url: "{REDIS_URL}", prefix: "{prefix}"}}
-budgets: {{caps: {{global: {{daily_usd: 1000}}}}, steps: [], reservation_ttl_s: 3}}
-providers:
-  fake: {{format: openai, base_url: "{upstream_url}", api_key_env: FAKE_KEY}}
-models:
-  small: {{provider: fake, price: {{input: 0.1, output: 0.4}}}}
-tiers:
-  chat: {{models: [small]}}
-default_tier: chat
-fallback_model: small
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={"FAKE_KEY": "sk-proc-secret", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not start: " + proc.communicate()[1])
+    cfg = procs.write_config(tmp, upstream_url, port, f'{{path: "{tmp / (name + ".db")}", flush_interval_ms: 20}}',
+                             f'state: {{backend: redis, url: "{REDIS_URL}", prefix: "{prefix}"}}\n'
+                             "budgets: {caps: {global: {daily_usd: 1000}}, steps: [], reservation_ttl_s: 3}\n", name)
+    return procs.start_serve(cfg, port), f"http://127.0.0.1:{port}"
 
 
 def test_a_replica_killed_mid_traffic_has_its_reservations_released(tmp_path: Path, prefix: str) -> None:

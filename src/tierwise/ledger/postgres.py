@@ -47,7 +47,6 @@ the fallback file stay on local disk, next to ``ledger.path`` (see :func:`tierwi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import operator
 import re
 import threading
@@ -81,6 +80,8 @@ from tierwise.ledger.spend import (
     total_of,
 )
 from tierwise.ledger.store import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, LedgerSchemaError, Row
+from tierwise.pgtext import connection_problem as _connection_problem
+from tierwise.pgtext import describe_pg_error, pg_lock_key
 
 T = TypeVar("T")
 
@@ -138,53 +139,13 @@ class PostgresLedgerError(RuntimeError):
         self.sqlstate = sqlstate
 
 
-def _lock_key(purpose: str, schema: str) -> int:
-    """A stable signed 64-bit advisory lock key for ``purpose`` on ``schema`` (advisory locks are per database)."""
-    digest = hashlib.blake2b(f"tierwise.{purpose}:{schema}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _describe(exc: BaseException, secret: str | None = None) -> str:
-    """``exc`` in words that cannot leak a row or a password.
-
-    PostgreSQL's data exceptions (SQLSTATE class 22: bad input syntax, out-of-range values, bad JSON escapes) quote
-    the offending value in their primary message and their detail/context lines quote more, so for those only the
-    class and SQLSTATE are kept; other server errors keep their primary message (object names, not data). Errors
-    raised in the client before anything was sent keep only their class, except connection errors.
-    """
-    name = type(exc).__name__
-    if isinstance(exc, psycopg.Error):
-        state = exc.sqlstate
-        if state is not None:
-            primary = exc.diag.message_primary or ""
-            text = f"{name} (SQLSTATE {state})" if state.startswith("22") or not primary else (
-                f"{primary} ({name}, SQLSTATE {state})")
-        elif isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            text = f"{name}: {str(exc).strip()}"
-        else:
-            text = name
-    else:
-        text = name
-    text = " ".join(text.split())[:300]
-    if secret:
-        text = text.replace(secret, "***")
-    return text
+_lock_key = pg_lock_key
+_describe = describe_pg_error
 
 
 def connection_problem(dsn: str, timeout_s: int = 5) -> str | None:
     """Why ``dsn`` cannot be connected to, or None; changes nothing in the database (for ``check-config``)."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "ledger.dsn is not a valid PostgreSQL connection string or URI"
-    secret = str(params.get("password") or "") or None
-    where = " ".join(f"{k}={params[k]}" for k in ("host", "port", "dbname", "user") if params.get(k))
-    try:
-        with psycopg.connect(dsn, connect_timeout=int(params.get("connect_timeout") or timeout_s)) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"cannot connect to the PostgreSQL ledger ({where or 'libpq defaults'}): {_describe(exc, secret)}"
-    return None
+    return _connection_problem(dsn, "PostgreSQL ledger", timeout_s)
 
 
 class PostgresLedgerStore:
