@@ -29,10 +29,11 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -350,12 +351,19 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_list(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[GovernanceStore]:
+    """The configured governance store, closed when the block ends."""
     store, _, _ = _open(args)
     try:
-        keys = store.list_keys(args.principal)
+        yield store
     finally:
         store.close()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with _opened(args) as store:
+        keys = store.list_keys(args.principal)
     if args.json:
         _print_json([k.as_dict() for k in keys])
     else:
@@ -364,11 +372,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    store, _, _ = _open(args)
-    try:
+    with _opened(args) as store:
         rec = store.get_key(args.id)
-    finally:
-        store.close()
     print(json.dumps(rec.as_dict()) if args.json else _describe(rec))
     return 0
 
@@ -379,12 +384,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         spec = parse(RotateSpec, data)
     except InvalidInput as exc:
         raise _Usage(exc.message.replace("grace_s:", "--grace-s:")) from None
-    store, _, _ = _open(args)
-    try:
+    with _opened(args) as store:
         new, secret = store.rotate_key(args.id, spec.grace_s)
         old = store.get_key(args.id)
-    finally:
-        store.close()
     if args.json:
         _print_json({"id": new.id, "key": secret, "principal": new.principal, "name": new.name, "prefix": new.prefix,
                      "replaces": old.id, "replaced_key_expires_at": old.expires_at})
@@ -396,11 +398,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    store, _, _ = _open(args)
-    try:
+    with _opened(args) as store:
         rec = store.revoke_key(args.id)
-    finally:
-        store.close()
     if args.json:
         _print_json(rec.as_dict())
     else:
@@ -427,11 +426,8 @@ def cmd_principals_create(args: argparse.Namespace) -> int:
 
 
 def cmd_principals_list(args: argparse.Namespace) -> int:
-    store, _, _ = _open(args)
-    try:
+    with _opened(args) as store:
         ps = store.list_principals()
-    finally:
-        store.close()
     if args.json:
         _print_json([p.as_dict() for p in ps])
     else:
@@ -440,12 +436,9 @@ def cmd_principals_list(args: argparse.Namespace) -> int:
 
 
 def cmd_principals_show(args: argparse.Namespace) -> int:
-    store, _, _ = _open(args)
-    try:
+    with _opened(args) as store:
         rec = store.get_principal(args.name)
         keys = store.list_keys(args.name)
-    finally:
-        store.close()
     if args.json:
         _print_json({**rec.as_dict(), "keys": [k.as_dict() for k in keys]})
     else:
@@ -474,11 +467,8 @@ def cmd_principals_update(args: argparse.Namespace) -> int:
 
 
 def cmd_principals_delete(args: argparse.Namespace) -> int:
-    store, _, _ = _open(args)
-    try:
+    with _opened(args) as store:
         n = store.delete_principal(args.name)
-    finally:
-        store.close()
     if args.json:
         _print_json({"name": args.name, "deleted": True, "keys_deleted": n})
     else:
