@@ -306,3 +306,32 @@ def test_same_listener_mounts_admin_under_admin(upstream: FakeUpstream, tmp_path
         assert gw.rows()[-1]["principal"] == "acme"
     finally:
         gw.stop()
+
+
+def test_spend_anomaly_alerts_are_listed(upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """A runaway principal's alert shows on the admin API; ``since`` filters, bad input is a 400."""
+    gov = GovEnv("sqlite", tmp_path)
+    monkeypatch.setenv("TIERWISE_ADMIN_KEY", ADMIN_KEY)
+    upstream.set(prompt_tokens=1000, completion_tokens=1000)  # large: $0.0125 a request
+    cfg = gateway_config(upstream.base_url, tmp_path, gov, extra="admin: {same_listener: true}\n"
+                         "anomalies: {bucket_s: 3600, min_buckets: 3, min_usd: 0.02}\n")
+    gw = GatewayServer(cfg).start()
+    try:
+        httpx.post(gw.url + "/admin/principals", json={"name": "loop"}, headers=H)
+        key = httpx.post(gw.url + "/admin/keys", json={"principal": "loop"}, headers=H).json()["key"]
+        assert gw.svc is not None
+        det, now = gw.svc.anomalies, time.time()
+        for i in range(3):  # three quiet past buckets of history, as three earlier hours would leave
+            det.observe("loop", "large", 0.001, now - (3 - i) * 3600)
+        for _ in range(4):  # then this hour: $0.05 in a few seconds
+            r = httpx.post(gw.base_url + "/chat/completions", json={"messages": MSG},
+                           headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200
+        listed = httpx.get(gw.url + "/admin/alerts", headers=H).json()["data"]
+        assert [(a["object"], a["principal"], a["model"]) for a in listed] == [("spend_anomaly", "loop", "large")]
+        assert httpx.get(gw.url + "/admin/alerts", params={"since": time.time() + 60}, headers=H).json()["data"] == []
+        error_of(httpx.get(gw.url + "/admin/alerts", params={"since": "yesterday"}, headers=H), 400)
+        error_of(httpx.get(gw.url + "/admin/alerts"), 401)
+    finally:
+        gw.stop()

@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -269,6 +270,22 @@ class AdminAPI:
         recs = await self._run(lambda s: s.list_keys(principal))
         return _json(200, {"object": "list", "data": [{"object": "key", **r.as_dict()} for r in recs]})
 
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        """Spend-anomaly alerts this gateway process raised (newest last; ``?since=<unix seconds>``). Every replica
+        also appends its alerts to ``<ledger>.alerts.jsonl`` and to the webhook, for a fleet-wide view."""
+        unknown = sorted(set(request.query) - {"since"})
+        if unknown:
+            raise InvalidInput(f"{unknown[0]}: unknown query parameter (only 'since')", param=unknown[0])
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            raise InvalidInput("since: must be unix seconds", param="since") from None
+        if not math.isfinite(since):
+            raise InvalidInput("since: must be unix seconds", param="since")
+        alerts = [] if self._gateway is None else list(self._gateway.svc.anomalies.alerts)
+        data = [{"object": "spend_anomaly", **a.as_dict()} for a in alerts if a.ts >= since]
+        return _json(200, {"object": "list", "data": data})
+
     async def get_key(self, request: web.Request) -> web.Response:
         kid = self._key_id(request)
         rec = await self._run(lambda s: s.get_key(kid))
@@ -312,6 +329,7 @@ def create_admin_app(cfg: TierwiseConfig, admin_key: str, *, gateway: Gateway | 
     r.add_get("/keys/{key_id}", api.get_key)
     r.add_post("/keys/{key_id}/rotate", api.rotate_key)
     r.add_post("/keys/{key_id}/revoke", api.revoke_key)
+    r.add_get("/alerts", api.list_alerts)
     app.on_startup.append(api.on_startup)
     app.on_cleanup.append(api.on_cleanup)
     return app
