@@ -28,9 +28,10 @@ from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook, RequestEstimator
 from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
-from tierwise.requests import check_request_limits, prompt_text, validate_chat_body
+from tierwise.requests import MAX_NAME_CHARS, check_request_limits, prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
+from tierwise.sanitize import clean_text
 from tierwise.state import MemoryHealth, MemorySessionPins, build_state_backend
 from tierwise.state.backend import StateBackend
 from tierwise.types import JSON, Cost, LedgerRecord, StreamChunk, Usage
@@ -153,11 +154,12 @@ class Tierwise:
     async def begin(self, body: JSON, route: RouteRequest, principal: Principal = ANONYMOUS) -> Call:
         """Validate and route; raises :class:`APIError` (400/404) for requests that cannot be routed (the gateway
         books those with :meth:`reject`)."""
-        validate_chat_body(body)
+        # model and session first: a request refused by validation is still booked with them (see reject)
         if route.requested_model is None and isinstance(body.get("model"), str):
             route.requested_model = body["model"]
         if route.session_id is None and isinstance(body.get("user"), str):
-            route.session_id = body["user"]
+            route.session_id = clean_text(body["user"], MAX_NAME_CHARS)  # cleaned and cut as X-Session-Id is
+        validate_chat_body(body)
         if self.engine.needs_classifier(route):
             assert self.engine.classifier is not None
             # Embedding is CPU work: run it on the classifier's own thread, never on the event loop.

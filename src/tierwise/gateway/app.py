@@ -33,8 +33,8 @@ from tierwise.errors import APIError
 from tierwise.governance import ANONYMOUS, Principal
 from tierwise.governance.auth import Authenticator, AuthFailure, AuthUnavailable
 from tierwise.governance.keys import hash_key
-from tierwise.requests import MAX_NAME_CHARS, TAGS_HEADER, check_request_limits, parse_json_body, take_tags
-from tierwise.routing.engine import RouteRequest, RoutingError
+from tierwise.requests import MAX_NAME_CHARS, TAGS_HEADER, parse_json_body, take_tags
+from tierwise.routing.engine import RouteRequest
 from tierwise.routing.executor import Call, count_fallbacks
 from tierwise.sanitize import clean_optional, clean_text
 from tierwise.service import Tierwise
@@ -258,29 +258,6 @@ class Gateway:
             raise err from None
         return parse_json_body(raw)
 
-    def _precheck(self, body: JSON, route: RouteRequest) -> None:
-        """What the gateway settles before routing: the session key from ``user`` (cleaned and cut, as the
-        X-Session-Id header is) and the configured limits on ``n`` and output tokens for the model or tier the
-        request resolves to (a classifier's tier is not known yet: then the widest tier limit applies)."""
-        model = body.get("model")
-        if route.requested_model is None and isinstance(model, str):
-            route.requested_model = model
-        user = body.get("user")
-        if route.session_id is None and isinstance(user, str):
-            route.session_id = clean_text(user, MAX_NAME_CHARS)
-        if "n" not in body and "max_tokens" not in body and "max_completion_tokens" not in body:
-            return
-        tier = model = None
-        engine = self.svc.engine
-        if not engine.needs_classifier(route):
-            try:
-                tier, _ = engine.choose_tier(route, body)  # pure and cheap; begin() repeats it
-            except RoutingError:
-                return  # unknown model or tier: routing refuses it with its own 404
-            if tier is None:
-                model = route.requested_model  # a concrete model, bypassing tiers
-        check_request_limits(body, self.svc.cfg, tier, model)
-
     async def chat(self, request: web.Request) -> web.StreamResponse:
         principal: Principal | None = None
         body: JSON | None = None
@@ -295,7 +272,6 @@ class Gateway:
             principal = await self._principal(request)
             body = await self._body(request)
             route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))  # metadata + X-Tierwise-Tags
-            self._precheck(body, route)
             call = await self.svc.begin(body, route, principal)
         except APIError as err:
             # Refused before routing: still one ledger record, so abuse and client bugs show up in the books.
