@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -11,6 +10,7 @@ from typing import Any
 
 from tierwise.governance.records import Conflict, GovernanceError, GovernanceStoreError, T
 from tierwise.governance.sql_store import Query, _SQLStore
+from tierwise.sqlite_schema import Layout, Refusal, ensure_layout, rollback
 
 # -- SQLite ---------------------------------------------------------------------------------------------------
 
@@ -31,6 +31,10 @@ _SQLITE_CREATE = (
     "CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)",
     "INSERT INTO meta (id, generation) VALUES (1, 0)",
 )
+
+
+_LAYOUT = Layout(SQLITE_SCHEMA_VERSION, APPLICATION_ID, _SQLITE_CREATE, _SQLITE_MIGRATIONS,
+                 "SELECT 1 FROM sqlite_master WHERE type = 'table'")
 
 
 class SQLiteGovernanceStore(_SQLStore):
@@ -64,35 +68,19 @@ class SQLiteGovernanceStore(_SQLStore):
         self._conn = conn
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-            if app_id not in (0, APPLICATION_ID):
-                raise GovernanceStoreError(f"{self.path} is an SQLite file of another application, not a tierwise "
-                                           "governance store; point governance.path at another file")
-            if version > SQLITE_SCHEMA_VERSION:
-                raise GovernanceStoreError(
+        fix = "point governance.path at another file"
+
+        def refuse(why: Refusal, version: int) -> GovernanceStoreError:
+            if why == "foreign_application":
+                return GovernanceStoreError(f"{self.path} is an SQLite file of another application, not a tierwise "
+                                            f"governance store; {fix}")
+            if why == "newer_version":
+                return GovernanceStoreError(
                     f"governance store {self.path} has schema version {version}, but this tierwise only knows up to "
                     f"{SQLITE_SCHEMA_VERSION}: upgrade tierwise")
-            if version == 0:
-                if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone() is not None:
-                    raise GovernanceStoreError(f"{self.path} has tables tierwise did not create; point "
-                                               "governance.path at another file")
-                for stmt in _SQLITE_CREATE:
-                    conn.execute(stmt)
-            else:
-                for v in range(version, SQLITE_SCHEMA_VERSION):
-                    for stmt in _SQLITE_MIGRATIONS[v]:
-                        conn.execute(stmt)
-            if version != SQLITE_SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version={SQLITE_SCHEMA_VERSION}")
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+            return GovernanceStoreError(f"{self.path} has tables tierwise did not create; {fix}")
+
+        ensure_layout(conn, _LAYOUT, refuse)
 
     def _bool(self, value: bool) -> Any:
         return int(value)
@@ -112,9 +100,7 @@ class SQLiteGovernanceStore(_SQLStore):
                 conn.execute("COMMIT")
                 return result
             except BaseException as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                rollback(conn)
                 if isinstance(exc, sqlite3.IntegrityError):
                     raise Conflict("already exists (a concurrent change made the same name)") from None
                 if isinstance(exc, sqlite3.Error):

@@ -19,7 +19,6 @@ the exporters. Such a store must:
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import sqlite3
 import threading
@@ -31,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from tierwise.ledger.spend import SpendQuery, SpendReport, memory_spend, sqlite_spend
+from tierwise.sqlite_schema import Layout, Refusal, ensure_layout, rollback
 
 Row = dict[str, Any]
 
@@ -296,7 +296,7 @@ class SQLiteLedgerStore:
                 conn.executemany(self._INSERT if replace else self._INSERT_NEW, params)
                 conn.execute("COMMIT")
             except BaseException:
-                _rollback(conn)
+                rollback(conn)
                 raise
 
     # -- reads (any thread) ----------------------------------------------------------------------------------
@@ -450,38 +450,16 @@ def _create_statements() -> tuple[str, ...]:
 
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     """Create the schema in a new file, migrate an older one, refuse a newer or foreign one."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        if app_id not in (0, APPLICATION_ID):
-            raise LedgerSchemaError(f"{path} is an SQLite file of another application, not a tierwise ledger")
-        if version > SCHEMA_VERSION:
-            raise LedgerSchemaError(
+    layout = Layout(SCHEMA_VERSION, APPLICATION_ID, _create_statements(), _MIGRATIONS,
+                    "SELECT 1 FROM sqlite_master WHERE name = 'requests'")
+
+    def refuse(why: Refusal, version: int) -> LedgerSchemaError:
+        if why == "foreign_application":
+            return LedgerSchemaError(f"{path} is an SQLite file of another application, not a tierwise ledger")
+        if why == "newer_version":
+            return LedgerSchemaError(
                 f"ledger {path} has schema version {version}, but this tierwise only knows up to version "
-                f"{SCHEMA_VERSION}: upgrade tierwise, or point ledger.path at a new file"
-            )
-        if version == 0:
-            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone()
-            if exists:
-                raise LedgerSchemaError(f"{path} has a 'requests' table that tierwise did not create")
-            for stmt in _create_statements():
-                conn.execute(stmt)
-        else:
-            for v in range(version, SCHEMA_VERSION):
-                for stmt in _MIGRATIONS[v]:
-                    conn.execute(stmt)
-        if version != SCHEMA_VERSION:
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
+                f"{SCHEMA_VERSION}: upgrade tierwise, or point ledger.path at a new file")
+        return LedgerSchemaError(f"{path} has a 'requests' table that tierwise did not create")
 
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Leave no transaction open after a failure (a failed COMMIT keeps it open), without masking the error."""
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
+    ensure_layout(conn, layout, refuse)
