@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,22 @@ fallback_model: m
     again = subprocess.run([sys.executable, "-m", "tierwise.cli", "ledger", "recover", "-c", str(cfg)],
                            capture_output=True, text=True, timeout=60)
     assert "journal: 0 record(s) from 0 segment(s)" in again.stdout  # idempotent: nothing left to replay
+
+
+def test_rows_stored_while_a_poison_row_cannot_be_quarantined_are_counted_and_freed(
+        db: SQLiteLedgerStore, tmp_path: Path) -> None:
+    """The quarantine file cannot be written: the poison row stays held, the rows the bisection did store are
+    counted as written and their journal lines are released."""
+    store = RefusingStore(db, poison_id="r-00003")
+    journal = Journal(tmp_path / "j", segment_bytes=4096)
+    w = LedgerWriter(store, batch_size=64, flush_interval_ms=10, retries=1, journal=journal)  # type: ignore[arg-type]
+    w.quarantine_path = tmp_path / "no-such-dir" / "rejected.jsonl"
+    for i in range(8):
+        w.submit(rec(i, notes=["n" * 700]))
+    deadline = time.monotonic() + 5
+    while w.stats().written < 7 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    s = w.stats()
+    assert (s.written, s.queue_depth, s.quarantined) == (7, 1, 0) and db.count() == 7
+    assert w._durable_seq == 3  # rows 1-3 are contiguous with the watermark; 5-8 wait behind the held row 4
+    w.close()

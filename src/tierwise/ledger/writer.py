@@ -396,27 +396,33 @@ class LedgerWriter:
             if attempt < self._retries:
                 time.sleep(delay)
                 delay *= 2
+        with self._count_lock:
+            quarantined_before = self._quarantined
         left = isolate(entries, lambda e: e[0], self._try_write, self._quarantine)
+        with self._count_lock:
+            quarantined = self._quarantined - quarantined_before
         if not left:  # every row stored, cleaned or quarantined: the batch is done
-            self._stored(entries, len(entries) - self._quarantined_now)
-            self._quarantined_now = 0
+            self._stored(entries, len(entries) - quarantined)
             return True
-        self._quarantined_now = 0
+        # The store went down half-way through the bisection: what did go in (or was quarantined) is done — count
+        # it and let the journal free it — and only the rest stays held (a retry would be idempotent anyway).
+        still = {id(e) for e in left}
+        done = [e for e in entries if id(e) not in still]
+        with self._count_lock:
+            self._written += len(done) - quarantined
+        self._resolve(done)
         markers = [m for m in self._held if isinstance(m, _Marker)]
-        self._held = [*left, *markers]  # what did go in is not retried again (a retry would be idempotent anyway)
+        self._held = [*left, *markers]
         self._failed_batches += 1
         self._failing = True
         log.error("ledger store failing: %d rows kept queued (%d in total)", len(left), self.queue_depth)
         return False
-
-    _quarantined_now = 0
 
     def _quarantine(self, row: Row, error: str) -> bool:
         if not append_quarantine(self.quarantine_path, row, error):
             return False
         with self._count_lock:
             self._quarantined += 1
-        self._quarantined_now += 1
         return True
 
     def _stored(self, entries: list[_Entry], written: int) -> None:
