@@ -15,7 +15,7 @@ MONTH_END = calendar.timegm((2026, 12, 1, 0, 0, 0))
 
 METRIC_NAMES = ("requests", "errors", "rejected", "cancelled", "interrupted", "input_tokens", "output_tokens",
                 "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "estimated_usd",
-                "estimated_requests")
+                "estimated_requests", "revenue_usd", "margin_usd")
 
 
 def ledger_rows(n: int = 400, seed: int = 7) -> list[dict[str, Any]]:
@@ -47,7 +47,8 @@ def ledger_rows(n: int = 400, seed: int = 7) -> list[dict[str, Any]]:
             attempts=[Attempt("small", "ok", usage=usage, cost_usd=cost.total_usd)], usage=usage, cost=cost,
             status=status, http_status=200,
             key_id=rng.choice(["k1", "k2", None]), customer=rng.choice(["acme", "globex", "=cmd|' /C calc'!A0", None]),
-            department=rng.choice(["search", "ads", None]), project=rng.choice(["p1", "p2", "p3", None]), tags=tags)
+            department=rng.choice(["search", "ads", None]), project=rng.choice(["p1", "p2", "p3", None]), tags=tags,
+            revenue_usd=rng.choice([0.02, 0.005, None]) if status == "ok" else None)
         rows.append(rec.as_row())
     return rows
 
@@ -80,6 +81,8 @@ def reference(rows: list[dict[str, Any]], by: tuple[str, ...], since: float | No
         acc["cost_usd"] += row["cost_usd"]
         acc["estimated_usd"] += est
         acc["estimated_requests"] += est > 0
+        acc["revenue_usd"] += row["revenue_usd"] or 0.0
+        acc["margin_usd"] += (row["revenue_usd"] or 0.0) - row["cost_usd"]
 
     groups: dict = defaultdict(lambda: dict.fromkeys(METRIC_NAMES, 0))
     total = dict.fromkeys(METRIC_NAMES, 0)

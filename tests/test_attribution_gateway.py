@@ -188,3 +188,36 @@ def test_take_tags_parses_merges_and_strips_metadata() -> None:
     with pytest.raises(APIError) as ei:
         take_tags({}, {1: "v"}, where="tags")  # type: ignore[dict-item]
     assert ei.value.param == "tags"
+
+
+async def test_revenue_is_booked_on_answered_requests_only_and_spend_shows_the_margin(
+        upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A principal's revenue per request is on the row of each answered request; a failed or rejected one earns
+    nothing; ``spend`` sums revenue and margin (revenue − cost) per customer in SQL."""
+    from tierwise.ledger.spend import SpendQuery
+
+    svc = Tierwise(config_for(upstream.base_url, tmp_path))
+    paying = Principal("acme-app", key_id="key-1", customer="acme", revenue_per_request_usd=0.02)
+    free = Principal("globex-app", key_id="key-2", customer="globex")
+    try:
+        for _ in range(3):
+            await svc.complete(await svc.begin({"model": "label", "messages": MSG}, RouteRequest(), paying))
+        await svc.complete(await svc.begin({"model": "label", "messages": MSG}, RouteRequest(), free))
+        upstream.push_faults([{"kind": "http_error", "status": 400}])  # the caller's fault: no fallback, an error
+        with pytest.raises(APIError):
+            await svc.complete(await svc.begin({"model": "label", "messages": MSG}, RouteRequest(), paying))
+        svc.reject(APIError(400, "bad"), paying, None, None)
+        svc.ledger.flush()
+        rows = list(svc.ledger.store.iter_rows())
+        report = svc.ledger.store.spend(SpendQuery(("customer",)))
+    finally:
+        await svc.aclose()
+    assert [(r["customer"], r["status"], r["revenue_usd"]) for r in rows] == [
+        ("acme", "ok", 0.02), ("acme", "ok", 0.02), ("acme", "ok", 0.02), ("globex", "ok", None),
+        ("acme", "error", None), ("acme", "rejected", None)]
+    by = {g.group: g for g in report.groups}
+    acme_cost = sum(r["cost_usd"] for r in rows if r["customer"] == "acme")
+    assert acme_cost > 0
+    assert by[("acme",)].revenue_usd == pytest.approx(0.06)
+    assert by[("acme",)].margin_usd == pytest.approx(0.06 - acme_cost)
+    assert by[("globex",)].revenue_usd == 0 and by[("globex",)].margin_usd == pytest.approx(-rows[3]["cost_usd"])

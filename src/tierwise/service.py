@@ -192,6 +192,7 @@ class Tierwise:
             requested_model=route.requested_model,
             session_id=route.session_id,
             stream=bool(body.get("stream")),
+            revenue_usd=principal.revenue_per_request_usd,  # kept only if the request is answered (_finish)
         )
         estimator = self.prices.estimator(body, tier)
         models = self._tier_models[tier] if tier is not None else (route.requested_model or "",)
@@ -280,6 +281,8 @@ class Tierwise:
         rec = call.record
         rec.latency_ms = (time.perf_counter() - started) * 1000
         rec.status, rec.http_status, rec.error = status, http_status, error
+        if status != "ok":
+            rec.revenue_usd = None  # a request that was not answered earns nothing
         rec.fallbacks = count_fallbacks(rec.attempts, rec.model)
         if call.reserved:
             self.governor.settle(call)

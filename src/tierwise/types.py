@@ -229,6 +229,9 @@ class LedgerRecord:
     department: str | None = None
     project: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Margin (ledger schema 3): what the caller earns for this request (its principal's revenue per request), booked
+    # on answered requests only — a failed, rejected or cancelled request earns nothing. None: no revenue configured.
+    revenue_usd: float | None = None
 
     def as_row(self) -> JSON:
         """Flat JSON-able dict (the JSONL export format and the SQLite column set)."""
@@ -271,4 +274,5 @@ class LedgerRecord:
             "department": self.department,
             "project": self.project,
             "tags": self.tags,
+            "revenue_usd": self.revenue_usd,
         }

@@ -86,8 +86,8 @@ from tierwise.pgtext import describe_pg_error, pg_lock_key
 T = TypeVar("T")
 
 #: Version of the PostgreSQL layout (independent of the SQLite file's ``SCHEMA_VERSION``). 2: attribution columns
-#: (key_id, customer, department, project, tags) and their indexes.
-PG_SCHEMA_VERSION = 2
+#: (key_id, customer, department, project, tags) and their indexes. 3: ``revenue_usd``.
+PG_SCHEMA_VERSION = 3
 TABLE = "tierwise_ledger"
 VERSIONS_TABLE = "tierwise_schema_versions"
 COMPONENT = "ledger"
@@ -127,6 +127,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ADD COLUMN project text, ADD COLUMN tags jsonb DEFAULT '{{}}'::jsonb",
         *(f"CREATE INDEX {TABLE}_{suffix} ON {{schema}}.{{table}} ({cols})" for suffix, cols in _ATTRIBUTION_INDEXES),
     ),
+    2: ("ALTER TABLE {schema}.{table} ADD COLUMN revenue_usd double precision",),
 }
 
 
@@ -546,6 +547,8 @@ _PG_METRICS = sql.SQL(", ").join([
     .format(sql.SQL(", ").join(sql.Literal(s) for s in ESTIMATE_STATUSES)),
     sql.SQL("count(*) FILTER (WHERE status IN ({}) AND (cost_breakdown ->> 'estimated')::float8 > 0)")
     .format(sql.SQL(", ").join(sql.Literal(s) for s in ESTIMATE_STATUSES)),
+    sql.SQL("coalesce(sum(revenue_usd), 0)::float8"),
+    sql.SQL("(coalesce(sum(revenue_usd), 0) - coalesce(sum(cost_usd), 0))::float8"),
 ])
 
 

@@ -29,9 +29,9 @@ Cost: one pass over the window's rows (the ``ts`` index bounds it) and a sort fo
 hash aggregate); the totals are the sum of the groups, except when grouping by every tag pair, where a second query
 reads them (both in one snapshot). ``bench/spend_query.py`` times it on a million rows.
 
-Margin per customer (issue 9 item 5) needs the revenue of each request on its row (a ``revenue_usd`` column booked
-from the principal's revenue per request); it then becomes two more metrics, ``revenue_usd`` (a SUM like
-``cost_usd``) and ``margin_usd`` (revenue − cost), appended to :data:`METRICS` and to the three implementations.
+Margin: ``revenue_usd`` sums the rows' revenue (the principal's ``revenue_per_request_usd``, booked on answered
+requests only: see :class:`tierwise.types.LedgerRecord`) and ``margin_usd`` is ``revenue_usd − cost_usd`` — for
+callers with no revenue configured, that is minus their cost.
 """
 
 from __future__ import annotations
@@ -57,12 +57,11 @@ SPEND_KEYS: dict[str, str | None] = {
     "month": None,
 }
 
-#: Per-group metrics, in output order (the CSV/JSON column names). Margin (issue 9 item 5) appends
-#: ``revenue_usd`` and ``margin_usd`` here.
+#: Per-group metrics, in output order (the CSV/JSON column names).
 METRICS: tuple[str, ...] = (
     "requests", "errors", "rejected", "cancelled", "interrupted",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "cost_usd", "estimated_usd", "estimated_requests",
+    "cost_usd", "estimated_usd", "estimated_requests", "revenue_usd", "margin_usd",
 )
 
 #: The only statuses whose cost tierwise books at its pre-call estimate (``cost_breakdown.estimated``): a client
@@ -132,6 +131,8 @@ class SpendRow:
     cost_usd: float = 0.0
     estimated_usd: float = 0.0
     estimated_requests: int = 0
+    revenue_usd: float = 0.0
+    margin_usd: float = 0.0
 
     @property
     def estimated_share(self) -> float:
@@ -221,6 +222,8 @@ _SQLITE_METRICS = ", ".join([
     "total(cost_usd)",
     f"total({_ESTIMATED})",
     f"coalesce(sum({_ESTIMATED} > 0), 0)",
+    "total(revenue_usd)",
+    "total(revenue_usd) - total(cost_usd)",
 ])
 
 
@@ -302,6 +305,9 @@ def _add(acc: SpendRow, row: dict[str, Any]) -> None:
         else 0.0
     acc.estimated_usd += estimated
     acc.estimated_requests += estimated > 0
+    revenue = float(row.get("revenue_usd") or 0.0)
+    acc.revenue_usd += revenue
+    acc.margin_usd += revenue - float(row.get("cost_usd") or 0.0)
 
 
 def memory_spend(rows: Iterable[dict[str, Any]], query: SpendQuery) -> SpendReport:

@@ -105,16 +105,20 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_table(report: SpendReport) -> str:
-    """A table for a terminal: one line per group, the total last."""
+    """A table for a terminal: one line per group, the total last; revenue and margin columns when the window has
+    revenue (principals with ``revenue_per_request_usd``)."""
     q = report.query
+    margin = report.total.revenue_usd != 0
     heads = [*(f"tag:{q.tag_key}" if k == "tag" and q.tag_key else k for k in q.by),
-             "requests", "errors", "input", "output", "cache rd", "cache wr", "cost $", "at estimate"]
-    right = [False] * len(q.by) + [True] * 8
+             "requests", "errors", "input", "output", "cache rd", "cache wr", "cost $", "at estimate",
+             *(["revenue $", "margin $"] if margin else [])]
+    right = [False] * len(q.by) + [True] * (len(heads) - len(q.by))
 
     def cells(keys: list[str], row: SpendRow) -> list[str]:
         share = f"{row.estimated_share:.1%}" if row.estimated_usd else "-"
         return [*keys, f"{row.requests:,}", f"{row.errors:,}", f"{row.input_tokens:,}", f"{row.output_tokens:,}",
-                f"{row.cache_read_tokens:,}", f"{row.cache_write_tokens:,}", f"{row.cost_usd:,.6f}", share]
+                f"{row.cache_read_tokens:,}", f"{row.cache_write_tokens:,}", f"{row.cost_usd:,.6f}", share,
+                *([f"{row.revenue_usd:,.6f}", f"{row.margin_usd:,.6f}"] if margin else [])]
 
     lines = [cells([_clip("(none)" if v is None else v, 40) for v in g.group], g) for g in report.groups]
     total = cells(["TOTAL", *([""] * (len(q.by) - 1))], report.total)

@@ -70,6 +70,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("department", "TEXT"),
     ("project", "TEXT"),
     ("tags", "JSON"),
+    # schema version 3: revenue (margin per customer in ``tierwise spend``)
+    ("revenue_usd", "REAL"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS: frozenset[str] = frozenset(name for name, kind in COLUMNS if kind == "JSON")
@@ -77,9 +79,10 @@ JSON_COLUMNS: frozenset[str] = frozenset(name for name, kind in COLUMNS if kind 
 #: Columns added after schema version 1, with the value a row written before them gets: rows in an older ledger file
 #: (SQLite and PostgreSQL fill them in as column defaults) and rows in journal segments or fallback files written by
 #: an older tierwise (:func:`complete_row` fills them in before they are stored).
-ADDED_COLUMNS: dict[str, Any] = {"key_id": None, "customer": None, "department": None, "project": None, "tags": {}}
+ADDED_COLUMNS: dict[str, Any] = {"key_id": None, "customer": None, "department": None, "project": None, "tags": {},
+                                 "revenue_usd": None}
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id`` of a tierwise ledger ("TWLG"), so a foreign SQLite file is refused, not written into.
 APPLICATION_ID = 0x54574C47
 
@@ -130,7 +133,8 @@ def complete_row(row: Row) -> Row:
     """``row`` with every column added since schema version 1 present (a row journaled or saved to a fallback file
     by an older tierwise lacks them); the row itself when nothing is missing (the common case)."""
     if not isinstance(row, dict) or (
-            "tags" in row and "key_id" in row and "customer" in row and "department" in row and "project" in row):
+            "revenue_usd" in row and "tags" in row and "key_id" in row and "customer" in row
+            and "department" in row and "project" in row):
         return row
     out = dict(row)
     for name, default in ADDED_COLUMNS.items():
@@ -426,6 +430,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE requests ADD COLUMN tags TEXT DEFAULT '{}'",
         *_ATTRIBUTION_INDEXES,
     ),
+    2: ("ALTER TABLE requests ADD COLUMN revenue_usd REAL",),
 }
 
 # Column defaults, so a new file has exactly the columns a migrated one has.
