@@ -30,6 +30,7 @@ from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
 from tierwise.requests import MAX_NAME_CHARS, check_request_limits, prompt_text, validate_chat_body
 from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
+from tierwise.rollout.capture import build_capturer
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
 from tierwise.sanitize import clean_text
 from tierwise.state import MemoryHealth, MemorySessionPins, build_state_backend
@@ -132,6 +133,7 @@ class Tierwise:
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._value_tiered = any(m.value_tiers is not None for m in cfg.models.values())
         self._log_prompts = cfg.server.log_prompts
+        self.capture = build_capturer(cfg)  # None unless rollout.capture is on: then nothing on the hot path
         # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
         self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
 
@@ -144,6 +146,8 @@ class Tierwise:
         self._classify_pool.shutdown(wait=False, cancel_futures=True)
         await self.anomalies.aclose()  # alerts already raised still reach their webhook
         await self.governor.state.aclose()  # queued settlements are sent (a bounded wait) before the ledger closes
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
         await asyncio.to_thread(self._close_ledger)
 
     def _close_ledger(self) -> None:
@@ -301,6 +305,8 @@ class Tierwise:
             err = APIError(500, f"internal error ({type(exc).__name__}); request id {call.record.id}",
                            type="server_error", code="internal_error")
         self._finish(call, _start_of(call), "error", err.status, err.message)
+        if self.capture is not None:
+            self.capture.offer(call.record, call.body, None)
         return err
 
     # -- non-streaming ---------------------------------------------------------------------------------------------
@@ -319,6 +325,8 @@ class Tierwise:
         if self._log_prompts:
             log.info("answer %s: %s", call.record.id, completion.text)
         self._finish(call, started, "ok", 200, None)
+        if self.capture is not None:
+            self.capture.offer(call.record, call.body, completion.text)
         return ChatResult(body, call.record)
 
     @staticmethod
@@ -407,6 +415,8 @@ class ChatStream:
         status = {"ok": "ok", "client_cancelled": "client_cancelled"}.get(outcome, "error")
         http = 200 if status != "client_cancelled" else 499
         self.svc._finish(self.call, self._started, status, http, err_msg)
+        if self.svc.capture is not None:
+            self.svc.capture.offer(self.record, self.call.body, text)
 
 
 class _UpstreamMidStream(Exception):

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from tierwise.rollout.config import RolloutConfig
+
 
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt option must not be silently ignored."""
@@ -448,6 +450,11 @@ class AdminConfig(_Strict):
     )
 
 
+from tierwise.rollout.candidate import CanaryConfig, ShadowConfig, resolve_forward_refs  # noqa: E402
+
+resolve_forward_refs(TierConfig)
+
+
 class TierwiseConfig(_Strict):
     """Root of ``tierwise.yaml``."""
 
@@ -461,11 +468,14 @@ class TierwiseConfig(_Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     admin: AdminConfig | None = Field(default=None, description="the admin API; absent or null: off")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
     tiers: dict[str, TierConfig]
     default_tier: str
     fallback_model: str
+    shadow: ShadowConfig | None = Field(default=None, description="a candidate policy decides in parallel (recorded)")
+    canary: CanaryConfig | None = Field(default=None, description="a share of traffic goes to a candidate policy")
 
     def upstream_name(self, model: str) -> str:
         return self.models[model].upstream or model
