@@ -300,3 +300,37 @@ def test_two_hundred_token_prompt_counts_in_well_under_a_millisecond() -> None:
         best = min(best, (time.perf_counter() - start) / 500)
     print(f"\ncount_chat_tokens: {tokens}-token prompt, best-of-5 mean {best * 1e6:.1f} us/call")
     assert best < 1e-3
+
+
+def test_counts_of_repeated_strings_are_remembered_without_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation resends its system prompt and earlier turns: each string is tokenized once, the counts are the
+    tokenizer's own, the cache is bounded and its keys hold no prompt text."""
+    from tierwise.cost import tokens as tok
+
+    monkeypatch.setattr(tok, "_count_caches", {})
+    monkeypatch.setattr(tok, "COUNT_CACHE_SIZE", 8)
+    calls: list[str] = []
+    enc = get_encoding("o200k_base")
+    real = enc.encode_ordinary
+
+    class Spy:
+        def encode_ordinary(self, text: str) -> list[int]:
+            calls.append(text)
+            return real(text)
+
+    monkeypatch.setattr(tok, "get_encoding", lambda name: Spy())
+    system = {"role": "system", "content": "You are a careful assistant for a bakery."}
+    turns = [{"role": "user", "content": f"question {i}: how much flour for {i} cakes?"} for i in range(3)]
+    first = count_chat_tokens({"messages": [system, turns[0]]}, "o200k_base", "gpt-4o")
+    uncached = sum(len(real(s)) for s in ("system", system["content"], "user", turns[0]["content"])) + 3 * 2 + 3
+    assert first == uncached
+    calls.clear()
+    second = count_chat_tokens({"messages": [system, *turns]}, "o200k_base", "gpt-4o")
+    assert calls == [turns[1]["content"], turns[2]["content"]]  # only the new turns were tokenized
+    assert second == first + sum(len(real(t["content"])) + len(real("user")) + 3 for t in turns[1:])
+    cache = tok._count_caches["o200k_base"].__closure__
+    held = next(c.cell_contents for c in cache if isinstance(c.cell_contents, dict))
+    assert all(isinstance(k, tuple) and all(isinstance(x, int) for x in k) for k in held)  # no text kept
+    for i in range(50):
+        count_chat_tokens({"messages": [{"role": "user", "content": f"distinct {i}"}]}, "o200k_base", "gpt-4o")
+    assert len(held) <= 8
