@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from tierwise.config.schema import ModelConfig, ProviderConfig, TierConfig, TierwiseConfig
+from tierwise.rollout.candidate import candidate_problems
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -293,6 +294,7 @@ def load_config_text(text: str, source: str = "<config>", env: dict[str, str] | 
     # Cross-references are checked even when the schema is not satisfied (on the raw data then), so one run lists
     # both kinds of problem instead of hiding the second behind the first.
     problems.extend(_cross_check(_refs(data, cfg)))
+    problems.extend(ConfigProblem(path, msg) for path, msg in candidate_problems(data))  # shadow:/canary: tiers
     _add_lines(problems, doc.lines)
     if problems:
         raise ConfigError(source, problems)
