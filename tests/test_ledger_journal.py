@@ -128,6 +128,59 @@ def test_a_store_that_is_down_is_not_mistaken_for_a_poison_row(db: SQLiteLedgerS
     w.close()  # to the fallback file, as before
 
 
+def test_a_store_that_goes_down_mid_bisection_sends_no_healthy_row_to_quarantine(db: SQLiteLedgerStore,
+                                                                                   tmp_path: Path) -> None:
+    """The store refuses a batch for a poison row, takes the first half, then goes down: the healthy rows of the
+    second half fail alone too, but the store no longer answers even a no-op write, so they stay queued — and reach
+    the ledger once it is back. Only the poison row is quarantined, and ``tierwise ledger recover`` gives it (and any
+    row that slipped there) another try."""
+    state = {"down_after": None, "writes": 0}
+
+    class Flaky(RefusingStore):
+        def write_batch(self, rows, *, replace=True):
+            state["writes"] += 1
+            if state["down_after"] is not None and state["writes"] > state["down_after"]:
+                raise OSError("disk I/O error (injected)")
+            super().write_batch(rows, replace=replace)
+
+    store = Flaky(db, poison_id="r-00006")
+    w = LedgerWriter(store, batch_size=64, flush_interval_ms=10, retries=1)  # type: ignore[arg-type]
+    state["down_after"] = 2  # write 1: the whole batch (refused), write 2: first half (stored), then down
+    for i in range(8):
+        w.submit(rec(i))
+    with pytest.raises(TimeoutError):
+        w.flush(timeout_s=0.5)
+    assert {r["id"] for r in db.iter_rows()} == {f"r-{i:05d}" for i in range(4)}
+    assert w.stats().quarantined == 0 and not w.quarantine_path.exists()
+    state["down_after"] = None  # back up: the held rows go in, the poison row alone is quarantined
+    with pytest.raises(LedgerWriteError):
+        w.flush(timeout_s=10)
+    assert db.count() == 7 and w.stats().quarantined == 1
+    w.close()
+    store.poison_id = ""  # say the refusal was transient after all: recovery stores the row and empties the file
+    from tierwise.ledger.recover import retry_quarantined
+    assert retry_quarantined(store, w.quarantine_path) == (1, 0)  # type: ignore[arg-type]
+    assert db.count() == 8 and not w.quarantine_path.exists()
+
+
+def test_recovery_keeps_rows_the_store_still_refuses_in_the_quarantine_file(db: SQLiteLedgerStore,
+                                                                           tmp_path: Path) -> None:
+    from tierwise.ledger.isolate import append_quarantine
+    from tierwise.ledger.recover import retry_quarantined
+
+    path = tmp_path / "ledger.rejected.jsonl"
+    assert append_quarantine(path, rec(1).as_row(), "ValueError: transient")
+    assert append_quarantine(path, rec(2).as_row(), "ValueError: CHECK constraint failed")
+    with open(path, "ab") as f:
+        f.write(b'{"error": "cut short by a crash", "row": {"id"')  # a torn last line is kept, not lost
+    store = RefusingStore(db, poison_id="r-00002")
+    assert retry_quarantined(store, path) == (1, 2)  # type: ignore[arg-type]
+    assert [r["id"] for r in db.iter_rows()] == ["r-00001"]
+    left = path.read_bytes().splitlines()
+    assert json.loads(left[0])["row"]["id"] == "r-00002" and left[1].startswith(b'{"error": "cut short')
+    assert retry_quarantined(store, path) == (0, 2)  # idempotent: nothing new, the file as it was  # type: ignore[arg-type]
+
+
 # -- the journal -------------------------------------------------------------------------------------------------
 
 def test_every_submitted_record_is_on_disk_before_submit_returns(db: SQLiteLedgerStore, tmp_path: Path) -> None:

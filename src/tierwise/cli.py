@@ -207,12 +207,13 @@ def cmd_ledger_recover(args: argparse.Namespace) -> int:
         print(f"cannot open the ledger {cfg.ledger.path}: {exc}", file=sys.stderr)
         return 2
     try:
-        report, imported = recover(cfg.ledger, store)
+        report, imported, (requeued, refused) = recover(cfg.ledger, store)
     finally:
         store.close()
     print(f"journal: {report.records} record(s) from {report.segments} segment(s) of stopped processes "
           f"({report.interrupted} interrupted request(s) booked at their estimate, {report.torn_lines} torn line(s) "
-          f"skipped); fallback file: {imported} record(s)")
+          f"skipped); fallback file: {imported} record(s); quarantine: {requeued} stored on a new try, "
+          f"{refused} still refused")
     return 0
 
 

@@ -18,7 +18,12 @@ from pathlib import Path
 from tierwise.config.schema import LedgerConfig
 from tierwise.ledger.export import csv_cells, export_rows, flatten_attempts, format_tail
 from tierwise.ledger.journal import Journal, JournalError, ReplayReport, replay_orphans
-from tierwise.ledger.recover import fallback_path_for, import_unwritten
+from tierwise.ledger.recover import (
+    fallback_path_for,
+    import_unwritten,
+    quarantine_path_for,
+    retry_quarantined,
+)
 from tierwise.ledger.store import (
     COLUMN_NAMES,
     SCHEMA_VERSION,
@@ -72,9 +77,11 @@ def open_writer(cfg: LedgerConfig, store: LedgerStore, journal: Journal | None =
                         fallback_path=_fallback_path(cfg, store), journal=journal)
 
 
-def recover(cfg: LedgerConfig, store: LedgerStore) -> tuple[ReplayReport, int]:
-    """Bring back into ``store`` what a crash or an outage left behind: the journal segments of stopped processes
-    and the fallback file. Returns (journal replay report: finals and interrupted counted apart, rows re-imported from the fallback file). Idempotent."""
+def recover(cfg: LedgerConfig, store: LedgerStore) -> tuple[ReplayReport, int, tuple[int, int]]:
+    """Bring back into ``store`` what a crash or an outage left behind: the journal segments of stopped processes,
+    the fallback file, and another try for the quarantined rows. Returns (journal replay report: finals and
+    interrupted counted apart, rows re-imported from the fallback file, (quarantined rows stored now, still
+    refused)). Idempotent."""
     jdir = journal_dir(cfg)
     report = replay_orphans(jdir, store) if jdir is not None else ReplayReport(0, 0, 0, 0)
     if report.segments:
@@ -84,7 +91,8 @@ def recover(cfg: LedgerConfig, store: LedgerStore) -> tuple[ReplayReport, int]:
     imported = import_unwritten(store, _fallback_path(cfg, store))
     if imported:
         log.warning("ledger: re-imported %d record(s) from the fallback file", imported)
-    return report, imported
+    quarantined = retry_quarantined(store, quarantine_path_for(_fallback_path(cfg, store)))
+    return report, imported, quarantined
 
 
 def open_ledger(cfg: LedgerConfig) -> LedgerWriter:

@@ -5,6 +5,12 @@ poison (every write *containing it* fails). Bisecting tells them apart with O(lo
 goes in and the other does not, the store is up and the fault is in the other half. A poison row is first retried
 cleaned (:func:`tierwise.sanitize.clean_json`), which fixes anything a client could have smuggled in; only a row
 the store refuses even then is quarantined, with the store's error, in a JSON Lines file beside the fallback file.
+
+The store can go down *during* a bisection, after a half went in: a healthy row's lone retry then fails too, and
+it would look like poison. So before a row is quarantined, a row this bisection did store is written again with
+``keep`` (a write that keeps existing rows: no change to the ledger, but the store must answer); if that fails
+too, the store is down, and the row stays queued. What can still slip through (the store failing for exactly the
+row's write and recovering for the probe) ``tierwise ledger recover`` retries from the quarantine file.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ TryWrite = Callable[[list[Row]], "str | None"]  # None: written; else the store'
 
 
 def isolate(entries: Sequence[E], row_of: Callable[[E], Row], try_write: TryWrite,
-            quarantine: Callable[[Row, str], bool], *, store_up: bool = False) -> list[E]:
+            quarantine: Callable[[Row, str], bool], keep: TryWrite | None = None, *,
+            proof: Row | None = None) -> list[E]:
     """Write ``entries`` (a batch the store just refused) in halves; return the entries still not stored.
 
-    ``store_up`` is True once some write in the batch succeeded: a lone failing row is then poison. With the store
-    apparently down (both halves fail and nothing proves it up) the batch comes back whole, to be retried later.
+    ``proof`` is a row some write of this bisection stored: the store was up then, so a lone failing row is poison
+    — if ``keep([proof])`` still succeeds (see the module docstring). With the store apparently down (both halves
+    fail and nothing proves it up) the batch comes back whole, to be retried later.
     """
+    store_up = proof is not None
     if not entries:
         return []
     if len(entries) == 1:
@@ -49,7 +58,7 @@ def isolate(entries: Sequence[E], row_of: Callable[[E], Row], try_write: TryWrit
             error = try_write([row])  # one more try on its own, which also tells us the store's error
             if error is None:
                 return []
-        if store_up and quarantine(cleaned, error):
+        if store_up and _still_up(keep, proof) and quarantine(cleaned, error):
             return []
         return list(entries)
     mid = len(entries) // 2
@@ -58,10 +67,24 @@ def isolate(entries: Sequence[E], row_of: Callable[[E], Row], try_write: TryWrit
     err_second = try_write([row_of(e) for e in second])
     if err_first is not None and err_second is not None and not store_up:
         return list(entries)  # nothing went in: most likely the store is down, not the rows
-    up = store_up or err_first is None or err_second is None
-    left = isolate(first, row_of, try_write, quarantine, store_up=up) if err_first is not None else []
-    right = isolate(second, row_of, try_write, quarantine, store_up=up) if err_second is not None else []
+    if err_first is None:
+        proof = row_of(first[0])
+    elif err_second is None:
+        proof = row_of(second[0])
+    left = isolate(first, row_of, try_write, quarantine, keep, proof=proof) if err_first is not None else []
+    right = isolate(second, row_of, try_write, quarantine, keep, proof=proof) if err_second is not None else []
     return left + right
+
+
+def _still_up(keep: TryWrite | None, proof: Row | None) -> bool:
+    """Whether the store still answers: ``keep`` re-writes a row it already holds, changing nothing."""
+    if keep is None or proof is None:
+        return True
+    error = keep([proof])
+    if error is not None:
+        log.warning("ledger store stopped answering during a bisection (%s): the rows stay queued", error)
+        return False
+    return True
 
 
 def append_quarantine(path: Path, row: Row, error: str) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tierwise.ledger.isolate import append_quarantine, isolate
 from tierwise.ledger.journal import IN_FLIGHT, Journal, JournalError, encode_row
-from tierwise.ledger.recover import fallback_path_for
+from tierwise.ledger.recover import fallback_path_for, quarantine_path_for
 from tierwise.ledger.store import LedgerStore, Row
 from tierwise.types import LedgerRecord
 
@@ -99,8 +99,7 @@ class LedgerWriter:
         self.batch_size = batch_size
         self._interval_s = flush_interval_ms / 1000.0
         self.fallback_path = Path(fallback_path) if fallback_path is not None else fallback_path_for(store)
-        self.quarantine_path = self.fallback_path.with_name(
-            self.fallback_path.name.replace(".unwritten.jsonl", "") + ".rejected.jsonl")
+        self.quarantine_path = quarantine_path_for(self.fallback_path)
         self.journal = journal
         self._retries = max(1, retries)
         self._retry_delay_s = retry_delay_s
@@ -383,6 +382,15 @@ class LedgerWriter:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
         return None
 
+    def _try_keep(self, rows: list[Row]) -> str | None:
+        """A write that keeps rows already stored: a no-op on the data that still needs the store to answer (the
+        bisection's proof that the store is still up before it quarantines a row)."""
+        try:
+            self.store.write_batch(rows, replace=False)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        return None
+
     def _write(self, entries: list[_Entry]) -> bool:
         """Store one held batch: retried with backoff, then bisected if the store stays up but refuses it."""
         rows = [row for row, _ in entries]
@@ -398,7 +406,7 @@ class LedgerWriter:
                 delay *= 2
         with self._count_lock:
             quarantined_before = self._quarantined
-        left = isolate(entries, lambda e: e[0], self._try_write, self._quarantine)
+        left = isolate(entries, lambda e: e[0], self._try_write, self._quarantine, self._try_keep)
         with self._count_lock:
             quarantined = self._quarantined - quarantined_before
         if not left:  # every row stored, cleaned or quarantined: the batch is done
