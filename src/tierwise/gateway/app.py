@@ -482,11 +482,22 @@ def create_app(svc: Tierwise) -> web.Application:
         from tierwise.gateway.admin import admin_key_from_env, create_admin_app
 
         app.add_subapp("/admin", create_admin_app(svc.cfg, admin_key_from_env(svc.cfg), gateway=gw))
+        if svc.cfg.dashboard.enabled:
+            from tierwise.dashboard.web import mount_admin
+
+            mount_admin(app, svc, admin_key_from_env(svc.cfg))  # /dashboard behind the admin key
+    if svc.cfg.dashboard.enabled:
+        from tierwise.dashboard.web import mount_public
+
+        mount_public(app, svc, has_keys=gw.keys is not None or gw.auth is not None)
     app.router.add_post("/v1/chat/completions", gw.chat)
     # Any segment is a tier name to look up (an unknown one is a booked 404 naming it): aiohttp's default pattern
     # excludes '{' and '}', which turned '/v1/tiers/%7B/…' into an unrouted, unbooked 404.
     app.router.add_post("/v1/tiers/{tier:[^/]+}/chat/completions", gw.chat)
     app.router.add_get("/v1/models", gw.models)
+    from tierwise.rollout.feedback import add_feedback_route  # POST /v1/feedback (issue 11)
+
+    add_feedback_route(app, gw)
     app.router.add_get("/healthz", gw.healthz)
     app.router.add_get("/readyz", gw.readyz)
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 DEFAULT_REDACT: tuple[str, ...] = (
     r"\bsk-[A-Za-z0-9_-]{16,}",
     r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
-    r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}",
+    r"\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}",
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
 )
 
@@ -55,6 +55,8 @@ class CaptureConfig(_Strict):
                 re.compile(p)
             except re.error as exc:
                 raise ValueError(f"redaction pattern {p!r} is not a regular expression: {exc}") from None
+            if re.match(r"\(\?[aiLmsux]+\)", p):
+                raise ValueError(f"redaction pattern {p!r}: write a flag for its own pattern, e.g. '(?i:...)'")
         return patterns
 
     @field_validator("tier_rates")
