@@ -494,6 +494,9 @@ def create_app(svc: Tierwise) -> web.Application:
     # Any segment is a tier name to look up (an unknown one is a booked 404 naming it): aiohttp's default pattern
     # excludes '{' and '}', which turned '/v1/tiers/%7B/…' into an unrouted, unbooked 404.
     app.router.add_post("/v1/tiers/{tier:[^/]+}/chat/completions", gw.chat)
+    from tierwise.gateway import anthropic_api  # the other client APIs: same pipeline, their own shapes
+
+    anthropic_api.register(app, gw)
     app.router.add_get("/v1/models", gw.models)
     from tierwise.rollout.feedback import add_feedback_route  # POST /v1/feedback (issue 11)
 

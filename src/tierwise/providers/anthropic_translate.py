@@ -46,6 +46,10 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+#: The reverse of STOP_REASONS, for answers translated back into Messages (``/v1/messages`` served from any model).
+FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+#: OpenAI string ``tool_choice`` values and their Messages ``tool_choice.type`` (used in both directions).
+TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _PASS_THROUGH = ("top_k", "thinking")
 _JSON_OBJECT_HINT = "Respond with a single valid JSON object and nothing else (no prose, no code fences)."
 
@@ -61,9 +65,8 @@ def _text_block(text: str, part: JSON | None = None) -> JSON:
     return block
 
 
-def _image_block(part: JSON) -> JSON:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
+def image_source(url: Any) -> JSON:
+    """An OpenAI ``image_url.url`` (base64 data URL or http(s) URL) -> a Messages image ``source``."""
     if not isinstance(url, str):
         raise _bad("image_url part without a url")
     if url.startswith("data:"):
@@ -71,11 +74,25 @@ def _image_block(part: JSON) -> JSON:
         if not sep or ";base64" not in header:
             raise _bad("image data URL must be base64-encoded")
         media_type = header[5:].split(";", 1)[0] or "image/png"
-        block: JSON = {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-    elif url.startswith(("http://", "https://")):
-        block = {"type": "image", "source": {"type": "url", "url": url}}
-    else:
-        raise _bad("image_url must be a data: or http(s) URL")
+        return {"type": "base64", "media_type": media_type, "data": data}
+    if url.startswith(("http://", "https://")):
+        return {"type": "url", "url": url}
+    raise _bad("image_url must be a data: or http(s) URL")
+
+
+def image_url(source: JSON) -> str | None:
+    """The reverse of :func:`image_source`: a Messages image ``source`` -> an OpenAI image URL (None: not one)."""
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        media_type = source.get("media_type") if isinstance(source.get("media_type"), str) else "image/png"
+        return f"data:{media_type};base64,{source['data']}"
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return str(source["url"])
+    return None
+
+
+def _image_block(part: JSON) -> JSON:
+    image = part.get("image_url")
+    block: JSON = {"type": "image", "source": image_source(image.get("url") if isinstance(image, dict) else image)}
     if "cache_control" in part:
         block["cache_control"] = part["cache_control"]
     return block
@@ -109,7 +126,8 @@ def _content_blocks(content: Any, *, images: bool) -> list[JSON]:
     return blocks
 
 
-def _tool_use(call: Any) -> JSON:
+def tool_use_block(call: Any) -> JSON:
+    """An OpenAI tool call -> a Messages ``tool_use`` block (``arguments`` JSON parsed into ``input``)."""
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise _bad("assistant tool_calls entry without function.name")
@@ -132,6 +150,9 @@ def _tool_result(msg: JSON) -> JSON:
         raise _bad("tool message without tool_call_id")
     content = msg.get("content")
     block: JSON = {"type": "tool_result", "tool_use_id": call_id}
+    for key in ("is_error", "cache_control"):  # set on tool messages translated from /v1/messages (see HINTS)
+        if key in msg:
+            block[key] = msg[key]
     if isinstance(content, str):
         block["content"] = content
     else:
@@ -178,12 +199,10 @@ def _tools(tools: Any) -> list[JSON]:
 def _tool_choice(choice: Any, parallel: Any) -> JSON | None:
     if choice is None:
         result: JSON | None = {"type": "auto"} if parallel is False else None
-    elif choice == "auto":
-        result = {"type": "auto"}
     elif choice == "none":
         return {"type": "none"}
-    elif choice == "required":
-        result = {"type": "any"}
+    elif isinstance(choice, str) and choice in TOOL_CHOICES:
+        result = {"type": TOOL_CHOICES[choice]}
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         result = {"type": "tool", "name": choice["function"].get("name")}
     else:
@@ -191,6 +210,32 @@ def _tool_choice(choice: Any, parallel: Any) -> JSON | None:
     if result is not None and parallel is False:
         result["disable_parallel_tool_use"] = True
     return result
+
+
+#: Set (to True) on an internal chat request translated from ``/v1/messages`` whose messages or tools carry
+#: Messages-only annotations: ``cache_control`` on content parts, tools and tool messages, ``is_error`` on tool
+#: messages. This adapter sends them on; OpenAI-format adapters remove them first (:func:`strip_hints`), because
+#: the OpenAI API refuses fields it does not know.
+HINTS = "_tierwise_anthropic_hints"
+_HINT_KEYS = ("cache_control", "is_error")
+
+
+def _without_hints(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_hints(v) for k, v in obj.items() if k not in _HINT_KEYS}
+    if isinstance(obj, list):
+        return [_without_hints(v) for v in obj]
+    return obj
+
+
+def strip_hints(body: JSON) -> JSON:
+    """A copy of ``body`` without :data:`HINTS`, the Messages-only ``top_k``/``thinking`` and the Messages-only keys
+    in its messages and tools."""
+    out = {k: v for k, v in body.items() if k != HINTS and k not in _PASS_THROUGH}
+    for key in ("messages", "tools"):
+        if isinstance(out.get(key), list):
+            out[key] = _without_hints(out[key])
+    return out
 
 
 def to_anthropic_request(body: JSON) -> JSON:
@@ -221,7 +266,7 @@ def to_anthropic_request(body: JSON) -> JSON:
             add("user", _content_blocks(msg.get("content"), images=True))
         elif role == "assistant":
             blocks = _content_blocks(msg.get("content"), images=False)
-            blocks.extend(_tool_use(c) for c in msg.get("tool_calls") or [])
+            blocks.extend(tool_use_block(c) for c in msg.get("tool_calls") or [])
             add("assistant", blocks)
         elif role == "tool":
             add("user", [_tool_result(msg)])
@@ -270,6 +315,15 @@ def to_anthropic_request(body: JSON) -> JSON:
     return out
 
 
+def tool_call(block: JSON) -> JSON:
+    """A Messages ``tool_use`` block -> an OpenAI tool call (``input`` serialised into ``arguments``)."""
+    return {
+        "id": block.get("id") or new_id("toolu_"),
+        "type": "function",
+        "function": {"name": block.get("name") or "", "arguments": orjson.dumps(block.get("input") or {}).decode()},
+    }
+
+
 def from_anthropic_response(resp: Any, model: str) -> Completion:
     """An Anthropic ``message`` -> :class:`Completion` with an OpenAI ``chat.completion`` body. ValueError on shape."""
     if not isinstance(resp, dict) or not isinstance(resp.get("content"), list):
@@ -283,14 +337,7 @@ def from_anthropic_response(resp: Any, model: str) -> Completion:
         if btype == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif btype == "tool_use":
-            calls.append({
-                "id": block.get("id") or new_id("toolu_"),
-                "type": "function",
-                "function": {
-                    "name": block.get("name") or "",
-                    "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                },
-            })
+            calls.append(tool_call(block))
     text = "".join(texts)
     stop_reason = resp.get("stop_reason")
     finish = STOP_REASONS.get(stop_reason, "tool_calls" if calls else "stop")

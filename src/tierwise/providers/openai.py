@@ -18,6 +18,7 @@ import orjson
 
 from tierwise.config.schema import ProviderConfig
 from tierwise.cost.usage import usage_from_openai
+from tierwise.providers.anthropic_translate import HINTS, strip_hints
 from tierwise.providers.errors import bad_response, stream_cut, stream_error
 from tierwise.providers.http import HttpProvider, resolve_api_key
 from tierwise.providers.normalize import first_logprobs, normalize_chunk, normalize_completion
@@ -83,6 +84,8 @@ class OpenAIProvider(HttpProvider):
         super().__init__(name, cfg, {"Authorization": f"Bearer {key}"} if key else {})
 
     async def complete(self, body: JSON, *, timeout_s: float) -> Completion:
+        if HINTS in body:  # a request that came in as /v1/messages: no Messages-only fields to OpenAI
+            body = strip_hints(body)
         if body.get("stream"):
             body = {k: v for k, v in body.items() if k != "stream_options"}
             body["stream"] = False
@@ -98,7 +101,7 @@ class OpenAIProvider(HttpProvider):
         return completion_from_body(normalized)
 
     async def stream(self, body: JSON, *, timeout_s: float) -> AsyncIterator[StreamChunk]:
-        body = dict(body)
+        body = strip_hints(body) if HINTS in body else dict(body)
         body["stream"] = True
         opts = body.get("stream_options")
         body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}

@@ -1,0 +1,152 @@
+"""One request pipeline for every client API that is a chat underneath (Anthropic Messages, OpenAI Responses).
+
+A :class:`Dialect` translates the client's body into the internal chat request and the answers, stream chunks and
+errors back; :func:`serve` does everything else exactly as ``/v1/chat/completions`` does (same authentication,
+body limits, validation, routing, cascades, governance, ledger): the caller's key, the hostile-input rules of
+:mod:`tierwise.requests`, one ledger record per request whatever happens, refusals booked with their status. Only
+the shapes differ, so a Claude SDK and an OpenAI SDK see the same tiers, prices and budgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+from tierwise.errors import APIError
+from tierwise.gateway.app import _BatchedSSE, _BodyNotRead, _has_content, _header, _json, _route_headers
+from tierwise.governance import Principal
+from tierwise.requests import MAX_NAME_CHARS, TAGS_HEADER, take_tags
+from tierwise.routing.engine import RouteRequest
+from tierwise.routing.executor import Call
+from tierwise.sanitize import clean_text
+from tierwise.service import ChatResult
+from tierwise.types import JSON, LedgerRecord, Usage
+
+if TYPE_CHECKING:
+    from tierwise.gateway.app import Gateway
+
+log = logging.getLogger("tierwise.gateway")
+
+
+class StreamEvents(Protocol):
+    """Turns one stream's OpenAI chunks into the dialect's SSE bytes."""
+
+    def start(self) -> bytes: ...
+
+    def feed(self, chunk: JSON) -> bytes: ...
+
+    def end(self, usage: Usage, error: APIError | None) -> bytes: ...
+
+
+class Dialect(Protocol):
+    #: ledger note ("api: <name>") on every routed request of this API
+    name: str
+
+    def to_internal(self, body: JSON) -> JSON:
+        """The internal chat request; a 400 :class:`APIError` for a body this API would refuse."""
+        ...
+
+    def error(self, err: APIError, headers: dict[str, str] | None) -> web.Response:
+        """``err`` in this API's error shape."""
+        ...
+
+    def answer(self, result: ChatResult, raw: JSON, usage: Usage) -> JSON:
+        """The non-streaming answer (``usage``: what the served model used, from the booked record)."""
+        ...
+
+    def events(self, record: LedgerRecord, raw: JSON) -> StreamEvents:
+        ...
+
+
+def served_usage(record: LedgerRecord) -> Usage:
+    """Tokens of the answer the client got: the served model's last successful attempt (a cascade's record also
+    holds the rungs it escalated from, which the ledger books but the answer's usage does not include)."""
+    for a in reversed(record.attempts):
+        if a.model == record.model and a.usage is not None and a.outcome == "ok":
+            return a.usage
+    return record.usage
+
+
+def _id_header(rid: str | None) -> dict[str, str] | None:
+    return {"x-tierwise-request-id": rid} if rid else None
+
+
+async def serve(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
+    """Answer one request of ``dialect``'s API (the counterpart of ``Gateway.chat``)."""
+    svc = gw.svc
+    principal: Principal | None = None
+    raw: JSON | None = None
+    body: JSON | None = None
+    tier = request.match_info.get("tier")
+    route = RouteRequest(
+        requested_model=None,
+        task_header=_header(request, "X-Task"),
+        endpoint_tier=None if tier is None else clean_text(tier, MAX_NAME_CHARS),
+        session_id=_header(request, "X-Session-Id"),
+    )
+    try:
+        principal = await gw._principal(request)
+        raw = await gw._body(request)
+        body = dialect.to_internal(raw)
+        route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))
+        call = await svc.begin(body, route, principal)
+    except APIError as err:
+        resp = dialect.error(err, _id_header(svc.reject(err, principal, raw, route)))
+        if isinstance(err, _BodyNotRead):
+            resp.force_close()
+            if err.broken and request.protocol is not None:
+                await resp.prepare(request)
+                await resp.write_eof()
+                request.protocol.force_close()
+        return resp
+    except asyncio.CancelledError:
+        svc.reject(APIError(499, "client disconnected before the request was routed", code="client_cancelled"),
+                   principal, raw, route, status="client_cancelled")
+        raise
+    except Exception as exc:  # a bug before routing: a 500 in the dialect's shape, and still one ledger record
+        log.error("internal error before routing (%s): %s", dialect.name, type(exc).__name__, exc_info=exc)
+        bug = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
+        return dialect.error(bug, _id_header(svc.reject(bug, principal, raw, route, status="error")))
+    call.record.notes.append(f"api: {dialect.name}")
+    if body.get("stream"):
+        return await _stream(gw, request, dialect, call, raw)
+    try:
+        result = await svc.complete(call)
+    except APIError as err:
+        return dialect.error(err, _route_headers(call.record, budget=call.budget))
+    return _json(200, dialect.answer(result, raw, served_usage(result.record)),
+                 _route_headers(result.record, budget=call.budget))
+
+
+async def _stream(gw: Gateway, request: web.Request, dialect: Dialect, call: Call, raw: JSON) -> web.StreamResponse:
+    try:
+        stream = await gw.svc.open_stream(call)
+    except APIError as err:
+        return dialect.error(err, _route_headers(call.record, budget=call.budget))
+    resp = web.StreamResponse(
+        status=200,
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                 **_route_headers(stream.record, final=False, budget=call.budget)},
+    )
+    events = dialect.events(stream.record, raw)
+    gen = stream.chunks()
+    out = _BatchedSSE(resp)
+    try:
+        await resp.prepare(request)
+        await out.send(events.start())
+        async for chunk in gen:
+            data = events.feed(chunk)
+            if data:
+                await out.send(data, _has_content(chunk))
+        # the generator has ended: the stream is booked, so the served usage is known
+        await out.send(events.end(served_usage(stream.record), stream.error))
+        await out.close()
+        await resp.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        out.abort()  # the client went away; closing the generator books the record as client_cancelled
+    finally:
+        await gen.aclose()
+    return resp
