@@ -53,6 +53,8 @@ class MemoryStateBackend:
         self._requests: dict[tuple[str, int], int] = defaultdict(int)  # (scope, minute) -> requests
         self._tokens: dict[tuple[str, int], int] = defaultdict(int)
         self._days_seen: set[str] = set()
+        self._past: tuple[str, tuple[str, ...]] = ("", ())  # (day, earlier days of its month seen): per day, not call
+        self._period = (0.0, 0.0, "", "")  # (day start, day end, day, month): strftime once a day, not per call
         self._pruned_minute = 0
 
     async def admit(self, request_id: str, caps: Sequence[Cap], limits: Sequence[RateLimit], reserve_usd: float,
@@ -61,8 +63,10 @@ class MemoryStateBackend:
         with self._lock:
             now = self._clock()
             self._expire(now)
-            day, month, minute = day_of(now), month_of(now), int(now // 60)
-            usage = {c.scope: self._usage(c.scope, day, month) for c in caps}
+            day, month = self._periods(now)
+            minute = int(now // 60)
+            past = self._past_days(day, month)
+            usage = {c.scope: self._usage(c.scope, day, month, past) for c in caps}
             refused, retry = self._check_rates(limits, tokens, now, minute)
             if refused is None:
                 refused, retry = _check_caps(caps, usage, block_at, now)
@@ -96,18 +100,42 @@ class MemoryStateBackend:
                 self._spent[(scope, res.month)] += cost
             for scope in res.rate_scopes:  # tpm: the estimate taken at admission, corrected to what was used
                 self._tokens[(scope, res.minute)] += s.tokens - res.tokens
-            self._days_seen.add(res.day)
+            if res.day not in self._days_seen:
+                self._days_seen.add(res.day)
+                self._past = ("", ())  # recomputed on the next admit
+
+    async def read_usage(self, scopes: Sequence[str]) -> dict[str, Usage]:
+        """Each scope's consumption in the current day and month, reserving nothing (metrics at scrape time)."""
+        with self._lock:
+            now = self._clock()
+            day, month = self._periods(now)
+            past = self._past_days(day, month)
+            return {s: self._usage(s, day, month, past) for s in scopes}
 
     async def aclose(self) -> None:
         pass
 
     # -- internals (lock held) -----------------------------------------------------------------------------------
 
-    def _usage(self, scope: str, day: str, month: str) -> Usage:
-        past = tuple(self._spent.get((scope, d), 0.0) for d in sorted(self._days_seen) if d.startswith(month)
-                     and d < day)
-        return Usage(self._spent.get((scope, day), 0.0), self._reserved.get((scope, day), 0.0),
-                     self._spent.get((scope, month), 0.0), self._reserved.get((scope, month), 0.0), past)
+    def _periods(self, now: float) -> tuple[str, str]:
+        start, end, day, month = self._period
+        if not start <= now < end:
+            start = now - now % 86400
+            day, month = day_of(now), month_of(now)
+            self._period = (start, start + 86400, day, month)
+        return day, month
+
+    def _past_days(self, day: str, month: str) -> tuple[str, ...]:
+        """The earlier days of ``day``'s month that have settled spend, oldest first (for the monthly projection)."""
+        if self._past[0] != day:
+            self._past = (day, tuple(sorted(d for d in self._days_seen if d.startswith(month) and d < day)))
+        return self._past[1]
+
+    def _usage(self, scope: str, day: str, month: str, past_days: tuple[str, ...]) -> Usage:
+        spent, reserved = self._spent, self._reserved
+        past = tuple(spent.get((scope, d), 0.0) for d in past_days) if past_days else ()
+        return Usage(spent.get((scope, day), 0.0), reserved.get((scope, day), 0.0),
+                     spent.get((scope, month), 0.0), reserved.get((scope, month), 0.0), past)
 
     def _check_rates(self, limits: Sequence[RateLimit], tokens: int, now: float,
                      minute: int) -> tuple[str | None, float | None]:
@@ -143,6 +171,7 @@ class MemoryStateBackend:
                 del counts[key]
         old_day, old_month = day_of(now - _KEEP_DAYS * 86400), month_of(now - _KEEP_DAYS * 86400)
         self._days_seen = {d for d in self._days_seen if d >= old_day}
+        self._past = ("", ())
         for usd in (self._spent, self._reserved):
             for period in [k for k in usd if k[1] < (old_day if len(k[1]) == 10 else old_month)]:
                 del usd[period]
