@@ -43,12 +43,17 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from routing_quality import SETS, _rep, grid_baseline  # noqa: E402
 
-from tierwise.lab.calibrate import Calibrated, CascadeCalibrator  # noqa: E402
-from tierwise.lab.cascade_sim import grid_points, simulate, simulate_many  # noqa: E402
-from tierwise.lab.contextual import fit_contextual, held_out_data, run_contextual  # noqa: E402
+from tierwise.lab.calibrate import CascadeCalibrator  # noqa: E402
+from tierwise.lab.contextual import fit_contextual  # noqa: E402
+from tierwise.lab.contextual_eval import (  # noqa: E402
+    contextual_curve,
+    family_taus,
+    grid_protocol,
+    hindsight_chain,
+)
 from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws, interval  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
-from tierwise.lab.eval_cli import knn_choices, knob_taus  # noqa: E402
+from tierwise.lab.eval_cli import knn_choices  # noqa: E402
 from tierwise.lab.evaluate import means, run_tier  # noqa: E402
 from tierwise.lab.metrics import Point, apgr, compute_baselines, cpt, evaluate_curve, upper_hull  # noqa: E402
 from tierwise.lab.report import Row, plot_png  # noqa: E402
@@ -61,107 +66,6 @@ OUT = Path(__file__).parent / "results"
 EMBEDDER = "minilm-onnx"
 ROUTER_KINDS = ("knn", "logreg", "ensemble")
 BOOTSTRAP = 400  # paired bootstrap draws of each test split (tierwise.lab.curve_bootstrap)
-
-
-def contextual_curve(test, P_te, model, taus, calib=None, guard: bool = False):  # noqa: ANN001, ANN201
-    """Each τ: fit on train, run on test through the engine; check the simulator agrees. (points, per-τ rows).
-
-    ``guard``: the calibrator's cross-validated selection guard — on for the calibrated point; off for the τ
-    families read on the test hull, where it would only relabel which τ gives which point (and cost 5 searches)."""
-    calib = calib or model.calibrator
-    cache: dict[str, tuple[float, float, list]] = {}
-    rows = []
-    for tau in taus:
-        cal, knob = calib.fit_start(calib.constraint_quality(float(tau), 1.0), guard)
-        key = repr(model.tier(cal, knob))
-        if key not in cache:
-            res = run_contextual(model, test, cal, P_te, knob)
-            sim = simulate(held_out_data(model, test, cal.chain, P_te, knob), cal.thresholds)
-            if [cal.chain[i] for i in sim.served] != [r.served for r in res]:
-                raise AssertionError(f"{test.name}: simulator and engine disagree for {cal.chain} {cal.thresholds}")
-            cache[key] = (*means(res), res)
-        c, q, res = cache[key]
-        rows.append({"tau": float(tau), "chain": cal.chain, "start_knob": knob, "thresholds": cal.thresholds,
-                     "train_cost": cal.train_cost, "train_quality": cal.train_quality, "feasible": cal.feasible,
-                     "cost": c, "quality": q, "results": res})
-    return [Point(r["cost"], r["quality"]) for r in rows], rows
-
-
-def hindsight_chain(test, P_te, model, taus, base):  # noqa: ANN001, ANN201
-    """The grid baseline's protocol with our calibrator: per sub-pool (the models of a multi-rung sub-chain), the τ
-    family fitted on train over that pool's sub-chains (start knobs included); the pool with the best *test* AUC
-    (hindsight), scored by the simulator; its family is then re-run through the engine by :func:`contextual_curve`."""
-    best = None
-    sims: dict = {}
-    for chain in sorted({s.data.chain for s in model.calibrator.searches if len(s.data.chain) > 1}):
-        calib = model.calibrator.restricted(chain)
-        pts = []
-        for tau in taus:
-            cal, knob = calib.fit_start(calib.constraint_quality(float(tau), 1.0), guard=False)
-            key = (tuple(cal.chain), knob)
-            if key not in sims:
-                sims[key] = held_out_data(model, test, cal.chain, P_te, knob)
-            pts.append(Point(*simulate(sims[key], cal.thresholds).means()))
-        auc = evaluate_curve(pts, base).auc
-        if auc is not None and (best is None or auc > best[0]):
-            best = (auc, chain, calib)
-    return best
-
-
-START_GRID = np.round(np.linspace(0.05, 0.95, 19), 2)  # ours-G's start-router knobs: these quantiles of the train prior
-
-
-def grid_protocol(test, P_te, model, prior_oof, base):  # noqa: ANN001, ANN201
-    """**ours-G**: the grid baseline's protocol, with our contextual confidences in place of the raw one and the
-    start router's knob as one more grid dimension.
-
-    Per sub-chain: the coarse grid of per-rung quantiles of the *out-of-fold train* contextual confidences
-    (``grid_points(…, "coarse")``, exactly as the grid baseline builds its grid), crossed with the
-    start-router knob — 0 (no start router) and the :data:`START_GRID` quantiles of the first rung's out-of-fold
-    train prior. The sub-chain, start knob and grid point are read off the **test** hull (hindsight, as the grid
-    baseline is read). ``prior_oof``: (n_train, len(model.pool)) out-of-fold router priors. Hull vertices are re-run
-    through the engine and must agree with the simulator. Returns (report, chain, points, per-vertex engine results)."""
-    by_chain: dict = {}
-    for srch, knob0 in zip(model.calibrator.searches, model.calibrator.starts, strict=True):
-        if len(srch.data.chain) < 2 or knob0 != 0.0:
-            continue
-        chain = srch.data.chain
-        grid = grid_points(srch.data, "coarse")
-        prior0 = prior_oof[:, model.pool.index(chain[0])]
-        for knob in sorted({0.0, *np.quantile(prior0, START_GRID).tolist()}):
-            c, q = simulate_many(held_out_data(model, test, chain, P_te, knob), grid)
-            by_chain.setdefault(chain, []).extend(
-                (float(a), float(b), knob, tuple(float(x) for x in t)) for a, b, t in zip(c, q, grid, strict=True))
-    best = None
-    for chain, cand in by_chain.items():
-        rep = evaluate_curve([Point(a, b) for a, b, _, _ in cand], base)
-        if rep.auc is not None and (best is None or rep.auc > best[0]):
-            best = (rep.auc, chain, cand)
-    assert best is not None
-    _, chain, cand = best
-    hull = {(p.cost, p.quality) for p in upper_hull([Point(a, b) for a, b, _, _ in cand])}
-    pts, runs = [], []
-    for a, b, knob, thr in cand:
-        if (a, b) not in hull:
-            continue
-        hull.discard((a, b))
-        cal = Calibrated(list(chain), "contextual", list(thr), list(model.params[chain]), float("nan"), float("nan"),
-                         True)
-        runs.append(run_contextual(model, test, cal, P_te, knob))
-        pc, pq = means(runs[-1])
-        if abs(pc - a) > 1e-12 * max(1.0, abs(a)) or abs(pq - b) > 1e-12:
-            raise AssertionError(f"{test.name}: ours-G: simulator and engine disagree for {chain} {thr} start {knob}")
-        pts.append(Point(pc, pq))
-    return evaluate_curve(pts, base), chain, pts, runs
-
-
-def family_taus(calib, train) -> list[float]:  # noqa: ANN001
-    """The τ knob family: ``knob_taus`` (as bench/routing_quality.py) extended up to the *train* oracle's quality
-    relative to q_ref, so the family also reaches quality above the best single model where train says it can."""
-    models = train.priced_models()
-    q_oracle = compute_baselines(train.quality_matrix(models), train.cost_matrix(models), models).oracle.quality
-    top = max(1.02, q_oracle / max(calib.q_ref, 1e-12))
-    return sorted({*knob_taus(calib, 0.99), *np.round(np.linspace(1.0, top, 16), 4).tolist()})
 
 
 def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: ANN001

@@ -38,16 +38,7 @@ def cascade_block(chain: Sequence[str], gate: str, thresholds: Sequence[float],
     return {"rungs": rungs}
 
 
-def write_cascade(
-    path: str | Path,
-    tier: str,
-    chain: Sequence[str],
-    gate: str,
-    thresholds: Sequence[float],
-    params: Sequence[dict[str, Any]],
-) -> Path:
-    """Put the cascade into ``tiers.<tier>`` of ``path``; returns the backup's path. Raises ConfigWriteError."""
-    p = Path(path)
+def _read(p: Path) -> dict[str, Any]:
     try:
         original = p.read_text(encoding="utf-8")
     except OSError as exc:
@@ -58,9 +49,28 @@ def write_cascade(
         raise ConfigWriteError(f"{p}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigWriteError(f"{p}: the configuration must be a mapping")
-    tiers = doc.setdefault("tiers", {})
-    if not isinstance(tiers, dict):
+    if not isinstance(doc.setdefault("tiers", {}), dict):
         raise ConfigWriteError(f"{p}: 'tiers' must be a mapping")
+    return doc
+
+
+def _spec_models(spec: dict[str, Any]) -> list[str]:
+    if "cascade" in spec:
+        return [r["model"] for r in spec["cascade"]["rungs"]]
+    return list(spec.get("models") or [])
+
+
+def write_cascade(
+    path: str | Path,
+    tier: str,
+    chain: Sequence[str],
+    gate: str,
+    thresholds: Sequence[float],
+    params: Sequence[dict[str, Any]],
+) -> Path:
+    """Put the cascade into ``tiers.<tier>`` of ``path``; returns the backup's path. Raises ConfigWriteError."""
+    p = Path(path)
+    doc = _read(p)
     missing = [m for m in chain if m not in (doc.get("models") or {})]
     if missing:
         known = ", ".join(sorted(doc.get("models") or {})) or "none"
@@ -68,10 +78,27 @@ def write_cascade(
             f"{p}: model(s) {missing} of the calibrated chain are not defined under 'models:' (defined: {known}); "
             "add them (same names as in the dataset) or calibrate with --chain over models the config has"
         )
+    return write_tier(p, tier, {"policy": "cascade", "cascade": cascade_block(chain, gate, thresholds, params)},
+                      doc=doc)
+
+
+def write_tier(path: str | Path, tier: str, spec: dict[str, Any], doc: dict[str, Any] | None = None) -> Path:
+    """Put a tier spec (``policy`` and its block: ``cascade``, or ``models`` for a single model) into
+    ``tiers.<tier>`` of ``path``, keeping the tier's other keys; returns the backup's path. Raises ConfigWriteError."""
+    p = Path(path)
+    if doc is None:
+        doc = _read(p)
+        models = _spec_models(spec)
+        missing = [m for m in models if m not in (doc.get("models") or {})]
+        if missing:
+            known = ", ".join(sorted(doc.get("models") or {})) or "none"
+            raise ConfigWriteError(f"{p}: model(s) {missing} of the calibrated tier are not defined under 'models:' "
+                                   f"(defined: {known}); add them (same names as in the dataset)")
+    tiers = doc.setdefault("tiers", {})
     entry = dict(tiers.get(tier) or {})
-    entry.pop("models", None)  # a cascade's pool defaults to its rung models
-    entry["policy"] = "cascade"
-    entry["cascade"] = cascade_block(chain, gate, thresholds, params)
+    for key in ("models", "cascade", "learned"):
+        entry.pop(key, None)  # a cascade's pool defaults to its rung models; a stale block would contradict policy
+    entry.update(spec)
     tiers[tier] = entry
     backup = p.with_name(p.name + ".bak")
     shutil.copyfile(p, backup)

@@ -24,12 +24,12 @@ import numpy as np
 
 from tierwise.lab.calibrate import (
     CV_FOLDS,
-    DEFAULT_TAUS,
     CalibrationResult,
     CascadeCalibrator,
     calibrate_point,
     calibrated_curve,
 )
+from tierwise.lab.contextual_eval import knob_taus
 from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws, interval
 from tierwise.lab.datasets import (
     OutcomeFormatError,
@@ -40,6 +40,9 @@ from tierwise.lab.datasets.ledger import load_data
 from tierwise.lab.evaluate import run_tier, single_tier
 from tierwise.lab.metrics import Baselines, Point, apgr, compute_baselines, cpt, evaluate_curve
 from tierwise.lab.report import Row, metrics_table, plot_png, write_html
+
+ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "
+           "single:MODEL")
 
 
 class UsageError(Exception):
@@ -102,6 +105,8 @@ def _calibrator(oset: OutcomeSet, args: argparse.Namespace) -> CascadeCalibrator
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     oset = load_data(args.data)
+    if args.kind == "contextual":
+        return _calibrate_contextual(args, oset)
     calib = _calibrator(oset, args)
     test = oset.split("test")
     if args.max_cost is not None:
@@ -123,6 +128,41 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"wrote tier '{args.tier}' into {args.config} (previous version: {backup})")
     if args.json:
         Path(args.json).write_text(json.dumps(result_json(res, oset), indent=2), encoding="utf-8")
+    return 0
+
+
+def _calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet) -> int:
+    """``calibrate --kind contextual``: see :mod:`tierwise.lab.contextual_cli`."""
+    from tierwise.lab.contextual_cli import calibrate_contextual, describe_extra, write_report
+
+    if args.chain not in (None, "auto") or args.gate:
+        raise UsageError("--kind contextual searches every sub-chain and gates on what each rung recorded: "
+                         "--chain and --gate are for --kind cascade")
+    if args.relative_to != "best":
+        raise UsageError("--kind contextual targets the best train model's quality (--relative-to best)")
+    if args.config and not args.tier:
+        raise UsageError("--config needs --tier NAME (the tier whose cascade to write)")
+    if not oset.split("train").prompts or not oset.count("test"):
+        raise UsageError(f"{oset.name}: calibration needs prompts in both splits (train {len(oset.split('train'))}, "
+                         f"test {oset.count('test')})")
+    budget = parse_budget(args.max_cost) if args.max_cost is not None else None
+    out = Path(args.out)
+    res, knob, tier, fit = calibrate_contextual(args, oset, budget)
+    print(describe(res, oset, args.z))
+    print(describe_extra(fit, knob, tier, out))
+    write_report(out / "calibration.json", res, knob, tier, fit, oset.name)
+    print(f"wrote {out / 'calibration.json'}")
+    if args.config:
+        from tierwise.lab.configwrite import ConfigWriteError, write_tier
+
+        try:
+            backup = write_tier(args.config, args.tier, tier)
+        except ConfigWriteError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"wrote tier '{args.tier}' into {args.config} (previous version: {backup})")
+    if args.json:
+        Path(args.json).write_text((out / "calibration.json").read_text(encoding="utf-8"), encoding="utf-8")
     return 0
 
 
@@ -174,14 +214,6 @@ def knn_choices(train: OutcomeSet, test: OutcomeSet, models: list[str], embedder
     return [k for k, _ in runs], chosen
 
 
-def knob_taus(calib: CascadeCalibrator, target: float, n: int = 40) -> list[float]:
-    """The cascade knob: τ from the cheapest model's relative train quality (or 0.80 if higher) to 1.02, ``n`` steps,
-    plus 0.80…1.02 by 0.01 and the calibrated target — all fitted on train, so the family is honest point by point."""
-    train = calib.train
-    lo = min(0.80, min(train.mean_quality(m) for m in train.priced_models()) / max(calib.q_ref, 1e-12))
-    return sorted({*DEFAULT_TAUS, *np.round(np.linspace(lo, 1.02, n), 4).tolist(), target})
-
-
 def _two_model_metrics(base: Baselines, pcts: list[float], quals: list[float]) -> tuple[float, float]:
     weak, strong = base.cheapest_point.quality, base.best_point.quality
     return apgr(pcts, quals, weak, strong), cpt(pcts, quals, weak, strong, 0.5)
@@ -228,8 +260,16 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
 
         runs = sweep_learned(test, arg)
         rows.append(_learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name))
+    elif kind == "contextual":
+        from tierwise.lab.contextual_cli import ROUTER_KINDS, contextual_rows
+
+        rk = arg or args.router_kind
+        if rk not in ROUTER_KINDS:
+            raise UsageError(f"--router contextual:{rk}: the router kind is one of {', '.join(ROUTER_KINDS)}")
+        rows.extend(contextual_rows(oset, rk, args.router_embedder, args.target_quality, args.z, args.cv_folds,
+                                    base, two, dump, progress_bar))
     elif kind != "knn":
-        raise UsageError(f"unknown router {spec!r}; use cascade:logprob, cascade:vote, knn, single:MODEL")
+        raise UsageError(f"unknown router {spec!r}; use {ROUTERS}")
     rows.append(_knn_row(oset, models, base, two, args.embedder, dump if kind == "knn" else None))
     for m, p in base.singles.items():
         rows.append(Row(f"single:{m}", evaluate_curve([p], base)))
@@ -268,19 +308,20 @@ def _learned_row(label: str, runs: list[tuple[float, list[Any]]], models: list[s
 
 def bootstrap_lines(rows: list[Row], quality: np.ndarray, cost: np.ndarray, models: list[str], draws: int) -> str:
     """The paired-bootstrap section of the eval table: per router row, 95 % intervals of AUC and cost to 0.99·qB,
-    and for the evaluated router (the first row) its AUC difference against the kNN baseline — is a gain real or
-    noise of this test split?"""
+    and for every router row but kNN its AUC difference against the kNN baseline — is a gain real or noise of this
+    test split?"""
     methods = {r.name: r.per_prompt for r in rows if r.per_prompt is not None}
     if not methods:
         return ""
     d = curve_draws(quality, cost, models, methods, draws)
     lines = [f"Paired bootstrap of the test split ({draws} draws; each router keeps its points, the best model and",
              "the oracle are recomputed on every draw): 95% intervals"]
+    w = max(len(n) for n in methods)
     for name in methods:
         a, c = interval(d[name]["auc"]), interval(d[name]["ctp99"])
-        lines.append(f"  {name[:34]:<34} AUC [{a[0]:.3f}, {a[1]:.3f}]  c@.99qB% [{c[0]:.1f}, {c[1]:.1f}]")
-    first, knn = rows[0].name, next((n for n in methods if n.startswith("knn")), None)
-    if knn is not None and first in methods and first != knn:
+        lines.append(f"  {name:<{w}} AUC [{a[0]:.3f}, {a[1]:.3f}]  c@.99qB% [{c[0]:.1f}, {c[1]:.1f}]")
+    knn = next((n for n in methods if n.startswith("knn")), None)
+    for first in [n for n in methods if n != knn] if knn is not None else []:
         delta = d[first]["auc"] - d[knn]["auc"]
         lo, hi = interval(delta)
         lines.append(f"  ΔAUC {first} − {knn}: [{lo:+.3f}, {hi:+.3f}], above in "
@@ -355,6 +396,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    f"exceed the search's optimism measured by this many-fold CV on train (default {CV_FOLDS}; 0 = off)")
 
 
+def _router_args(p: argparse.ArgumentParser) -> None:
+    from tierwise.lab.contextual_cli import DEFAULT_EMBEDDER, DEFAULT_ROUTER, ROUTER_KINDS
+
+    p.add_argument("--router-kind", choices=ROUTER_KINDS, default=DEFAULT_ROUTER,
+                   help=f"contextual: the learned router whose priors the gates read (default {DEFAULT_ROUTER}; "
+                        "none = gates without priors, no start router)")
+    p.add_argument("--router-embedder", default=DEFAULT_EMBEDDER,
+                   help=f"contextual: the router's embedder (default {DEFAULT_EMBEDDER}, as train-router)")
+
+
 def add_parsers(sub: Any) -> None:
     """Register ``calibrate`` and ``eval`` on the main CLI's subparsers."""
     p = sub.add_parser("calibrate", help="fit cascade thresholds on a dataset's train split, report held-out")
@@ -364,11 +415,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--config", help="write the fitted cascade into this tierwise.yaml (keeps a .bak)")
     p.add_argument("--tier", help="with --config: the tier to create or replace")
     p.add_argument("--json", help="write the result as JSON here")
+    p.add_argument("--kind", choices=["cascade", "contextual"], default="cascade",
+                   help="cascade: thresholds on the rungs' own log-prob/vote confidence; contextual: trained "
+                        "contextual gates (confidence, agreement with earlier rungs, router priors) and a start "
+                        "router, fitted on train (the README's 'ours')")
+    p.add_argument("--out", default="tierwise-contextual",
+                   help="--kind contextual: directory for the gate and router artifacts and calibration.json "
+                        "(default: ./tierwise-contextual)")
+    _router_args(p)
     p.set_defaults(fn=_guard(cmd_calibrate))
 
     p = sub.add_parser("eval", help="evaluate a router and the baselines on a dataset's held-out split")
     _common(p)
-    p.add_argument("--router", required=True, help="cascade:logprob | cascade:vote | knn | single:MODEL")
+    p.add_argument("--router", required=True, help=f"one of: {ROUTERS} (the baselines are always reported)")
+    _router_args(p)
     p.add_argument("--out", help="directory for table.txt, plot.png, plot.html")
     p.add_argument("--dump", help="JSONL: one line per held-out prompt and knob setting")
     p.add_argument("--plot", action="store_true", help="write plot.png (matplotlib) and plot.html")

@@ -39,7 +39,8 @@ def _f(v: float | None, fmt: str) -> str:
 def metrics_table(rows: Sequence[Row], base: Baselines, two_model: bool) -> str:
     """Fixed-width table; costs as % of the best model's test cost."""
     cb = base.best_point.cost
-    head = f"{'router':<34} {'AUC':>6} {'c@qB%':>7} {'c@.99qB%':>9} {'q@25%':>6} {'q@50%':>6} {'q@100%':>6}"
+    w = max([34, *(len(r.name) for r in rows)])  # names are never cut: two rows must not read alike
+    head = f"{'router':<{w}} {'AUC':>6} {'c@qB%':>7} {'c@.99qB%':>9} {'q@25%':>6} {'q@50%':>6} {'q@100%':>6}"
     if two_model:
         head += f" {'APGR':>6} {'CPT50%':>7}"
     lines = [head, "-" * len(head)]
@@ -50,7 +51,7 @@ def metrics_table(rows: Sequence[Row], base: Baselines, two_model: bool) -> str:
         else:
             cells = [_f(rep.auc, ".3f"), _f(rep.cost_to_parity_pct, ".1f"), _f(rep.cost_to_parity_99_pct, ".1f"),
                      _f(rep.quality_at_25, ".3f"), _f(rep.quality_at_50, ".3f"), _f(rep.quality_at_100, ".3f")]
-        line = f"{r.name[:34]:<34} {cells[0]:>6} {cells[1]:>7} {cells[2]:>9} {cells[3]:>6} {cells[4]:>6} {cells[5]:>6}"
+        line = f"{r.name:<{w}} {cells[0]:>6} {cells[1]:>7} {cells[2]:>9} {cells[3]:>6} {cells[4]:>6} {cells[5]:>6}"
         if two_model:
             line += f" {_f(r.apgr, '.3f'):>6} {_f(r.cpt50, '.1f'):>7}"
         if r.calibrated is not None:
