@@ -18,6 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from tierwise.telemetry.config import TelemetryConfig
+
+from tierwise.dashboard.config import DashboardConfig
 from tierwise.rollout.config import RolloutConfig
 
 
@@ -468,6 +471,8 @@ class TierwiseConfig(_Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     admin: AdminConfig | None = Field(default=None, description="the admin API; absent or null: off")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)  # /metrics and OpenTelemetry
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]

@@ -337,9 +337,18 @@ def create_admin_app(cfg: TierwiseConfig, admin_key: str, *, gateway: Gateway | 
 
 def create_admin_root(cfg: TierwiseConfig, admin_key: str, *, gateway: Gateway | None = None,
                       open_store: Callable[[], GovernanceStore] | None = None) -> web.Application:
-    """The application of the admin listener: the admin API under ``/admin``, nothing else."""
+    """The application of the admin listener: the admin API under ``/admin`` and the dashboard at
+    ``/dashboard`` (:mod:`tierwise.dashboard.web`)."""
     root = web.Application(middlewares=[_json_errors], client_max_size=MAX_ADMIN_BODY)
     root.add_subapp("/admin", create_admin_app(cfg, admin_key, gateway=gateway, open_store=open_store))
+    if gateway is not None and cfg.dashboard.enabled:
+        from tierwise.dashboard.web import mount_admin
+
+        mount_admin(root, gateway.svc, admin_key)  # /dashboard: the page, and its API behind the admin key
+    if gateway is not None:  # /metrics, when it belongs on this listener (telemetry.metrics.listener)
+        from tierwise.telemetry.endpoint import mount_admin as mount_metrics
+
+        mount_metrics(root, gateway.telemetry)
     return root
 
 

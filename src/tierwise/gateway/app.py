@@ -194,6 +194,7 @@ class Gateway:
         self.body_timeout_s = svc.cfg.server.body_timeout_s
         self.started = time.time()
         self.shutting_down = False
+        self.telemetry: Any = None  # tierwise.telemetry.endpoint.Telemetry when metrics or tracing are on
 
     async def _principal(self, request: web.Request) -> Principal:
         """Who is calling. A key from ``server.api_keys_env`` (static) is checked first, then a virtual key
@@ -466,6 +467,9 @@ def create_app(svc: Tierwise) -> web.Application:
     _answer_protocol_errors_in_json(app, lambda err: svc.reject(err, None, None, None))
     app[SVC_KEY] = svc
     app[GATEWAY_KEY] = gw
+    from tierwise.telemetry.endpoint import install as install_telemetry  # /metrics, OpenTelemetry (issue 10)
+
+    gw.telemetry = install_telemetry(app, svc)
     if gw.auth is not None:
         auth = gw.auth
 
@@ -494,9 +498,11 @@ def create_app(svc: Tierwise) -> web.Application:
     # Any segment is a tier name to look up (an unknown one is a booked 404 naming it): aiohttp's default pattern
     # excludes '{' and '}', which turned '/v1/tiers/%7B/…' into an unrouted, unbooked 404.
     app.router.add_post("/v1/tiers/{tier:[^/]+}/chat/completions", gw.chat)
-    from tierwise.gateway import anthropic_api  # the other client APIs: same pipeline, their own shapes
+    # the other client APIs: the same pipeline, their own shapes
+    from tierwise.gateway import anthropic_api, responses_api
 
-    anthropic_api.register(app, gw)
+    for api in (anthropic_api, responses_api):
+        api.register(app, gw)
     app.router.add_get("/v1/models", gw.models)
     from tierwise.rollout.feedback import add_feedback_route  # POST /v1/feedback (issue 11)
 

@@ -1,0 +1,162 @@
+"""The dashboard's aggregates as SQL, in SQLite's and PostgreSQL's dialects, run where the rows are.
+
+Every panel is one ``GROUP BY`` over the window's rows (the ``ts`` index bounds the scan; ``(tier, ts)`` and
+``(principal, ts)`` serve the filters), returning a handful of groups, never the rows themselves:
+
+- ``timeline``: cost and requests per (time bucket, tier, model);
+- ``routes``: per (tier, model, tier source) counts by status, escalated and fallen-back requests, cost and tokens
+  (totals, routing distribution, escalation, error and fallback rates, and the flagship counterfactual, which is
+  linear in the token sums);
+- ``allocation``: the top principals, customers and departments by cost;
+- ``latency`` / ``ttft``: counts per logarithmic bucket (4 % wide) of answered requests, from which the page's
+  percentiles are read (so they are within ±2 % of the exact value);
+- ``budget``: spend per UTC day of this month, globally or per customer/department/project/model (for the caps);
+- ``recent``: the newest rows (``ORDER BY ts DESC LIMIT n``: an index walk).
+
+All queries of one summary run in one read transaction (SQLite: ``BEGIN`` on a WAL file; PostgreSQL: ``REPEATABLE
+READ READ ONLY``), so the panels agree with each other even while the writer appends.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tierwise.dashboard.query import DashboardQuery
+
+#: Width of a latency histogram bucket: ln(1.04), i.e. 4 % from one bucket edge to the next.
+LOG_STEP = math.log(1.04)
+_K = 1.0 / LOG_STEP
+#: Latencies below this many ms are counted in its bucket (ln of 0 is undefined).
+MIN_MS = 0.01
+
+#: Columns of the allocation panel (``principal``, ``customer``, ``department``) and of budget scopes.
+ALLOCATION_COLUMNS = ("principal", "customer", "department")
+BUDGET_COLUMNS = ("customer", "department", "project", "model")
+ALLOCATION_TOP = 12
+
+ROUTE_METRICS = ("requests", "ok", "errors", "rejected", "cancelled", "escalated", "fell_back", "cost_usd",
+                 "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+RECENT_COLUMNS = ("id", "ts", "principal", "tier", "tier_source", "requested_model", "model", "status",
+                  "http_status", "cost_usd", "latency_ms", "ttft_ms", "escalations", "fallbacks", "customer",
+                  "department", "project", "notes", "tags", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between SQLite and PostgreSQL in these queries."""
+
+    name: str
+    table: str  # already quoted
+    ph: str  # the placeholder: ? or %s
+
+    def bucket(self) -> str:
+        """The time bucket of a row (two parameters: since, step), floored; placeholders are written ``?`` in
+        every dialect (:meth:`Session.rows` swaps them)."""
+        if self.name == "sqlite":
+            return "CAST((ts - ?) / ? AS INTEGER)"  # ts >= since: truncation is the floor
+        return "floor((ts - ?) / ?)::bigint"
+
+    def day(self) -> str:
+        """The UTC day number of a row (floored to the second, as ``tierwise spend`` does)."""
+        return "CAST(ts AS INTEGER) / 86400" if self.name == "sqlite" else "floor(ts)::bigint / 86400"
+
+    def log_bucket(self, column: str) -> str:
+        if self.name == "sqlite":
+            return f"CAST(floor(ln(max({column}, {MIN_MS})) * {_K!r}) AS INTEGER)"
+        return f"floor(ln(greatest({column}, {MIN_MS})) * {_K!r})::bigint"
+
+
+def _count(cond: str) -> str:
+    return f"coalesce(sum(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)"
+
+
+_ROUTE_SELECT = ", ".join([
+    "count(*)", _count("status = 'ok'"), _count("status = 'error'"), _count("status = 'rejected'"),
+    _count("status = 'client_cancelled'"), _count("escalations > 0"), _count("fallbacks > 0"),
+    "coalesce(sum(cost_usd), 0)",
+    *(f"coalesce(sum({c}), 0)" for c in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                                           "reasoning_tokens")),
+])
+
+
+class Session:
+    """One read transaction on one connection; ``rows`` runs a statement written with ``?`` placeholders."""
+
+    def __init__(self, dialect: Dialect, cursor: Any) -> None:
+        self.d = dialect
+        self._cur = cursor
+
+    def rows(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if self.d.ph != "?":
+            sql = sql.replace("?", self.d.ph)
+        self._cur.execute(sql, list(args))
+        return [tuple(r) for r in self._cur.fetchall()]
+
+
+def _where(q: DashboardQuery) -> tuple[str, list[Any]]:
+    parts = ["ts >= ?", "ts < ?"]
+    args: list[Any] = [float(q.since), float(q.until)]
+    if q.tier is not None:
+        parts.append("tier = ?")
+        args.append(q.tier)
+    if q.principal is not None:
+        parts.append("principal = ?")
+        args.append(q.principal)
+    return " WHERE " + " AND ".join(parts), args
+
+
+def timeline(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
+    where, args = _where(q)
+    return s.rows(f"SELECT {s.d.bucket()}, tier, model, count(*), coalesce(sum(cost_usd), 0) FROM {s.d.table}{where} "
+                  "GROUP BY 1, 2, 3", [float(q.since), float(q.step), *args])
+
+
+def routes(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
+    where, args = _where(q)
+    return s.rows(f"SELECT tier, model, tier_source, {_ROUTE_SELECT} FROM {s.d.table}{where} GROUP BY 1, 2, 3", args)
+
+
+def allocation(s: Session, q: DashboardQuery, column: str) -> list[tuple[Any, ...]]:
+    assert column in ALLOCATION_COLUMNS
+    where, args = _where(q)
+    return s.rows(f"SELECT {column}, count(*), coalesce(sum(cost_usd), 0) AS c FROM {s.d.table}{where} "
+                  f"GROUP BY 1 ORDER BY 3 DESC, 2 DESC LIMIT {ALLOCATION_TOP}", args)
+
+
+def histogram(s: Session, q: DashboardQuery, column: str) -> list[tuple[Any, ...]]:
+    assert column in ("latency_ms", "ttft_ms")
+    where, args = _where(q)
+    return s.rows(f"SELECT {s.d.log_bucket(column)}, count(*) FROM {s.d.table}{where} AND status = 'ok' "
+                  f"AND {column} IS NOT NULL GROUP BY 1", args)
+
+
+def budget_days(s: Session, month_start: float, column: str | None, name: str | None) -> list[tuple[Any, ...]]:
+    """Spend per (UTC day, member) since ``month_start``; ``column`` None: globally; ``name``: one member only."""
+    if column is None:
+        return s.rows(f"SELECT {s.d.day()}, NULL, coalesce(sum(cost_usd), 0) FROM {s.d.table} WHERE ts >= ? "
+                      "GROUP BY 1", [month_start])
+    assert column in BUDGET_COLUMNS
+    if name is not None:
+        return s.rows(f"SELECT {s.d.day()}, {column}, coalesce(sum(cost_usd), 0) FROM {s.d.table} "
+                      f"WHERE ts >= ? AND {column} = ? GROUP BY 1, 2", [month_start, name])
+    return s.rows(f"SELECT {s.d.day()}, {column}, coalesce(sum(cost_usd), 0) FROM {s.d.table} "
+                  f"WHERE ts >= ? AND {column} IS NOT NULL GROUP BY 1, 2", [month_start])
+
+
+def recent(s: Session, q: DashboardQuery, limit: int) -> list[tuple[Any, ...]]:
+    where, args = _where(q)
+    return s.rows(f"SELECT {', '.join(RECENT_COLUMNS)} FROM {s.d.table}{where} ORDER BY ts DESC LIMIT {int(limit)}",
+                  args)
+
+
+def ensure_sqlite_math(conn: sqlite3.Connection) -> None:
+    """``ln``, ``floor`` and ``max`` for an SQLite built without its math functions (slower, same results)."""
+    try:
+        conn.execute("SELECT ln(2.0), floor(2.5)").fetchone()
+    except sqlite3.OperationalError:
+        conn.create_function("ln", 1, lambda x: None if x is None or x <= 0 else math.log(x), deterministic=True)
+        conn.create_function("floor", 1, lambda x: None if x is None else math.floor(x), deterministic=True)

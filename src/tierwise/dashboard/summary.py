@@ -1,0 +1,228 @@
+"""The dashboard's answer: the SQL aggregates of :mod:`tierwise.dashboard.sql` shaped into the panels' JSON.
+
+Only small results reach Python (a few hundred groups at most); the work here is arithmetic on them: rates,
+shares, percentiles read off the latency histograms, the flagship counterfactual (linear in the token sums, so
+pricing the sums is pricing every row), and the budget status with the same monthly projection the budgets use
+(:func:`tierwise.governance.budgets.project_month`).
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tierwise.config.schema import TierwiseConfig
+from tierwise.cost.prices import ResolvedPrice
+from tierwise.dashboard import sql
+from tierwise.dashboard.query import DashboardQuery
+from tierwise.governance.budgets import project_month
+
+PERCENTILES = (50, 90, 95, 99)
+NONE_LABEL = "(none)"
+COUNTERFACTUAL_METHOD = (
+    "Counterfactual: every request's recorded tokens (input, cache reads and writes, output) priced at the flagship "
+    "model's per-token prices; savings = counterfactual − actual spend of the same requests. Token counts are the "
+    "serving model's, so this is an estimate (tokenizers differ), and cascade escalations are billed in the actual "
+    "spend but priced once in the counterfactual.")
+
+
+def flagship_of(cfg: TierwiseConfig, prices: Mapping[str, ResolvedPrice]) -> str | None:
+    """``dashboard.flagship``, else the priced model with the highest input + output price (ties: by name)."""
+    if cfg.dashboard.flagship and cfg.dashboard.flagship in prices:
+        return cfg.dashboard.flagship
+    if not prices:
+        return None
+    return max(sorted(prices), key=lambda m: prices[m].input + prices[m].output)
+
+
+def _label(value: Any) -> str:
+    return NONE_LABEL if value is None else str(value)
+
+
+def _rate(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def percentiles(buckets: Iterable[tuple[Any, ...]]) -> dict[str, float | int | None]:
+    """Nearest-rank percentiles from (log bucket, count) pairs: each bucket stands for its geometric middle."""
+    counts = sorted((int(b), int(n)) for b, n in buckets if b is not None)
+    total = sum(n for _, n in counts)
+    out: dict[str, float | int | None] = {"count": total}
+    for p in PERCENTILES:
+        if not total:
+            out[f"p{p}"] = None
+            continue
+        rank = max(1, math.ceil(p / 100 * total))
+        seen = 0
+        for b, n in counts:
+            seen += n
+            if seen >= rank:
+                out[f"p{p}"] = round(math.exp((b + 0.5) * sql.LOG_STEP), 2)
+                break
+    return out
+
+
+def _routes(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [{"tier": r[0], "model": r[1], "tier_source": r[2], **dict(zip(sql.ROUTE_METRICS, r[3:], strict=True))}
+            for r in rows]
+
+
+def _sum(groups: Iterable[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for g in groups:
+        for m in sql.ROUTE_METRICS:
+            acc[_label(g[key])][m] += g[m]
+    return acc
+
+
+def _totals(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    t: dict[str, Any] = {m: 0 for m in sql.ROUTE_METRICS}
+    for g in groups:
+        for m in sql.ROUTE_METRICS:
+            t[m] += g[m]
+    t["cost_usd"] = float(t["cost_usd"])
+    t["error_rate"] = _rate(t["errors"], t["requests"])
+    t["fallback_rate"] = _rate(t["fell_back"], t["requests"])
+    t["escalation_rate"] = _rate(t["escalated"], t["requests"])
+    return t
+
+
+def _distribution(acc: Mapping[str, Mapping[str, float]], total: float, name: str) -> list[dict[str, Any]]:
+    out = [{name: k, "requests": int(v["requests"]), "cost_usd": float(v["cost_usd"]),
+            "share": _rate(v["requests"], total)} for k, v in acc.items()]
+    return sorted(out, key=lambda d: (-d["requests"], d[name]))
+
+
+def _per_tier(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for tier, v in _sum(groups, "tier").items():
+        n = v["requests"]
+        out.append({"tier": tier, "requests": int(n), "escalated": int(v["escalated"]),
+                    "escalation_rate": _rate(v["escalated"], n), "fell_back": int(v["fell_back"]),
+                    "fallback_rate": _rate(v["fell_back"], n), "errors": int(v["errors"]),
+                    "error_rate": _rate(v["errors"], n), "cost_usd": float(v["cost_usd"])})
+    return sorted(out, key=lambda d: (-d["requests"], d["tier"]))
+
+
+def _savings(totals: Mapping[str, Any], flagship: str | None, price: ResolvedPrice | None) -> dict[str, Any]:
+    if flagship is None or price is None:
+        return {"flagship": None, "method": COUNTERFACTUAL_METHOD}
+    reasoning = min(totals["reasoning_tokens"], totals["output_tokens"]) if price.reasoning is not None else 0
+    cf = (totals["input_tokens"] * price.input + totals["cache_read_tokens"] * price.cache_read
+          + totals["cache_write_tokens"] * price.cache_write + (totals["output_tokens"] - reasoning) * price.output
+          + reasoning * (price.reasoning or 0.0)) / 1_000_000
+    actual = float(totals["cost_usd"])
+    return {"flagship": flagship, "counterfactual_usd": cf, "actual_usd": actual, "savings_usd": cf - actual,
+            "savings_pct": _rate(cf - actual, cf) * 100 if cf else None,
+            "price_per_million": {"input": price.input, "output": price.output, "cache_read": price.cache_read,
+                                  "cache_write": price.cache_write},
+            "method": COUNTERFACTUAL_METHOD}
+
+
+def _timeline(rows: Sequence[tuple[Any, ...]], q: DashboardQuery) -> dict[str, Any]:
+    n = max(1, math.ceil((q.until - q.since) / q.step))
+    by_model: dict[str, list[float]] = defaultdict(lambda: [0.0] * n)
+    by_tier: dict[str, list[float]] = defaultdict(lambda: [0.0] * n)
+    requests = [0] * n
+    for b, tier, model, count, cost in rows:
+        i = min(max(int(b), 0), n - 1)
+        by_model[_label(model)][i] += float(cost)
+        by_tier[_label(tier)][i] += float(cost)
+        requests[i] += int(count)
+    return {"step_s": q.step, "starts": [q.since + i * q.step for i in range(n)], "requests": requests,
+            "by_model": dict(by_model), "by_tier": dict(by_tier)}
+
+
+def _allocation(rows: Sequence[tuple[Any, ...]], total_requests: int, total_cost: float) -> dict[str, Any]:
+    top = [{"name": _label(r[0]), "requests": int(r[1]), "cost_usd": float(r[2])} for r in rows]
+    rest_n = total_requests - sum(int(r[1]) for r in rows)
+    rest_c = total_cost - sum(float(r[2]) for r in rows)
+    return {"top": top, "other": {"requests": rest_n, "cost_usd": max(rest_c, 0.0)} if rest_n > 0 else None}
+
+
+def build_summary(s: sql.Session, q: DashboardQuery, cfg: TierwiseConfig,
+                  prices: Mapping[str, ResolvedPrice]) -> dict[str, Any]:
+    """Every panel but the budgets and anomalies, from one read transaction (``s``)."""
+    groups = _routes(sql.routes(s, q))
+    totals = _totals(groups)
+    flagship = flagship_of(cfg, prices)
+    alloc = {c: _allocation(sql.allocation(s, q, c), int(totals["requests"]), totals["cost_usd"])
+             for c in sql.ALLOCATION_COLUMNS}
+    return {
+        "object": "dashboard.summary",
+        "filters": q.filters(),
+        "window": {"since": q.since, "until": q.until, "step_s": q.step},
+        "empty": totals["requests"] == 0,
+        "totals": totals,
+        "timeline": _timeline(sql.timeline(s, q), q),
+        "routing": {
+            "tiers": _distribution(_sum(groups, "tier"), totals["requests"], "tier"),
+            "models": _distribution(_sum(groups, "model"), totals["requests"], "model"),
+            "sources": _distribution(_sum(groups, "tier_source"), totals["requests"], "tier_source"),
+        },
+        "tiers": _per_tier(groups),
+        "allocation": alloc,
+        "savings": _savings(totals, flagship, prices.get(flagship) if flagship else None),
+        "latency": {"latency_ms": percentiles(sql.histogram(s, q, "latency_ms")),
+                    "ttft_ms": percentiles(sql.histogram(s, q, "ttft_ms")),
+                    "precision": "±2% (4% log buckets, answered requests only)"},
+    }
+
+
+def month_start(now: float) -> float:
+    t = time.gmtime(now)
+    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+
+
+def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 10) -> list[dict[str, Any]]:
+    """Each configured cap (``budgets.caps``; ``kind:*`` for its top members): today's and this month's settled
+    spend from the ledger, the consumption level and the month's projection. Independent of the page's filters."""
+    caps = cfg.budgets.caps
+    if not caps:
+        return []
+    start = month_start(now)
+    today = int(now) // 86400
+    days_seen = sorted({int(d) for d, _, _ in sql.budget_days(s, start, None, None) if d is not None and
+                        int(d) < today})
+    out: list[dict[str, Any]] = []
+    for scope, cap in sorted(caps.items()):
+        kind, _, name = scope.partition(":")
+        if scope == "global":
+            rows = sql.budget_days(s, start, None, None)
+        elif kind in sql.BUDGET_COLUMNS:
+            rows = sql.budget_days(s, start, kind, None if name == "*" else name)
+        else:
+            continue
+        per_member: dict[Any, dict[int, float]] = defaultdict(dict)
+        for d, member, cost in rows:
+            per_member[member][int(d)] = float(cost)
+        if name != "*" and not per_member:
+            per_member[name if scope != "global" else None] = {}
+        entries: list[dict[str, Any]] = []
+        for member, days in per_member.items():
+            month = sum(days.values())
+            day = days.get(today, 0.0)
+            past = [days.get(d, 0.0) for d in days_seen]
+            projected = project_month(month, past, now, cfg.budgets.projection_min_days)
+            label = scope if name != "*" else f"{kind}:{member}"
+            levels = [v for v in ((day / cap.daily_usd) if cap.daily_usd else None,
+                                  (month / cap.monthly_usd) if cap.monthly_usd else None) if v is not None]
+            level = max(levels) if levels else 0.0
+            step: str | None = None
+            for st in cfg.budgets.steps:
+                if level >= st.at:
+                    step = st.action
+            if level >= 1.0:
+                step = "refused"
+            entries.append({"scope": label, "daily_usd": cap.daily_usd, "monthly_usd": cap.monthly_usd,
+                            "spent_today_usd": day, "spent_month_usd": month, "projected_month_usd": projected,
+                            "over_projection": bool(projected is not None and cap.monthly_usd
+                                                    and projected > cap.monthly_usd),
+                            "level": level, "step": step})
+        entries.sort(key=lambda e: (-e["level"], e["scope"]))
+        out.extend(entries[:top])
+    return out
