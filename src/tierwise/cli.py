@@ -77,8 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"tierwise: refusing to start: {problem}", file=sys.stderr)
             return 2
         argv = [sys.executable, "-m", "tierwise.cli", "--log-level", args.log_level, "serve", "--config", args.config]
-        return serve_workers(argv, args.workers, args.host or cfg.server.host,
-                             cfg.server.port if args.port is None else args.port)
+        from tierwise.telemetry.multiproc import workers_metrics_dir
+
+        with workers_metrics_dir(cfg):  # one /metrics summing every worker's (PROMETHEUS_MULTIPROC_DIR)
+            return serve_workers(argv, args.workers, args.host or cfg.server.host,
+                                 cfg.server.port if args.port is None else args.port)
     worker = None
     if args.worker is not None:
         index, count = (int(x) for x in args.worker.split("/"))

@@ -133,6 +133,8 @@ class Tierwise:
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._value_tiered = any(m.value_tiers is not None for m in cfg.models.values())
         self._log_prompts = cfg.server.log_prompts
+        # called with every record right after it is submitted to the ledger (metrics, tracing: tierwise.telemetry)
+        self.observers: list[Callable[[LedgerRecord], None]] = []
         self.capture = build_capturer(cfg)  # None unless rollout.capture is on: then nothing on the hot path
         # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
         self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
@@ -279,6 +281,8 @@ class Tierwise:
             rec.tier = route.endpoint_tier or route.task_header
         rec.status, rec.http_status, rec.error = status, err.status, err.message[:500]
         self.ledger.submit(rec)
+        for observe in self.observers:
+            observe(rec)
         return rec.id
 
     def _finish(self, call: Call, started: float, status: str, http_status: int, error: str | None) -> None:
@@ -293,6 +297,8 @@ class Tierwise:
         if rec.cost.total_usd > 0:
             self.anomalies.observe(rec.principal, rec.model or "-", rec.cost.total_usd, time.time())
         self.ledger.submit(rec)
+        for observe in self.observers:
+            observe(rec)
 
     def _fail(self, call: Call, started: float, exc: BaseException) -> APIError:
         """Book a failed request and turn the failure into the client's error."""

@@ -18,10 +18,9 @@ from pydantic import (
     model_validator,
 )
 
-from tierwise.telemetry.config import TelemetryConfig
-
 from tierwise.dashboard.config import DashboardConfig
 from tierwise.rollout.config import RolloutConfig
+from tierwise.telemetry.config import TelemetryConfig
 
 
 class _Strict(BaseModel):

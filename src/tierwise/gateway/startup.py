@@ -64,6 +64,9 @@ def check_startup(cfg: TierwiseConfig, env: dict[str, str] | None = None) -> Sta
                 "classifier.embedder", f"cannot build the semantic classifier with '{cfg.classifier.embedder}': "
                 f"{_why(exc)} (install the embedder's extra, or use classifier.kind: none)"))
     _check_routers_and_gates(cfg, out.problems)
+    from tierwise.telemetry.endpoint import telemetry_problems
+
+    out.problems.extend(ConfigProblem(*p) for p in telemetry_problems(cfg, env))
     problem = ledger_problem(cfg.ledger)
     if problem is not None:
         out.problems.append(ConfigProblem("ledger.path", problem))

@@ -60,7 +60,7 @@ from redis import exceptions as rx
 
 from tierwise.errors import APIError
 from tierwise.state.backend import Admission, Cap, RateLimit, Settlement, Usage
-from tierwise.state.memory_backend import seconds_to_next_day, seconds_to_next_month
+from tierwise.state.memory_backend import day_of, month_of, seconds_to_next_day, seconds_to_next_month
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -612,6 +612,21 @@ class RedisStateBackend:
             raise
         finally:
             await pool.release(conn)
+
+    async def read_usage(self, scopes: Sequence[str]) -> dict[str, Usage]:
+        """Each scope's settled and reserved spend in the current day and month (Redis's clock), reserving nothing:
+        for metrics at scrape time (two round trips: TIME, MGET), never on the request path. Raises when Redis is
+        unreachable. ``past_days`` is left empty."""
+        if self._clock is not None:
+            now = self._clock()
+        else:
+            sec, usec = await self._client.time()
+            now = int(sec) + int(usec) / 1e6
+        periods = (day_of(now), month_of(now))
+        keys = [f"{self.base}:{kind}:{s}:{p}" for s in scopes for kind in ("sp", "rv") for p in periods]
+        vals = await self._client.mget(keys) if keys else []
+        nano = [int(v or 0) / NANO for v in vals]
+        return {s: Usage(nano[4 * i], nano[4 * i + 2], nano[4 * i + 1], nano[4 * i + 3]) for i, s in enumerate(scopes)}
 
     async def ping(self) -> None:
         await self._client.ping()  # type: ignore[misc]
