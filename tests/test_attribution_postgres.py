@@ -80,7 +80,7 @@ def test_a_version_1_ledger_is_migrated_in_place_with_its_rows_kept(pg: PG, tmp_
         assert [r for _, r in store.rows_after(None, 2)][-1] == make_record(40).as_row()
     finally:
         store.close()
-    assert pg.query(f'SELECT version FROM "{pg.schema}".{VERSIONS_TABLE}') == [(PG_SCHEMA_VERSION,)] == [(3,)]
+    assert pg.query(f'SELECT version FROM "{pg.schema}".{VERSIONS_TABLE}') == [(PG_SCHEMA_VERSION,)] == [(4,)]
     assert pg.query(f"SELECT count(*) FROM {pg.table()} WHERE tags = '{{}}'::jsonb AND customer IS NULL") == [(40,)]
     fresh = PG(pg.dsn, pg.schema + "_fresh", pg.app)
     try:
@@ -92,7 +92,7 @@ def test_a_version_1_ledger_is_migrated_in_place_with_its_rows_kept(pg: PG, tmp_
                          "AND table_name = %s", (pg.schema, TABLE)))
     assert set(cols) == {*COLUMN_NAMES, "seq"} and cols["tags"] == "jsonb" and cols["customer"] == "text"
     pg.store().close()  # opening a migrated ledger again changes nothing
-    assert pg.query(f'SELECT version FROM "{pg.schema}".{VERSIONS_TABLE}') == [(3,)]
+    assert pg.query(f'SELECT version FROM "{pg.schema}".{VERSIONS_TABLE}') == [(4,)]
 
 
 def test_spend_is_aggregated_by_the_server_and_equals_the_rows_and_sqlite(pg: PG, tmp_path: Path) -> None:  # noqa: F811

@@ -54,7 +54,7 @@ def v1_row(i: int) -> dict:
 
 def unattributed(i: int) -> dict:
     return {**v1_row(i), "key_id": None, "customer": None, "department": None, "project": None, "tags": {},
-            "revenue_usd": None}
+            "revenue_usd": None, "arm": None}
 
 
 def make_v1_file(path: Path, n: int) -> None:
@@ -87,7 +87,7 @@ def test_the_row_carries_attribution_last_in_column_order() -> None:
     row = LedgerRecord(id="x", ts=1.0, key_id="k1", customer="acme", department="search", project="p",
                        tags={"team": "search"}).as_row()
     assert list(row) == list(COLUMN_NAMES)
-    assert list(COLUMN_NAMES[-6:]) == ["key_id", "customer", "department", "project", "tags", "revenue_usd"]
+    assert list(COLUMN_NAMES[-7:]) == ["key_id", "customer", "department", "project", "tags", "revenue_usd", "arm"]
     assert COLUMN_NAMES[:len(V1_COLUMNS)] == V1_COLUMNS  # version-1 CSV columns keep their positions
     assert (row["key_id"], row["customer"], row["department"], row["project"], row["tags"]) == (
         "k1", "acme", "search", "p", {"team": "search"})
@@ -106,7 +106,7 @@ def test_a_version_1_ledger_is_migrated_in_place_with_its_rows_kept(tmp_path: Pa
     finally:
         store.close()
     conn = sqlite3.connect(old)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     plan = " ".join(str(r) for r in conn.execute(
         "EXPLAIN QUERY PLAN SELECT count(*) FROM requests WHERE customer = 'a' AND ts >= 0").fetchall())
@@ -116,8 +116,8 @@ def test_a_version_1_ledger_is_migrated_in_place_with_its_rows_kept(tmp_path: Pa
     SQLiteLedgerStore(fresh).close()
     assert schema_of(old)[0] == schema_of(fresh)[0]  # same columns, types, defaults, in the same order
     assert [n for n, _ in schema_of(old)[1]] == [n for n, _ in schema_of(fresh)[1]] == [
-        "requests_customer", "requests_department", "requests_model", "requests_principal", "requests_project",
-        "requests_tier", "requests_ts"]
+        "requests_arm", "requests_customer", "requests_department", "requests_model", "requests_principal",
+        "requests_project", "requests_tier", "requests_ts"]
     migrated = schema_of(old)
     SQLiteLedgerStore(old).close()  # opening again changes nothing
     assert schema_of(old) == migrated
@@ -180,7 +180,7 @@ def test_an_interrupted_request_is_attributed_from_its_begin_line(tmp_path: Path
     assert "revenue_usd" not in begin  # an interrupted request was not answered: it earns nothing
     assert {k: begin[k] for k in ADDED_COLUMNS if k != "revenue_usd"} == {
         "key_id": "k-a", "customer": "acme", "department": "search", "project": "summarise",
-        "tags": {"team": "search", "feature": "summarise"}}
+        "tags": {"team": "search", "feature": "summarise"}, "arm": None}
     # the process dies here: its journal segment stays, its lock gone, for the next start to replay
     for seg in journal._segments:
         os.close(seg.fd)

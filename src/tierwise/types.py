@@ -184,7 +184,7 @@ class Attempt:
     def as_dict(self) -> JSON:
         d: JSON = {"model": self.model, "outcome": self.outcome, "latency_ms": round(self.latency_ms, 3)}
         if self.confidence is not None:
-            d["confidence"] = round(self.confidence, 6)
+            d["confidence"] = self.confidence  # full precision: calibrated thresholds are compared with it
         if self.retry:
             d["retry"] = self.retry
         if self.status is not None:
@@ -232,6 +232,8 @@ class LedgerRecord:
     # Margin (ledger schema 3): what the caller earns for this request (its principal's revenue per request), booked
     # on answered requests only — a failed, rejected or cancelled request earns nothing. None: no revenue configured.
     revenue_usd: float | None = None
+    # Canary (ledger schema 4): the arm that routed this request, 'canary:<name>' or 'control:<name>'; None: no canary.
+    arm: str | None = None
 
     def as_row(self) -> JSON:
         """Flat JSON-able dict (the JSONL export format and the SQLite column set)."""
@@ -275,4 +277,5 @@ class LedgerRecord:
             "project": self.project,
             "tags": self.tags,
             "revenue_usd": self.revenue_usd,
+            "arm": self.arm,
         }

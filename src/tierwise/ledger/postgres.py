@@ -86,8 +86,8 @@ from tierwise.pgtext import describe_pg_error, pg_lock_key
 T = TypeVar("T")
 
 #: Version of the PostgreSQL layout (independent of the SQLite file's ``SCHEMA_VERSION``). 2: attribution columns
-#: (key_id, customer, department, project, tags) and their indexes. 3: ``revenue_usd``.
-PG_SCHEMA_VERSION = 3
+#: (key_id, customer, department, project, tags) and their indexes. 3: ``revenue_usd``. 4: ``arm`` (canary arm) and its index.
+PG_SCHEMA_VERSION = 4
 TABLE = "tierwise_ledger"
 VERSIONS_TABLE = "tierwise_schema_versions"
 COMPONENT = "ledger"
@@ -128,6 +128,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *(f"CREATE INDEX {TABLE}_{suffix} ON {{schema}}.{{table}} ({cols})" for suffix, cols in _ATTRIBUTION_INDEXES),
     ),
     2: ("ALTER TABLE {schema}.{table} ADD COLUMN revenue_usd double precision",),
+    3: ("ALTER TABLE {schema}.{table} ADD COLUMN arm text",
+        f"CREATE INDEX {TABLE}_arm ON {{schema}}.{{table}} (arm, ts)"),
 }
 
 
@@ -338,6 +340,7 @@ class PostgresLedgerStore:
             index("tier", "tier, ts"),
             index("model", "model, ts"),
             *(index(suffix, cols) for suffix, cols in _ATTRIBUTION_INDEXES),
+            index("arm", "arm, ts"),
             sql.SQL("COMMENT ON TABLE {} IS {}").format(t, sql.Literal(
                 "tierwise request ledger: one row per request (tierwise.ledger.postgres)")),
         ]

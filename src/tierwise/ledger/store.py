@@ -72,6 +72,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("tags", "JSON"),
     # schema version 3: revenue (margin per customer in ``tierwise spend``)
     ("revenue_usd", "REAL"),
+    # schema version 4: the canary arm that routed the request ('canary:<name>' / 'control:<name>'; NULL: none)
+    ("arm", "TEXT"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 JSON_COLUMNS: frozenset[str] = frozenset(name for name, kind in COLUMNS if kind == "JSON")
@@ -80,9 +82,9 @@ JSON_COLUMNS: frozenset[str] = frozenset(name for name, kind in COLUMNS if kind 
 #: (SQLite and PostgreSQL fill them in as column defaults) and rows in journal segments or fallback files written by
 #: an older tierwise (:func:`complete_row` fills them in before they are stored).
 ADDED_COLUMNS: dict[str, Any] = {"key_id": None, "customer": None, "department": None, "project": None, "tags": {},
-                                 "revenue_usd": None}
+                                 "revenue_usd": None, "arm": None}
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: ``PRAGMA application_id`` of a tierwise ledger ("TWLG"), so a foreign SQLite file is refused, not written into.
 APPLICATION_ID = 0x54574C47
 
@@ -133,7 +135,7 @@ def complete_row(row: Row) -> Row:
     """``row`` with every column added since schema version 1 present (a row journaled or saved to a fallback file
     by an older tierwise lacks them); the row itself when nothing is missing (the common case)."""
     if not isinstance(row, dict) or (
-            "revenue_usd" in row and "tags" in row and "key_id" in row and "customer" in row
+            "arm" in row and "revenue_usd" in row and "tags" in row and "key_id" in row and "customer" in row
             and "department" in row and "project" in row):
         return row
     out = dict(row)
@@ -431,6 +433,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_ATTRIBUTION_INDEXES,
     ),
     2: ("ALTER TABLE requests ADD COLUMN revenue_usd REAL",),
+    3: ("ALTER TABLE requests ADD COLUMN arm TEXT", "CREATE INDEX requests_arm ON requests (arm, ts)"),
 }
 
 # Column defaults, so a new file has exactly the columns a migrated one has.
@@ -450,6 +453,7 @@ def _create_statements() -> tuple[str, ...]:
         "CREATE INDEX requests_tier ON requests (tier, ts)",
         "CREATE INDEX requests_model ON requests (model, ts)",
         *_ATTRIBUTION_INDEXES,
+        "CREATE INDEX requests_arm ON requests (arm, ts)",
     )
 
 

@@ -180,6 +180,7 @@ class LedgerWriter:
             # attribution, so that an interrupted request is billed to whom it belongs
             "key_id": record.key_id, "customer": record.customer, "department": record.department,
             "project": record.project, "tags": record.tags,
+            "arm": record.arm,  # an interrupted canary request still counts against its arm
         }
         row, data = encode_row(row)
         self.journal.begin(record.id, data)
