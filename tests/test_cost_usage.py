@@ -251,3 +251,13 @@ def test_openai_garbage_never_raises(raw: object, expected: Usage) -> None:
 )
 def test_anthropic_garbage_never_raises(raw: object, expected: Usage) -> None:
     assert usage_from_anthropic(raw) == expected  # type: ignore[arg-type]
+
+
+def test_usage_as_dict_has_every_field_in_order() -> None:
+    """The ledger's attempts carry usage.as_dict(): written out by hand for speed, it must stay the dataclass's."""
+    import dataclasses
+
+    from tierwise.types import Usage
+
+    u = Usage(1, 2, 3, 4, 5)
+    assert list(u.as_dict().items()) == list(dataclasses.asdict(u).items())

@@ -60,15 +60,18 @@ class PriceBook:
 
 
 class RequestEstimator:
-    """Estimated cost of one request on any candidate model; memoises the prompt token count per encoding."""
+    """Estimated cost of one request on any candidate model; memoises the prompt token count per encoding and the
+    usage and cost per model (admission, the engine and the record each ask for the same model's estimate)."""
 
-    __slots__ = ("_book", "_body", "_tier", "_counts")
+    __slots__ = ("_book", "_body", "_tier", "_counts", "_usages", "_costs")
 
     def __init__(self, book: PriceBook, body: JSON, tier: str | None) -> None:
         self._book = book
         self._body = body
         self._tier = tier
         self._counts: dict[str, int] = {}
+        self._usages: dict[str, Usage] = {}
+        self._costs: dict[str, float] = {}
 
     def prompt_tokens(self, model: str) -> int:
         enc = self._book._encodings[model]
@@ -78,11 +81,19 @@ class RequestEstimator:
         return n
 
     def usage(self, model: str) -> Usage:
-        cfg = self._book.cfg
-        expected = cfg.models[model].expected_output_tokens
-        if self._tier is not None:
-            expected = cfg.tiers[self._tier].expected_output_tokens or expected
-        return Usage(input_tokens=self.prompt_tokens(model), output_tokens=expected_output(self._body, expected))
+        """The estimated usage (do not mutate: it is shared by every caller of this estimator)."""
+        usage = self._usages.get(model)
+        if usage is None:
+            cfg = self._book.cfg
+            expected = cfg.models[model].expected_output_tokens
+            if self._tier is not None:
+                expected = cfg.tiers[self._tier].expected_output_tokens or expected
+            usage = self._usages[model] = Usage(input_tokens=self.prompt_tokens(model),
+                                                output_tokens=expected_output(self._body, expected))
+        return usage
 
     def __call__(self, model: str) -> float:
-        return self._book.cost(model, self.usage(model)).total_usd
+        cost = self._costs.get(model)
+        if cost is None:
+            cost = self._costs[model] = self._book.cost(model, self.usage(model)).total_usd
+        return cost
