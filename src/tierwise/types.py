@@ -187,7 +187,7 @@ class Attempt:
     def as_dict(self) -> JSON:
         d: JSON = {"model": self.model, "outcome": self.outcome, "latency_ms": round(self.latency_ms, 3)}
         if self.confidence is not None:
-            d["confidence"] = round(self.confidence, 6)
+            d["confidence"] = self.confidence  # full precision: calibrated thresholds are compared with it
         if self.retry:
             d["retry"] = self.retry
         if self.status is not None:

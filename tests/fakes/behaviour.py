@@ -34,7 +34,7 @@ class Behaviour:
     latency_s: float = 0.0  # before response headers
     ttft_s: float = 0.0  # streams: after headers, before the first content chunk
     inter_chunk_s: float = 0.0  # streams: between content chunks
-    logprob: float = -0.25  # every token's log-prob when the request asks for logprobs
+    logprob: float | Callable[[JSON], float] = -0.25  # every token's log-prob when asked (or per request)
     include_usage_in_stream: bool = True  # False: behave like a server that ignores stream_options.include_usage
     api_key: str | None = None  # when set, requests without this key get a 401
     models: tuple[str, ...] = ("fake-model", "fake-model-large")
@@ -52,8 +52,9 @@ class Behaviour:
 
     def as_json(self) -> JSON:
         d = asdict(self)
-        if callable(d["reply"]):
-            d["reply"] = "<function>"
+        for key in ("reply", "logprob"):
+            if callable(d[key]):
+                d[key] = "<function>"
         return d
 
 
@@ -157,7 +158,7 @@ def make_answer(b: Behaviour, body: JSON, counter: int, *, empty_length: bool = 
         cache_creation_tokens=b.cache_creation_tokens,
         reasoning_tokens=reasoning,
         logprobs=bool(body.get("logprobs")),
-        logprob=b.logprob,
+        logprob=b.logprob(body) if callable(b.logprob) else b.logprob,
     )
 
 

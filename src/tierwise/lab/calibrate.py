@@ -46,6 +46,7 @@ from tierwise.lab.cascade_sim import CascadeData, cascade_data, default_gate_par
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.evaluate import PromptResult, run_tier
 from tierwise.lab.metrics import compute_baselines
+from tierwise.routing.gates.base import CLEAR_SLACK
 from tierwise.routing.learned.numerics import kfold_indices
 
 Mode = Literal["quality", "cost"]
@@ -109,7 +110,7 @@ def threshold_candidates(data: CascadeData) -> list[np.ndarray]:
 
 def _served(conf: np.ndarray, thr: np.ndarray) -> np.ndarray:
     k = conf.shape[1]
-    passes = conf[:, :-1] >= thr[None, :]
+    passes = conf[:, :-1] >= thr[None, :] - CLEAR_SLACK
     return np.where(passes.any(axis=1), passes.argmax(axis=1), k - 1)
 
 
@@ -117,7 +118,7 @@ def _totals_along(conf: np.ndarray, F: np.ndarray, thr: np.ndarray, j: int, cand
     """(len(cands), 5) feature sums when rung j's threshold takes each candidate value, the others fixed."""
     n, k = conf.shape
     rows = np.arange(n)
-    passes = conf[:, :-1] >= thr[None, :]
+    passes = conf[:, :-1] >= thr[None, :] - CLEAR_SLACK
     before = passes[:, :j].any(axis=1)
     fixed = F[rows[before], passes[before, :j].argmax(axis=1)].sum(axis=0) if j else np.zeros(F.shape[2])
     reach = ~before
@@ -131,7 +132,7 @@ def _totals_along(conf: np.ndarray, F: np.ndarray, thr: np.ndarray, j: int, cand
     order = np.argsort(c, kind="stable")
     delta = (v_pass - v_rest)[order]
     suffix = np.vstack([np.cumsum(delta[::-1], axis=0)[::-1], np.zeros((1, F.shape[2]))])
-    idx = np.searchsorted(c[order], cands, side="left")  # first prompt with conf >= t passes
+    idx = np.searchsorted(c[order], cands - CLEAR_SLACK, side="left")  # first prompt that clears t passes
     return fixed + v_rest.sum(axis=0) + suffix[idx]
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tierwise.lab.datasets.format import ModelOutcome, OutcomeSet
+from tierwise.routing.gates.base import CLEAR_SLACK
 from tierwise.routing.gates.logprob import mean_logprob_confidence
 from tierwise.routing.gates.vote import agreement, extract_answer
 
@@ -145,7 +146,7 @@ def served_rungs(confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     k = confidence.shape[1]
     if k == 1:
         return np.zeros(confidence.shape[0], dtype=int)
-    passes = confidence[:, :-1] >= np.asarray(thresholds, dtype=float)[None, :]
+    passes = confidence[:, :-1] >= np.asarray(thresholds, dtype=float)[None, :] - CLEAR_SLACK
     return np.where(passes.any(axis=1), passes.argmax(axis=1), k - 1)
 
 
@@ -170,7 +171,7 @@ def simulate_many(data: CascadeData, thresholds: np.ndarray) -> tuple[np.ndarray
         if k == 1:
             served = np.zeros((len(t), data.n), dtype=int)
         else:
-            passes = data.confidence[None, :, :-1] >= t[:, None, :]
+            passes = data.confidence[None, :, :-1] >= t[:, None, :] - CLEAR_SLACK
             served = np.where(passes.any(axis=2), passes.argmax(axis=2), k - 1)
         costs[i : i + len(t)] = np.take_along_axis(cum[None].repeat(len(t), 0), served[..., None], 2)[..., 0].mean(1)
         quals[i : i + len(t)] = np.take_along_axis(

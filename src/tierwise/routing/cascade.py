@@ -14,7 +14,7 @@ import time
 from tierwise.config.schema import CascadeConfig
 from tierwise.routing.executor import Call, Executor, RequestFailed, _empty_length
 from tierwise.routing.gates import Gate, GateContext, RungAnswer, build_gate, hard_fail
-from tierwise.routing.gates.base import Ask
+from tierwise.routing.gates.base import Ask, clears
 from tierwise.types import JSON, Completion, ErrorKind, UpstreamError
 
 log = logging.getLogger("tierwise.cascade")
@@ -71,7 +71,7 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
         confidence = await _judge(call, gate, ctx)
         att.confidence = confidence
         history.append(RungAnswer(model, result.text, _lp_conf(result)))
-        if confidence >= gate.threshold:
+        if clears(confidence, gate.threshold):
             ex._succeed(call, model, att.latency_ms)
             return result
         att.outcome = "escalated"

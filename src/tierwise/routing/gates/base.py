@@ -47,6 +47,19 @@ class Gate(Protocol):
     async def confidence(self, ctx: GateContext) -> float: ...
 
 
+CLEAR_SLACK = 1e-12
+"""A gate passes when its confidence reaches the threshold to within this. A confidence that has travelled — through
+a ledger's JSON, or the replay driver's ``logprobs=[log c]`` that the log-prob gate turns back into ``exp(log c)`` —
+can come back one ulp (~1e-16) off, and a calibrated threshold *is* one of those recorded confidences: compared
+exactly, the prompt on the boundary could pass offline and escalate live. The engine (:func:`clears`) and the
+calibration simulator (``tierwise.lab.cascade_sim``, ``tierwise.lab.calibrate``) use this one rule."""
+
+
+def clears(confidence: float, threshold: float) -> bool:
+    """The cascade's pass rule: ``confidence >= threshold - CLEAR_SLACK``."""
+    return confidence >= threshold - CLEAR_SLACK
+
+
 def hard_fail(c: Completion) -> str | None:
     """Reasons no gate may pass an answer: empty, or cut off at the token limit."""
     if c.finish_reason == "length":
