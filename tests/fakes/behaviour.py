@@ -36,6 +36,7 @@ class Behaviour:
     inter_chunk_s: float = 0.0  # streams: between content chunks
     logprob: float | Callable[[JSON], float] = -0.25  # every token's log-prob when asked (or per request)
     include_usage_in_stream: bool = True  # False: behave like a server that ignores stream_options.include_usage
+    embeddings_usage: bool = True  # False: /v1/embeddings answers without a usage object (some servers do)
     api_key: str | None = None  # when set, requests without this key get a 401
     models: tuple[str, ...] = ("fake-model", "fake-model-large")
     record: bool = True  # keep received requests (turn off for throughput benchmarks)

@@ -7,6 +7,9 @@ when ``include_usage`` is on and a final ``choices: []`` chunk carries the usage
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import struct
 import time
 
 import orjson
@@ -122,3 +125,31 @@ def models(ids: tuple[str, ...]) -> bytes:
         "object": "list",
         "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in ids],
     })
+
+
+def _vector(item: str | list[int], dims: int) -> list[float]:
+    """A deterministic unit-ish vector for an input (same input, same vector), like a real model's."""
+    seed = hashlib.sha256(orjson.dumps(item)).digest()
+    raw = (seed * (dims // 8 + 1))[: dims * 4]
+    return [round((v / 0xFFFFFFFF) * 2 - 1, 6) for v in struct.unpack(f"<{dims}I", raw)]
+
+
+def embedding_tokens(item: str | list[int]) -> int:
+    """Stand-in tokenizer: ~4 characters per token for text; token arrays count exactly."""
+    return len(item) if isinstance(item, list) else max(1, len(item) // 4)
+
+
+def embeddings(inputs: list[str | list[int]], model: str, dims: int, b64: bool, with_usage: bool,
+               prompt_tokens: int | None) -> bytes:
+    """An ``/embeddings`` answer (platform.openai.com/docs/api-reference/embeddings/object): one ``embedding``
+    object per input, floats or base64 little-endian float32, and ``usage`` with prompt and total tokens."""
+    data = []
+    for i, item in enumerate(inputs):
+        vec = _vector(item, dims)
+        emb: object = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if b64 else vec
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    body: JSON = {"object": "list", "data": data, "model": model}
+    if with_usage:
+        n = prompt_tokens if prompt_tokens is not None else sum(embedding_tokens(x) for x in inputs)
+        body["usage"] = {"prompt_tokens": n, "total_tokens": n}
+    return orjson.dumps(body)

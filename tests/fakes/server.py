@@ -68,6 +68,7 @@ async def start_server(state: State, host: str, port: int) -> web.AppRunner:
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", _openai)
     app.router.add_post("/v1/messages", _anthropic)
+    app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/_control", _control)
     app.router.add_get("/_control", _control_stats)
@@ -233,6 +234,36 @@ async def _anthropic(request: web.Request) -> web.StreamResponse:
         body = anthropic_wire.error_body(400, "anthropic-version: header is required")
         return web.Response(status=400, body=body, content_type="application/json")
     return await _chat(request, anthropic_wire, anthropic=True)
+
+
+async def _embeddings(request: web.Request) -> web.StreamResponse:
+    """OpenAI ``/v1/embeddings``; faults (http_error, delay, close_connection, garbage_body, raw) apply as for chat."""
+    state: State = request.app[STATE]
+    body = await _read_json(request)
+    b, fault, _ = state.begin(request, body)
+    kind = fault.kind if fault else None
+    if kind == "close_connection":
+        return _drop(request)
+    await _sleep(b.latency_s + (fault.seconds if kind == "delay" else 0.0))
+    if kind == "http_error":
+        return _http_error(fault, openai_wire)
+    if kind == "raw":
+        raw = orjson.dumps(fault.body) if isinstance(fault.body, dict | list) else str(fault.body).encode()
+        return web.Response(status=fault.status, body=raw, headers={"Content-Type": fault.content_type})
+    if kind == "garbage_body":
+        return web.Response(body=_GARBAGE, content_type="application/json")
+    error = _auth_error(request, b, False)
+    if error is None and (not isinstance(body, dict) or not body.get("model") or "input" not in body):
+        error = (400, "model and input: field required")
+    if error:
+        return web.Response(status=error[0], body=openai_wire.error_body(*error), content_type="application/json")
+    inputs = body["input"]
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else 8
+    payload = openai_wire.embeddings(inputs, body["model"], dims, body.get("encoding_format") == "base64",
+                                     b.embeddings_usage, b.prompt_tokens)
+    return web.Response(body=payload, content_type="application/json")
 
 
 async def _models(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ HTTP with ``POST /_control`` (see :class:`tests.fakes.control.RemoteFake`). Rout
 
 - ``POST /v1/chat/completions``   OpenAI format (JSON or SSE), ``GET /v1/models``
 - ``POST /v1/messages``           Anthropic format (JSON or SSE; requires ``anthropic-version`` and ``max_tokens``)
+- ``POST /v1/embeddings``         OpenAI format (float or base64 vectors, usage unless ``embeddings_usage`` is off)
 - ``POST /_control``              ``{"reset"?: bool, "set"?: {behaviour}, "faults"?: [{"kind", ...}]}``
 - ``GET /_control``               counters; ``GET /_control/requests``: the recorded requests
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tierwise.apis.embeddings_config import embeddings_problems
 from tierwise.config.schema import ModelConfig, ProviderConfig, TierConfig, TierwiseConfig
 from tierwise.rollout.candidate import candidate_problems
 
@@ -295,6 +296,7 @@ def load_config_text(text: str, source: str = "<config>", env: dict[str, str] | 
     # both kinds of problem instead of hiding the second behind the first.
     problems.extend(_cross_check(_refs(data, cfg)))
     problems.extend(ConfigProblem(path, msg) for path, msg in candidate_problems(data))  # shadow:/canary: tiers
+    problems.extend(ConfigProblem(path, msg) for path, msg in embeddings_problems(data))
     _add_lines(problems, doc.lines)
     if problems:
         raise ConfigError(source, problems)

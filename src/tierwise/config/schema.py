@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from tierwise.apis.embeddings_config import EmbeddingsConfig
 from tierwise.dashboard.config import DashboardConfig
 from tierwise.rollout.config import RolloutConfig
 from tierwise.telemetry.config import TelemetryConfig
@@ -473,6 +474,7 @@ class TierwiseConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)  # /metrics and OpenTelemetry
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    embeddings: EmbeddingsConfig | None = Field(default=None, description="models serving /v1/embeddings")
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
     tiers: dict[str, TierConfig]

@@ -499,9 +499,9 @@ def create_app(svc: Tierwise) -> web.Application:
     # excludes '{' and '}', which turned '/v1/tiers/%7B/…' into an unrouted, unbooked 404.
     app.router.add_post("/v1/tiers/{tier:[^/]+}/chat/completions", gw.chat)
     # the other client APIs: the same pipeline, their own shapes
-    from tierwise.gateway import anthropic_api, responses_api
+    from tierwise.gateway import anthropic_api, embeddings_api, responses_api
 
-    for api in (anthropic_api, responses_api):
+    for api in (anthropic_api, responses_api, embeddings_api):
         api.register(app, gw)
     app.router.add_get("/v1/models", gw.models)
     from tierwise.rollout.feedback import add_feedback_route  # POST /v1/feedback (issue 11)

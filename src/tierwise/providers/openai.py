@@ -12,6 +12,7 @@ carries ``usage`` and the executor estimates it (it has the tokenizer and the pr
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import aiohttp
 import orjson
@@ -23,7 +24,7 @@ from tierwise.providers.errors import bad_response, stream_cut, stream_error
 from tierwise.providers.http import HttpProvider, resolve_api_key
 from tierwise.providers.normalize import first_logprobs, normalize_chunk, normalize_completion
 from tierwise.providers.sse import SSEParser
-from tierwise.types import JSON, Completion, StreamChunk
+from tierwise.types import JSON, Completion, StreamChunk, Usage
 
 _DONE = b"[DONE]"
 
@@ -76,6 +77,13 @@ def completion_as_chunks(body: JSON) -> list[StreamChunk]:
     return out
 
 
+class Embeddings(NamedTuple):
+    """An upstream's ``/embeddings`` answer: its body (``data`` checked to be a list) and its usage."""
+
+    body: JSON
+    usage: Usage | None  # None: the upstream reported no usage (the caller counts the input itself)
+
+
 class OpenAIProvider(HttpProvider):
     """:class:`~tierwise.providers.base.Provider` for the OpenAI wire format."""
 
@@ -99,6 +107,18 @@ class OpenAIProvider(HttpProvider):
         except ValueError as exc:
             raise bad_response(self.name, f"malformed completion: {exc}", status=resp.status) from None
         return completion_from_body(normalized)
+
+    async def embed(self, body: JSON, *, timeout_s: float) -> Embeddings:
+        """One ``POST /embeddings`` (used by ``/v1/embeddings``); failures are :class:`UpstreamError` as for chat."""
+        async with self._post("/embeddings", orjson.dumps(body), timeout_s=timeout_s, streaming=False) as resp:
+            parsed = await self._read_json(resp)
+        if isinstance(parsed, dict) and "error" in parsed and "data" not in parsed:
+            raise stream_error(self.name, parsed["error"])
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("data"), list):
+            raise bad_response(self.name, "malformed embeddings response: no 'data' list", status=resp.status)
+        usage = parsed.get("usage")
+        has = isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int)
+        return Embeddings(parsed, usage_from_openai(usage) if has else None)
 
     async def stream(self, body: JSON, *, timeout_s: float) -> AsyncIterator[StreamChunk]:
         body = strip_hints(body) if HINTS in body else dict(body)
