@@ -29,8 +29,9 @@ from tierwise.pricing import PriceBook, RequestEstimator
 from tierwise.providers.base import Provider
 from tierwise.providers.registry import build_providers
 from tierwise.requests import MAX_NAME_CHARS, check_request_limits, prompt_text, validate_chat_body
-from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
+from tierwise.rollout.arms import attach_arms, detach_arms
 from tierwise.rollout.capture import build_capturer
+from tierwise.routing.engine import RouteRequest, RoutingEngine, RoutingError, TierClassifier
 from tierwise.routing.executor import Call, Executor, RequestFailed, count_fallbacks
 from tierwise.sanitize import clean_text
 from tierwise.state import MemoryHealth, MemorySessionPins, build_state_backend
@@ -136,10 +137,13 @@ class Tierwise:
         # called with every record right after it is submitted to the ledger (metrics, tracing: tierwise.telemetry)
         self.observers: list[Callable[[LedgerRecord], None]] = []
         self.capture = build_capturer(cfg)  # None unless rollout.capture is on: then nothing on the hot path
+        self.arms_store: object | None = None
+        self.shadow, self.canary = attach_arms(self)  # shadow: / canary: (None, None without them)
         # One thread: embedders are pinned to one core, and a queue in front of it beats two threads fighting.
         self._classify_pool = ThreadPoolExecutor(1, thread_name_prefix="tierwise-classify")
 
     async def aclose(self) -> None:
+        await detach_arms(self)  # shadow calls still running are booked before the providers and the ledger close
         for p in self.providers.values():
             try:
                 await p.aclose()
@@ -176,16 +180,22 @@ class Tierwise:
             tier, source = self.engine.choose_tier(route, body)
         except RoutingError as exc:
             raise APIError(404, exc.message, code=exc.code, param=exc.param) from None
+        engine, tier_models, predictors, arm = self.engine, self._tier_models, self._predictors, None
+        if self.canary is not None and tier is not None:  # sticky arm; the canary arm plans with the candidate
+            in_canary = self.canary.in_canary(route, principal)
+            arm = self.canary.arm(in_canary)
+            if in_canary:
+                engine, tier_models, predictors = self.canary.engine, self.canary.tier_models, self.canary.predictors
         # exact now that the tier is known (the gateway's pre-check must assume the widest tier for classified 'auto')
         check_request_limits(body, self.cfg, tier, route.requested_model if tier is None else None)
         check_tier(principal, tier, route.requested_model if tier is None else None, self.cfg)
-        excluded = (excluded_models(principal, self._tier_models[tier], self.cfg)
+        excluded = (excluded_models(principal, tier_models[tier], self.cfg)
                     if tier is not None and (principal.allowed_models is not None or self._value_tiered) else None)
         route.revenue_usd = principal.revenue_per_request_usd
-        if route.predicted is None and tier in self._predictors:
+        if route.predicted is None and tier in predictors:
             text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
             loop = asyncio.get_running_loop()
-            route.predicted = await loop.run_in_executor(self._classify_pool, self._predictors[tier], text)
+            route.predicted = await loop.run_in_executor(self._classify_pool, predictors[tier], text)
         record = LedgerRecord(
             id=_next_request_id(),
             ts=time.time(),
@@ -199,23 +209,26 @@ class Tierwise:
             session_id=route.session_id,
             stream=bool(body.get("stream")),
             revenue_usd=principal.revenue_per_request_usd,  # kept only if the request is answered (_finish)
+            arm=arm,
         )
         estimator = self.prices.estimator(body, tier)
-        models = self._tier_models[tier] if tier is not None else (route.requested_model or "",)
+        models = tier_models[tier] if tier is not None else (route.requested_model or "",)
         governed = await self.governor.admit(record, principal, tier, models, estimator)
         try:
-            return self._plan(body, route, record, (tier, source), estimator, excluded, governed)
+            return self._plan(body, route, record, (tier, source), estimator, excluded, governed, engine)
         except BaseException:
             if governed.admitted:
                 self.governor.settle_nothing(record.id)
             raise
 
     def _plan(self, body: JSON, route: RouteRequest, record: LedgerRecord, choice: tuple[str | None, str],
-              estimator: RequestEstimator, excluded: dict[str, str] | None, governed: Governed) -> Call:
+              estimator: RequestEstimator, excluded: dict[str, str] | None, governed: Governed,
+              engine: RoutingEngine | None = None) -> Call:
         """The plan and the call, once the request is admitted (access and budgets may have left models out)."""
         if governed.excluded:
             excluded = {**governed.excluded, **(excluded or {})}
-        decision = self.engine.decide(route, body, time.time(), estimator, choice=choice, excluded=excluded)
+        engine = engine or self.engine  # the canary arm's engine, or the incumbent's
+        decision = engine.decide(route, body, time.time(), estimator, choice=choice, excluded=excluded)
         if not decision.candidates:
             if governed.excluded:
                 raise APIError(429, f"budgets leave no model of tier '{decision.tier}' to use",
@@ -227,7 +240,7 @@ class Tierwise:
         deadline = self.executor.clock() + self.cfg.server.request_deadline_s
         if self._log_prompts:
             log.info("request %s messages=%s", record.id, body.get("messages"))
-        cascade = self.cfg.tiers[decision.tier].cascade if decision.tier is not None else None
+        cascade = engine.cfg.tiers[decision.tier].cascade if decision.tier is not None else None
         call = Call(decision, body, record, deadline, route.session_id, cascade)
         if excluded:
             call.excluded = excluded
@@ -235,14 +248,16 @@ class Tierwise:
         if governed.grade is not None and governed.grade.step is not None:
             call.budget = governed.grade.header
             record.notes.append(governed.grade.why)
-        if route.predicted is not None and decision.tier in self.engine.routers:
-            models = self.engine.routers[decision.tier].models
+        if route.predicted is not None and decision.tier in engine.routers:
+            models = engine.routers[decision.tier].models
             call.prior = {m: float(q) for m, q in zip(models, route.predicted, strict=True)}
         if cascade is not None and cascade.start is not None:
-            call.start_rung = self.engine.start_rung(decision.tier, route.predicted)  # type: ignore[arg-type]
+            call.start_rung = engine.start_rung(decision.tier, route.predicted)  # type: ignore[arg-type]
             if call.start_rung:
                 record.notes.append(f"start router: began at rung {call.start_rung} ({cascade.rungs[call.start_rung].model})")
         self._journal_begin(record)
+        if self.shadow is not None:
+            self.shadow.observe(route, body, call)  # schedules the candidate's decision; never raises, never waits
         return call
 
     def _journal_begin(self, record: LedgerRecord) -> None:
