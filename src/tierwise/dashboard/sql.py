@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from decimal import Decimal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,14 @@ class Session:
         if self.d.ph != "?":
             sql = sql.replace("?", self.d.ph)
         self._cur.execute(sql, list(args))
-        return [tuple(r) for r in self._cur.fetchall()]
+        return [tuple(_plain(v) for v in r) for r in self._cur.fetchall()]
+
+
+def _plain(v: Any) -> Any:
+    """PostgreSQL's ``sum`` of integers is ``numeric`` (a Decimal in Python): back to int, or float."""
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return v
 
 
 def _where(q: DashboardQuery) -> tuple[str, list[Any]]:
