@@ -103,8 +103,28 @@ def _calibrator(oset: OutcomeSet, args: argparse.Namespace) -> CascadeCalibrator
 # ------------------------------------------------------------------------------------------------- calibrate
 
 
+def labelled(oset: OutcomeSet, args: argparse.Namespace) -> OutcomeSet:
+    """Partially labelled data (ledger traffic): the prompts labelled for every model the command uses, with a note
+    on stderr; a precise refusal when too few are (:mod:`tierwise.lab.datasets.coverage`)."""
+    from tierwise.lab.datasets.coverage import complete_cases, missing_models
+
+    if not missing_models(oset):
+        return oset
+    pool: list[str] | None = None
+    chain = getattr(args, "chain", None)
+    if chain not in (None, "auto"):
+        pool = [m.strip() for m in chain.split(",") if m.strip()]
+        ref = getattr(args, "relative_to", "best")
+        if ref != "best" and ref not in pool:
+            pool.append(ref)
+    out, note = complete_cases(oset, pool, min_train=2, min_test=1)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return out
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    oset = load_data(args.data)
+    oset = labelled(load_data(args.data), args)
     if args.kind == "contextual":
         return _calibrate_contextual(args, oset)
     calib = _calibrator(oset, args)
@@ -335,7 +355,7 @@ def _dump_rows(name: str, knob: float | None, results: list[Any]) -> list[dict[s
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    oset = load_data(args.data)
+    oset = labelled(load_data(args.data), args)
     dump: list[dict[str, Any]] | None = [] if args.dump else None
     rows, base, two = evaluate(oset, args.router, args, dump)
     table = metrics_table(rows, base, two)

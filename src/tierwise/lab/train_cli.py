@@ -25,12 +25,28 @@ def load_data(spec: str):  # noqa: ANN201 - OutcomeSet (imported lazily to keep 
         raise SystemExit(str(exc)) from None
 
 
+def labelled(oset, models: list[str] | None, min_train: int):  # noqa: ANN001, ANN201 - OutcomeSet (lazy import)
+    """The prompts labelled for every model used (a note on stderr), or exit 2 saying which labels are missing."""
+    from tierwise.lab.datasets.coverage import MissingLabels, complete_cases, missing_models
+
+    if not missing_models(oset):
+        return oset
+    try:
+        out, note = complete_cases(oset, models, min_train=min_train)
+    except MissingLabels as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return out
+
+
 def cmd_train_router(args: argparse.Namespace) -> int:
     from tierwise.routing.learned.artifact import save_router
     from tierwise.routing.learned.train import train_router
 
-    oset = load_data(args.data)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    oset = labelled(load_data(args.data), models, 2 * args.folds)
     start = time.perf_counter()
     try:
         res = train_router(oset, args.kind, args.embedder, models, folds=args.folds, seed=args.seed,
@@ -56,7 +72,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 def cmd_train_gate(args: argparse.Namespace) -> int:
     from tierwise.routing.learned.gate_train import save_gate, train_gate
 
-    oset = load_data(args.data)
+    oset = labelled(load_data(args.data), [args.model], 2 * args.folds)
     start = time.perf_counter()
     try:
         res = train_gate(oset, args.model, folds=args.folds, seed=args.seed)
