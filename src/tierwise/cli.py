@@ -312,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     from tierwise.governance.cli import add_parsers as add_governance_parsers  # keys, principals
 
     add_governance_parsers(sub)
+    from tierwise.rollout.canary_cli import add_parsers as add_canary_parsers  # canary ..., shadow report
+
+    add_canary_parsers(sub)
+    from tierwise.rollout.cli_report import add_parsers as add_rollout_parsers  # report, reprice, advise, ...
+
+    add_rollout_parsers(sub)
     return ap
 
 
