@@ -14,7 +14,8 @@ Request (docs.anthropic.com/en/api/messages):
   (they are bound to the model that wrote them, and the next answer may come from another);
 - ``tools`` (custom tools) -> function tools; ``tool_choice`` auto/any/tool/none (+ ``disable_parallel_tool_use``);
   ``stop_sequences`` -> ``stop``; ``max_tokens`` (required) -> ``max_tokens``; ``metadata.user_id`` -> ``user``
-  (the session key); ``top_k``/``thinking`` pass on to Anthropic upstreams and are removed for OpenAI ones.
+  (the session key); ``top_k``/``thinking``/top-level ``cache_control`` pass on to Anthropic upstreams and are
+  removed for OpenAI ones.
 - Refused with a 400 naming the field: document, search-result and server-tool blocks, server tools, unknown
   top-level fields, and every type error.
 
@@ -44,7 +45,8 @@ from tierwise.types import JSON, UpstreamError, Usage
 
 _TOOL_CHOICE_BACK = {v: k for k, v in TOOL_CHOICES.items()}  # any -> required, …
 _KNOWN = frozenset({"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
-                    "top_k", "metadata", "tools", "tool_choice", "thinking", "service_tier"})
+                    "top_k", "metadata", "tools", "tool_choice", "thinking", "service_tier",
+                    "cache_control"})
 _UNSUPPORTED_HINT = {
     "mcp_servers": "MCP connectors run inside Anthropic's API, not in a gateway",
     "container": "code-execution containers run inside Anthropic's API, not in a gateway",
@@ -82,7 +84,8 @@ class _Req:
         cc = src.get("cache_control")
         if cc is not None:
             if not isinstance(cc, dict):
-                raise invalid(f"'{where}.cache_control' must be an object, got {_type_name(cc)}", f"{where}.cache_control")
+                path = f"{where}.cache_control" if where else "cache_control"
+                raise invalid(f"'{path}' must be an object, got {_type_name(cc)}", path)
             dst["cache_control"] = cc
             self.hints = True
         return dst
@@ -319,6 +322,8 @@ def messages_to_chat(body: JSON) -> JSON:
             raise invalid(f"'thinking' must be an object, got {_type_name(thinking)}", "thinking")
         out["thinking"] = thinking
         req.hints = True
+    if body.get("cache_control") is not None:  # automatic caching: the breakpoint moves with the conversation
+        req.cache(body, out, "")
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict) or any(k != "user_id" for k in metadata):
@@ -352,7 +357,7 @@ def _tool_use(call: JSON) -> JSON:
     try:
         return tool_use_block(call)
     except UpstreamError:
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fn: JSON = call["function"] if isinstance(call.get("function"), dict) else {}
         return {"type": "tool_use", "id": call.get("id") or "toolu_tw", "name": str(fn.get("name") or ""),
                 "input": {"value": fn.get("arguments")}}
 
@@ -395,7 +400,7 @@ class MessageEvents:
         self.finish: str | None = None
 
     def start(self) -> bytes:
-        message = {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+        message: JSON = {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
                    "stop_reason": None, "stop_sequence": None, "usage": usage_json(Usage())}
         return _event("message_start", {"type": "message_start", "message": message}) + _event("ping", {"type": "ping"})
 

@@ -50,7 +50,7 @@ STOP_REASONS = {
 FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 #: OpenAI string ``tool_choice`` values and their Messages ``tool_choice.type`` (used in both directions).
 TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
-_PASS_THROUGH = ("top_k", "thinking")
+_PASS_THROUGH = ("top_k", "thinking", "cache_control")  # Anthropic-only: automatic caching is top-level
 _JSON_OBJECT_HINT = "Respond with a single valid JSON object and nothing else (no prose, no code fences)."
 
 
