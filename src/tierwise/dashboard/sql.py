@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from decimal import Decimal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from tierwise.dashboard.query import DashboardQuery

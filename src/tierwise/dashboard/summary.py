@@ -178,7 +178,7 @@ def month_start(now: float) -> float:
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
 
 
-def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 10) -> list[dict[str, Any]]:
+def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 5) -> list[dict[str, Any]]:
     """Each configured cap (``budgets.caps``; ``kind:*`` for its top members): today's and this month's settled
     spend from the ledger, the consumption level and the month's projection. Independent of the page's filters."""
     caps = cfg.budgets.caps

@@ -122,7 +122,7 @@ function timelineChart(tl) {
     const v = (max * k) / 4;
     s.appendChild(svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: '#e3e6ec' }));
     const lab = svg('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#6b7585' });
-    lab.textContent = usd(v); s.appendChild(lab);
+    lab.textContent = v === 0 ? '$0' : '$' + (v >= 1 ? v.toFixed(2) : v.toPrecision(2)); s.appendChild(lab);
   }
   for (const k of [0, Math.floor((n - 1) / 2), n - 1]) {
     if (k < 0) continue;
