@@ -5,6 +5,7 @@ Python floor) and through the tierwise gateway (ledger on: one SQLite row per re
     python bench/overhead/run.py --quick    # 1 round, shorter windows, < 1 minute
     python bench/overhead/run.py --no-journal   # the same with the ledger's crash journal off (for comparison)
     python bench/overhead/run.py --governance   # virtual keys required, budgets and rate limits on every request
+    python bench/overhead/run.py --telemetry off|metrics|tracing   # /metrics off, on (the default), + OTel spans
 
 Writes ``bench/results/overhead.md`` (the table, also printed) and ``bench/results/overhead.json`` (every run, with
 latency ladders, CPU, RSS, machine load). See ``bench/overhead/README.md`` for what each number means.
@@ -61,6 +62,15 @@ budgets:
 """
 
 
+# --telemetry: metrics are on by default (as shipped); 'tracing' adds an OpenTelemetry span tree per request (made
+# and ended; exporter none, so the numbers exclude an exporter's serialisation on its own thread)
+TELEMETRY_CONFIG = {
+    "off": "telemetry: {metrics: {enabled: false}}\n",
+    "metrics": "",
+    "tracing": "telemetry: {tracing: {enabled: true, exporter: none}}\n",
+}
+
+
 def governance_key(cfg: Path) -> str:
     """A virtual key for the bench's principal, created through the CLI as an operator would."""
     out = subprocess.run([sys.executable, "-m", "tierwise.cli", "keys", "create", "--config", str(cfg),
@@ -70,7 +80,8 @@ def governance_key(cfg: Path) -> str:
     return str(orjson.loads(out.stdout)["key"])
 
 
-def start_servers(tmp: Path, journal: bool = True, governance: bool = False) -> dict[str, procs.Server]:
+def start_servers(tmp: Path, journal: bool = True, governance: bool = False,
+                  telemetry: str = "metrics") -> dict[str, procs.Server]:
     py = sys.executable
     mock = procs.Server("mock", [py, str(HERE / "mock_upstream.py")], tmp / "mock.log")
     mock.wait_ready("/health")
@@ -80,7 +91,8 @@ def start_servers(tmp: Path, journal: bool = True, governance: bool = False) -> 
     cfg = tmp / "tierwise.yaml"
     cfg.write_text(GATEWAY_CONFIG.format(port=port, ledger=tmp / "ledger.db", upstream=mock.base,
                                          journal="true" if journal else "false")
-                   + (GOVERNANCE_CONFIG.format(gov=tmp / "governance.db") if governance else ""))
+                   + (GOVERNANCE_CONFIG.format(gov=tmp / "governance.db") if governance else "")
+                   + TELEMETRY_CONFIG[telemetry])
     bearer = governance_key(cfg) if governance else "bench"
     gw = procs.Server("gateway", [py, "-m", "tierwise.cli", "serve", "--config", str(cfg)], tmp / "gateway.log",
                       cwd=str(tmp), port=port)
@@ -169,20 +181,24 @@ def main() -> int:
     ap.add_argument("--no-journal", action="store_true", help="turn the ledger's crash journal off")
     ap.add_argument("--governance", action="store_true",
                     help="virtual keys required, budgets (key, customer, global) and rate limits on every request")
+    ap.add_argument("--telemetry", choices=sorted(TELEMETRY_CONFIG), default="metrics",
+                    help="off: /metrics off; metrics: on (the default config); tracing: metrics + OpenTelemetry spans")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
     duration = args.duration or (2.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     keep: dict | None = {} if args.keep_samples else None
     command = ("python bench/overhead/run.py" + (" --quick" if args.quick else "")
-               + (" --no-journal" if args.no_journal else "") + (" --governance" if args.governance else ""))
+               + (" --no-journal" if args.no_journal else "") + (" --governance" if args.governance else "")
+               + (f" --telemetry {args.telemetry}" if args.telemetry != "metrics" else ""))
     meta = {"command": command, "started": dt.datetime.now().isoformat(timespec="seconds"), "git": git_rev(),
             "machine": procs.machine_facts(), "loadavg_before": procs.loadavg(), "rounds": rounds,
             "duration_s": duration, "warmup_s": warmup}
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="tierwise-overhead-") as tmpdir:
         tmp = Path(tmpdir)
-        servers = start_servers(tmp, journal=not args.no_journal, governance=args.governance)
+        servers = start_servers(tmp, journal=not args.no_journal, governance=args.governance,
+                                telemetry=args.telemetry)
         gw = servers["gateway"]
         try:
             time.sleep(0.5)  # let start-up work settle before reading "idle" memory
@@ -217,7 +233,8 @@ def main() -> int:
     results = {"meta": meta, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = (("overhead-quick" if args.quick else "overhead") + ("-nojournal" if args.no_journal else "")
-            + ("-governance" if args.governance else ""))
+            + ("-governance" if args.governance else "")
+            + (f"-telemetry-{args.telemetry}" if args.telemetry != "metrics" else ""))
     (args.out / f"{stem}.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     md = report.render(results, NONSTREAM_CONC, STREAM_CONC)
     (args.out / f"{stem}.md").write_text(md)
