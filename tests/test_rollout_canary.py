@@ -107,6 +107,8 @@ def test_report_compares_the_arms_with_intervals_and_quality_from_feedback(
     assert lat["significant"] or lat["n_needed"] is None or lat["n_needed"] > 0  # a size is stated when it is not
     text = cli(capsys, "canary", "report", NAME, "-c", str(path))
     assert "cost_per_request_usd" in text and "significant" in text and "quality_score" in text
+    via_report = cli(capsys, "report", "--canary", NAME, "-c", str(path), "--since", str(time.time() - 3600))
+    assert via_report.strip() == text.strip()  # `tierwise report --canary` prints the same comparison
 
 
 def test_promote_and_rollback_are_one_recorded_command_each_and_gateways_follow(

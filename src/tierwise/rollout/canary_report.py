@@ -156,3 +156,21 @@ def render(name: str, comps: list[Comparison], share: float | None, status: str 
                  f"{comps[-1].n_canary} requests" + ("" if comps[-1].n_control + comps[-1].n_canary else
                                                       " (no feedback: quality not measured)"))
     return "\n".join(lines)
+
+
+def canary_report_text(cfg: TierwiseConfig, name: str, since: float | None, until: float | None) -> str:
+    """The canary comparison as text, for ``tierwise report --canary NAME`` (window default: all, up to now)."""
+    import time
+
+    from tierwise.rollout.arms_store import open_arms_store
+
+    if cfg.canary is None or cfg.canary.name != name:
+        raise CanaryReportError(f"no canary '{name}' in the config")
+    store = open_arms_store(cfg.ledger)
+    try:
+        state = store.canary_state(name)
+    finally:
+        store.close()
+    share, status = (state.share, state.status) if state else (cfg.canary.share, None)
+    totals = arm_totals(cfg, name, since or 0.0, until if until is not None else time.time() + 1)
+    return render(name, compare(totals), share, status)
