@@ -26,13 +26,18 @@ from urllib.parse import urlsplit
 import orjson
 
 _CONTENT = re.compile(rb'"content":"[^"]')
+#: Written over with each request's number (9 digits): the user message differs on every request, as real traffic's
+#: does, so a gateway cannot serve the bench from a cache of whole prompts; the system prompt is shared by all.
+TICKET = b"000000000"
 
 
 def request_body(stream: bool) -> bytes:
-    """A ~200-token chat request (system + user), the same for every target."""
+    """A ~200-token chat request (system + user), the same for every target but for the ticket number in the user
+    message (:data:`TICKET`, replaced per request by the load generator)."""
     system = ("You are a concise assistant for a team that runs an LLM gateway. Answer in plain prose, no lists, "
               "at most three short paragraphs, and say when you are unsure instead of guessing.")
-    user = ("We route chat requests between a small cheap model and a large expensive one. Most of our traffic is "
+    user = (f"Ticket {TICKET.decode()}. We route chat requests between a small cheap model and a large expensive "
+            "one. Most of our traffic is "
             "short classification and extraction, but about a fifth is open-ended writing or code review. Our "
             "monthly bill is dominated by the large model even though it handles the minority of requests. What "
             "are the trade-offs of putting a router in front of both, how should we decide which requests go to "
@@ -168,9 +173,11 @@ def _check(status: int, body: bytes, stream: bool) -> str | None:
 
 
 async def client(host: str, port: int, payload: bytes, stream: bool, t_measure: int, t_end: int,
-                 budget: list[int], tally: Tally, timeout_s: float) -> None:
+                 budget: list[int], tally: Tally, timeout_s: float, seq: list[int]) -> None:
     loop = asyncio.get_running_loop()
     conn: ClientConn | None = None
+    request = bytearray(payload)
+    slot = payload.rfind(TICKET)  # in the body, after the headers
     while time.perf_counter_ns() < t_end and budget[0] > 0:
         if conn is None or conn.closed:
             try:
@@ -181,9 +188,12 @@ async def client(host: str, port: int, payload: bytes, stream: bool, t_measure: 
                 continue
         budget[0] -= 1
         tally.sent += 1
+        seq[0] += 1
+        if slot >= 0:
+            request[slot:slot + 9] = b"%09d" % (seq[0] % 1_000_000_000)
         t0 = time.perf_counter_ns()
         try:
-            status, ttft, body = await asyncio.wait_for(conn.request(payload), timeout_s)
+            status, ttft, body = await asyncio.wait_for(conn.request(bytes(request)), timeout_s)
         except (ResponseError, TimeoutError) as exc:
             tally.error(f"{type(exc).__name__}: {exc}")
             if conn.transport is not None:
@@ -204,25 +214,31 @@ async def client(host: str, port: int, payload: bytes, stream: bool, t_measure: 
         conn.transport.close()
 
 
-async def run(url: str, concurrency: int, duration_s: float, warmup_s: float, stream: bool,
+async def run(url: str | list[str], concurrency: int, duration_s: float, warmup_s: float, stream: bool,
               max_requests: int, timeout_s: float, bearer: str = "bench") -> dict:
-    """Drive the target; returns counts, the measured window, raw latencies (µs) and TTFTs (µs, streams only)."""
-    u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
+    """Drive the target; returns counts, the measured window, raw latencies (µs) and TTFTs (µs, streams only).
+    Several URLs (replicas of one service): client i talks to URL i mod n, like a round-robin load balancer."""
+    urls = [url] if isinstance(url, str) else url
     body = request_body(stream)
-    payload = (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"Accept: {'text/event-stream' if stream else 'application/json'}\r\nAuthorization: Bearer {bearer}\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    targets = []
+    for one in urls:
+        u = urlsplit(one)
+        host, port = u.hostname or "127.0.0.1", u.port or 80
+        payload = (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                   f"Accept: {'text/event-stream' if stream else 'application/json'}\r\n"
+                   f"Authorization: Bearer {bearer}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        targets.append((host, port, payload))
     tally = Tally()
+    seq = [0]
     start = time.perf_counter_ns()
     t_measure = start + int(warmup_s * 1e9)
     t_end = t_measure + int(duration_s * 1e9)
     cpu0 = time.process_time()
-    await asyncio.gather(*(client(host, port, payload, stream, t_measure, t_end, [max_requests], tally, timeout_s)
-                           for _ in range(concurrency)))
+    await asyncio.gather(*(client(*targets[i % len(targets)], stream, t_measure, t_end, [max_requests], tally,
+                                  timeout_s, seq) for i in range(concurrency)))
     finished = time.perf_counter_ns()
     return {
-        "url": url, "concurrency": concurrency, "stream": stream, "duration_s": duration_s, "warmup_s": warmup_s,
+        "url": url if isinstance(url, str) else ",".join(urls), "concurrency": concurrency, "stream": stream, "duration_s": duration_s, "warmup_s": warmup_s,
         "sent": tally.sent, "ok": tally.ok, "errors": tally.errors, "error_samples": tally.error_samples,
         "measured": len(tally.latencies_ns), "window_s": duration_s,
         "wall_s": (finished - start) / 1e9, "loadgen_cpu_s": time.process_time() - cpu0,
@@ -234,7 +250,8 @@ async def run(url: str, concurrency: int, duration_s: float, warmup_s: float, st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", required=True)
+    ap.add_argument("--url", required=True, action="append",
+                    help="target; repeat for replicas (client i uses URL i mod n)")
     ap.add_argument("-c", "--concurrency", type=int, default=1)
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds (after warmup)")
     ap.add_argument("--warmup", type=float, default=1.0)
@@ -243,12 +260,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=10.0, help="per request")
     ap.add_argument("--bearer", default="bench", help="the API key sent as Authorization: Bearer")
     args = ap.parse_args()
-    host = urlsplit(args.url).hostname or ""
-    if not host.startswith("127.") and host not in ("localhost", "::1"):
-        raise SystemExit("loadgen only targets loopback addresses")
+    for url in args.url:
+        host = urlsplit(url).hostname or ""
+        if not host.startswith("127.") and host not in ("localhost", "::1"):
+            raise SystemExit("loadgen only targets loopback addresses")
     import uvloop
 
-    result = uvloop.run(run(args.url, args.concurrency, args.duration, args.warmup, args.stream,
+    result = uvloop.run(run(args.url[0] if len(args.url) == 1 else args.url, args.concurrency, args.duration, args.warmup, args.stream,
                             args.max_requests, args.timeout, args.bearer))
     data = memoryview(orjson.dumps(result))
     # Loop: with PYTHONUNBUFFERED=1 sys.stdout.buffer is a raw FileIO whose write() to a full pipe can be partial.

@@ -1,6 +1,6 @@
 """Where the gateway spends its CPU per request: py-spy samples the gateway process while the load generator runs.
 
-    python bench/overhead/profile_gateway.py [--stream] [-c 16] [--seconds 8] [--top 25]
+    python bench/overhead/profile_gateway.py [--stream] [--governance] [-c 16] [--seconds 8] [--top 25]
 
 Starts the same mock + gateway as ``run.py``, attaches ``py-spy record --format raw`` (collapsed stacks) to the
 gateway for the load's duration, and prints the functions with the most *self* time and the most *inclusive* time,
@@ -65,17 +65,20 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--keep-stacks", action="store_true", help="also write the collapsed stacks (~300 kB)")
+    ap.add_argument("--governance", action="store_true",
+                    help="virtual key required, budgets and rate limits on every request (as run.py --governance)")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    kind = "stream" if args.stream else "json"
+    kind = ("stream" if args.stream else "json") + ("-governance" if args.governance else "")
     with tempfile.TemporaryDirectory(prefix="tierwise-profile-") as tmpdir:
         tmp = Path(tmpdir)
-        servers = start_servers(tmp)
+        servers = start_servers(tmp, governance=args.governance)
         gw = servers["gateway"]
         raw = tmp / "stacks.txt"
         try:
             cmd = [sys.executable, str(HERE / "loadgen.py"), "--url", gw.base + "/v1/chat/completions",
-                   "-c", str(args.concurrency), "--duration", str(args.seconds + 1), "--warmup", "1"]
+                   "-c", str(args.concurrency), "--duration", str(args.seconds + 1), "--warmup", "1",
+                   "--bearer", getattr(gw, "bearer", "bench")]
             load = subprocess.Popen(cmd + (["--stream"] if args.stream else []), stdout=subprocess.PIPE)
             time.sleep(1.0)  # profile the steady state, not the warm-up
             cpu0 = procs.cpu_s(gw.pid)
