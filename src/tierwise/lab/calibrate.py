@@ -289,7 +289,11 @@ class CascadeCalibrator:
                 raise ValueError(f"{bad} have no recorded {self.gate} signal on {train.name}: they cannot be gated rungs")
         else:
             pool = cost_ordered(train, priced)
-            chains = sub_chains(pool, {m for m in pool if gate_signal(train, m, self.gate)}, max_rungs)
+            gated = {m for m in pool if gate_signal(train, m, self.gate)}
+            if not gated:  # only one-model "cascades" would be left: a cascade row calling one model per prompt
+                what = "at least 2 samples" if self.gate == "vote" else "a log-prob confidence"
+                raise ValueError(f"{train.name}: no model has {what} on every prompt: no {self.gate} cascade to fit")
+            chains = sub_chains(pool, gated, max_rungs)
         params = {m: default_gate_params(train, m, self.gate) for c in chains for m in c[:-1]}
         self.searches = [
             ChainSearch(cascade_data(train, c, self.gate, [params[m] for m in c[:-1]]), self.ref) for c in chains

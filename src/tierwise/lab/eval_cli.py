@@ -38,7 +38,15 @@ from tierwise.lab.datasets import (
 )
 from tierwise.lab.datasets.ledger import load_data
 from tierwise.lab.evaluate import run_tier, single_tier
-from tierwise.lab.metrics import Baselines, Point, apgr, compute_baselines, cpt, evaluate_curve
+from tierwise.lab.metrics import (
+    Baselines,
+    Point,
+    apgr,
+    compute_baselines,
+    cpt,
+    evaluate_curve,
+    gap_to_recover,
+)
 from tierwise.lab.report import Row, metrics_table, plot_png, write_html
 
 ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "
@@ -234,8 +242,12 @@ def knn_choices(train: OutcomeSet, test: OutcomeSet, models: list[str], embedder
     return [k for k, _ in runs], chosen
 
 
-def _two_model_metrics(base: Baselines, pcts: list[float], quals: list[float]) -> tuple[float, float]:
+def _two_model_metrics(base: Baselines, pcts: list[float], quals: list[float]) -> tuple[float | None, float | None]:
+    """(APGR, CPT(50%)); both None (printed "none") when the best model is also the cheapest or no better than it:
+    there is no performance gap to recover, so the ratio is undefined (see :func:`tierwise.lab.metrics.apgr`)."""
     weak, strong = base.cheapest_point.quality, base.best_point.quality
+    if base.best == base.cheapest or not gap_to_recover(weak, strong):
+        return None, None
     return apgr(pcts, quals, weak, strong), cpt(pcts, quals, weak, strong, 0.5)
 
 
@@ -276,10 +288,16 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         if dump is not None:
             dump.extend(_dump_rows(oset.name, None, res))
     elif kind == "learned":
-        from tierwise.lab.learned_eval import sweep_learned
+        from tierwise.lab.evaluate import means
+        from tierwise.lab.learned_eval import calibrated_run, sweep_learned
 
+        check_artifact(arg, test)
         runs = sweep_learned(test, arg)
-        rows.append(_learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name))
+        row = _learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name)
+        cal = calibrated_run(test, arg)
+        if cal is not None:
+            row.calibrated = Point(*means(cal[1]))
+        rows.append(row)
     elif kind == "contextual":
         from tierwise.lab.contextual_cli import ROUTER_KINDS, contextual_rows
 
@@ -299,16 +317,39 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
     return rows, base, two
 
 
+def check_artifact(arg: str, test: OutcomeSet) -> None:
+    """``--router learned:PATH``: the file exists, is a router artifact, and its models are priced in this set."""
+    from tierwise.routing.learned.artifact import RouterArtifactError, load_router
+
+    if not arg:
+        raise UsageError("--router learned:PATH needs the router artifact (.npz) that tierwise train-router wrote")
+    if not Path(arg).is_file():
+        raise UsageError(f"--router learned:{arg}: no such file (train one with tierwise train-router --out {arg})")
+    try:
+        router = load_router(arg, check_embedder=False)
+    except RouterArtifactError as exc:
+        raise UsageError(f"--router learned:{arg}: {exc}") from None
+    priced = test.priced_models()
+    missing = [m for m in router.models if m not in priced]
+    if missing:
+        raise UsageError(f"--router learned:{arg}: the router was trained for models {router.models}, and "
+                         f"{test.name} has no priced outcomes for {missing} (its priced models: {', '.join(priced)}); "
+                         "train a router on this set's models (train-router --models)")
+
+
 def _knn_row(oset: OutcomeSet, models: list[str], base: Baselines, two: bool, embedder: str,
              dump: list[dict[str, Any]] | None) -> Row:
     """The kNN baseline, trained on the train split and swept on test through the engine's learned policy."""
-    from tierwise.lab.learned_eval import train_and_sweep
+    from tierwise.lab.evaluate import means
+    from tierwise.lab.learned_eval import train_sweep_calibrated
 
     try:
-        runs = train_and_sweep(oset, models, "knn", embedder)
+        runs, cal = train_sweep_calibrated(oset, models, "knn", embedder)
     except Exception as exc:  # noqa: BLE001 — e.g. the embedder's optional dependencies are missing
         return Row("knn", None, note=f"unavailable: {type(exc).__name__}: {str(exc)[:80]}")
-    return _learned_row(f"knn ({embedder}, λ sweep)", runs, models, base, two, dump, oset.name)
+    row = _learned_row(f"knn ({embedder}, λ sweep)", runs, models, base, two, dump, oset.name)
+    row.calibrated = Point(*means(cal))
+    return row
 
 
 def _learned_row(label: str, runs: list[tuple[float, list[Any]]], models: list[str], base: Baselines, two: bool,
@@ -454,5 +495,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--plot", action="store_true", help="write plot.png (matplotlib) and plot.html")
     p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap draws of the test split for 95%% "
                    "intervals of AUC, cost to 0.99·qB and the router's AUC gain over kNN (default 200; 0 = off)")
-    p.add_argument("--embedder", default="minilm-static", help="kNN baseline embedder (minilm-static|minilm-onnx)")
+    p.add_argument("--embedder", default="minilm-static",
+                   help="the kNN baseline's embedder (minilm-static|minilm-onnx). Default minilm-static, the "
+                        "baseline as bench/routing_quality.py measures it; train-router and the contextual "
+                        "router default to minilm-onnx (--router-embedder). The kNN row names the one it used")
     p.set_defaults(fn=_guard(cmd_eval))

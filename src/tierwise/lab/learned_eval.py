@@ -53,9 +53,30 @@ def train_and_sweep(
     oset: OutcomeSet, models: Sequence[str], kind: str, embedder: str, rule: Rule = "lambda", n: int = 41
 ) -> list[tuple[float, list[PromptResult]]]:
     """Train ``kind`` on ``oset``'s train split, then sweep it on the test split through the engine."""
+    return train_sweep_calibrated(oset, models, kind, embedder, rule, n)[0]
+
+
+def train_sweep_calibrated(
+    oset: OutcomeSet, models: Sequence[str], kind: str, embedder: str, rule: Rule = "lambda", n: int = 41
+) -> tuple[list[tuple[float, list[PromptResult]]], list[PromptResult]]:
+    """:func:`train_and_sweep`, plus the run at the knob calibrated on train (out-of-fold, ``train-router``'s
+    default target): the honest point of the sweep."""
     from tierwise.routing.learned.train import train_router
 
     res = train_router(oset, kind=kind, embedder=embedder, models=list(models))
     with tempfile.TemporaryDirectory(prefix="tierwise-router-") as tmp:
         artifact = save_router(res.router, Path(tmp) / f"{kind}.npz")
-        return sweep_learned(oset.split("test"), artifact, rule, n=n)
+        test = oset.split("test")
+        runs = sweep_learned(test, artifact, rule, n=n)
+        knob = float(res.report["calibration"][rule])
+        return runs, sweep_learned(test, artifact, rule, knobs=[knob])[0][1]
+
+
+def calibrated_run(test: OutcomeSet, artifact: str | Path, rule: Rule = "lambda"
+                   ) -> tuple[float, list[PromptResult]] | None:
+    """The run at the knob ``train-router`` calibrated on train (stored in the artifact), or None without one."""
+    cal = load_router(artifact).header.get("calibration") or {}
+    if rule not in cal:
+        return None
+    knob = float(cal[rule])
+    return knob, sweep_learned(test, artifact, rule, knobs=[knob])[0][1]

@@ -229,15 +229,27 @@ def _sorted_curve(strong_pct: Sequence[float], quality: Sequence[float]) -> tupl
     return x[order], y[order]
 
 
+def gap_to_recover(weak_quality: float, strong_quality: float) -> bool:
+    """Whether the strong model is measurably better than the weak one: APGR and CPT are ratios of that gap."""
+    return strong_quality - weak_quality > 1e-12 * max(1.0, abs(strong_quality))
+
+
 def apgr(
     strong_pct: Sequence[float], quality: Sequence[float], weak_quality: float, strong_quality: float
 ) -> float:
     """Average performance gap recovered: (AUC − weak AUC) / (strong AUC − weak AUC), AUCs by the trapezoid rule over
-    the router's own points with x = % of strong-model calls / 100 (RouteLLM's ``apgr_metric``)."""
+    the router's own points with x = % of strong-model calls / 100 (RouteLLM's ``apgr_metric``).
+
+    Undefined — NaN, without a numpy warning — when the strong model is no better than the weak one (e.g. the best
+    model is also the cheapest): there is no gap to recover. ``tierwise eval`` prints "none" then."""
+    if not gap_to_recover(weak_quality, strong_quality):
+        return float("nan")
     x, y = _sorted_curve(strong_pct, quality)
     auc = np.trapezoid(y, x / 100)
     weak_auc = np.trapezoid(np.full(x.shape, weak_quality, dtype=float), x / 100)
     strong_auc = np.trapezoid(np.full(x.shape, strong_quality, dtype=float), x / 100)
+    if strong_auc - weak_auc <= 0:  # every point at one x: no area to compare
+        return float("nan")
     return float((auc - weak_auc) / (strong_auc - weak_auc))
 
 
@@ -250,6 +262,8 @@ def cpt(
 ) -> float:
     """CPT(x): % of strong-model calls needed to reach quality weak + x·(strong − weak), by ``np.interp`` over the
     router's points sorted by strong-call % (RouteLLM's ``pct_call_metric``; x = 0.5 is CPT(50%))."""
+    if not gap_to_recover(weak_quality, strong_quality):
+        return float("nan")  # no gap: undefined, as APGR
     xs, ys = _sorted_curve(strong_pct, quality)
     return float(np.interp(x * (strong_quality - weak_quality) + weak_quality, ys, xs))
 

@@ -33,7 +33,8 @@ class Row:
 
 
 def _f(v: float | None, fmt: str) -> str:
-    return "none" if v is None else format(v, fmt)
+    """"none" where a number is undefined (None, or NaN as an undefined APGR)."""
+    return "none" if v is None or v != v else format(v, fmt)
 
 
 def metrics_table(rows: Sequence[Row], base: Baselines, two_model: bool) -> str:
