@@ -286,3 +286,22 @@ def billed_by_model(cfg: LedgerConfig, store: LedgerStore | None, since: float |
         return pg_billed(cfg, since, until)
     assert store is not None
     return memory_billed(store, since, until)
+
+
+def first_ts(cfg: LedgerConfig, since: float | None, until: float | None, db: Path | None = None) -> float | None:
+    """The oldest ``ts`` in the window (an index lookup), to know how many days a young ledger really covers."""
+    if db is not None or cfg.backend == "sqlite":
+        where, args = _sqlite_window(since, until)
+        with _ro(db or Path(cfg.path).expanduser()) as conn:
+            row = conn.execute(f"SELECT min(ts) FROM requests WHERE {where}", args).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+    if cfg.backend == "postgres":
+        from psycopg import sql as pgsql
+
+        def build(table: Any) -> tuple[Any, list[Any]]:
+            where, args = _pg_window(since, until)
+            return pgsql.SQL("SELECT min(ts) FROM {} WHERE " + where).format(table), args
+
+        got = _pg(cfg, build)
+        return None if not got or got[0][0] is None else float(got[0][0])
+    return since

@@ -218,6 +218,148 @@ def reprice_table(rep: RepriceReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- whatif -------------------------------------------------------------------------------------------------------
+
+def _served_by_id(cfg: TierwiseConfig, db: Path | None, ids: set[str], since: float | None,
+                  until: float | None) -> dict[str, tuple[tuple[int, int, int, int, int], float]]:
+    """Served tokens and booked cost of the ledger rows ``ids`` (streamed over the window, only those kept)."""
+    from tierwise.config.schema import LedgerConfig
+    from tierwise.ledger import open_store
+    from tierwise.rollout.aggregate import TOKENS
+
+    store = open_store(LedgerConfig(backend="sqlite", path=str(db)) if db is not None else cfg.ledger)
+    out: dict[str, tuple[tuple[int, int, int, int, int], float]] = {}
+    try:
+        for r in store.iter_rows(since, until):
+            if r["id"] not in ids:
+                continue
+            last = (r["attempts"][-1].get("usage") or {}) if r["escalations"] and r["attempts"] else None
+            served = tuple(int(r[t] if last is None else last.get(t, 0)) for t in TOKENS)
+            out[r["id"]] = (served, float(r["cost_usd"]))  # type: ignore[assignment]
+    finally:
+        store.close()
+    return out
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from tierwise.config.load import ConfigError, load_config
+    from tierwise.rollout.capture import feedback_scores, iter_captured
+    from tierwise.rollout.render import csv_text, emit, json_text
+    from tierwise.rollout.whatif import EngineReplay, replay
+
+    cfg = _config(args)
+    since, until = _window(args)
+    try:
+        candidate = load_config(args.candidate)
+    except ConfigError as exc:
+        raise _fail(f"--candidate: {exc}") from None
+    db, _ = _ledger_source(cfg, args)
+    tiers = args.tier or None
+    try:
+        captures = list(iter_captured(cfg, since, until, tiers))
+    except Exception as exc:
+        raise _fail(f"cannot read captures: {exc}") from None
+    if args.limit:
+        captures = captures[-args.limit:]
+    if not captures:
+        raise _fail("no captured prompts in this window: what-if replay needs rollout.capture on "
+                    "(tierwise report still works on tokens and costs)")
+    outcomes = None
+    if args.outcomes:
+        from tierwise.lab.datasets.outcome_io import read_outcome_set
+
+        try:
+            outcomes = read_outcome_set(args.outcomes)
+        except Exception as exc:
+            raise _fail(f"--outcomes: {exc}") from None
+    lo, hi = captures[0].ts, captures[-1].ts + 1e-3
+    ledger = _served_by_id(cfg, db, {c.request_id for c in captures}, lo, hi + 3600)
+    try:
+        current, cand = EngineReplay(cfg), EngineReplay(candidate)
+    except Exception as exc:
+        raise _fail(f"cannot build the routing engine: {exc}") from None
+    rep = replay(current, cand, captures, ledger, feedback_scores(cfg, None, None), outcomes)
+    if args.format == "json":
+        text = json_text(rep.as_dict())
+    elif args.format == "csv":
+        text = csv_text([{k: v for k, v in t.items() if not isinstance(v, dict)}
+                         for t in [rep.total.as_dict(), *(x.as_dict() for x in rep.tiers.values())]])
+    else:
+        text = whatif_table(rep, args.candidate)
+    emit(text, args.output)
+    return 0
+
+
+def whatif_table(rep: Any, candidate: str) -> str:
+    from tierwise.rollout.render import table, usd
+
+    def rng(lo: float, hi: float) -> str:
+        return usd(lo) if abs(hi - lo) < 1e-12 else f"{usd(lo)}-{usd(hi)}"
+
+    def q(d: dict[str, Any]) -> str:
+        if d["quality_n"] == 0:
+            return "-"
+        return f"{d['quality_current']:.3f} -> {d['quality_candidate']:.3f} (n={d['quality_n']})"
+
+    rows = []
+    for line in [*rep.tiers.values(), rep.total]:
+        d = line.as_dict()
+        mix = ", ".join(f"{m} {n}" for m, n in line.candidate_models.most_common(3))
+        rows.append([d["tier"], f"{d['requests']:,}", usd(d["served_usd"]),
+                     rng(d["current_usd"], d["current_high_usd"]), rng(d["candidate_usd"], d["candidate_high_usd"]),
+                     f"{d['changed']:,}", mix, q(d)])
+    lines = [f"tierwise whatif  candidate: {candidate}", "",
+             table(["tier", "requests", "served", "current (replayed)", "candidate", "re-routed", "candidate picks",
+                    "quality current -> candidate"], rows), "", "notes:"] + [f"- {n}" for n in rep.notes]
+    return "\n".join(lines) + "\n"
+
+
+# -- advise -------------------------------------------------------------------------------------------------------
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    import time
+
+    from tierwise.pricing import PriceBook
+    from tierwise.rollout.advise import Thresholds, TrialFileError, advise, load_trial
+    from tierwise.rollout.aggregate import first_ts, traffic
+    from tierwise.rollout.pricefile import flagship_of
+    from tierwise.rollout.render import emit, json_text
+
+    cfg = _config(args)
+    since, until = _window(args)
+    now = time.time()
+    since = since if since is not None else (until or now) - 30 * 86400
+    db, _ = _ledger_source(cfg, args)
+    trial = None
+    if args.trial:
+        try:
+            trial = load_trial(args.trial)
+        except TrialFileError as exc:
+            raise _fail(str(exc)) from None
+    prices = PriceBook(cfg).prices
+    flagship = args.flagship or flagship_of(prices)
+    if flagship not in prices:
+        raise _fail(f"--flagship: unknown model '{flagship}'")
+    try:
+        groups = traffic(cfg.ledger, None, since, until, db)
+        first = first_ts(cfg.ledger, since, until, db)
+    except Exception as exc:
+        raise _fail(f"cannot read the ledger: {exc}") from None
+    end = until if until is not None else now
+    days = max((end - max(since, first if first is not None else since)) / 86400, 1 / 24)
+    th = Thresholds(min_requests=args.min_requests, engineering_usd_per_month=args.engineering_usd)
+    adv = advise(cfg, groups, prices, flagship, days, trial, th)
+    if args.format == "json":
+        text = json_text(adv.as_dict())
+    else:
+        lines = [f"tierwise advise  (last {days:.1f} days of ledger)", "", adv.summary, ""]
+        for v in adv.verdicts:
+            lines.append(f"[{'NO ' if v.blocks else 'ok '}] {v.check}: {v.says}")
+        text = "\n".join(lines) + "\n"
+    emit(text, args.output)
+    return 0
+
+
 # -- capture purge -------------------------------------------------------------------------------------------------
 
 def cmd_capture_purge(args: argparse.Namespace) -> int:
@@ -250,6 +392,28 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--prices", metavar="FILE", help="price table YAML: {model: {input, output, cache_read, ...}}")
     s.add_argument("--genai-prices", action="store_true", help="the installed genai-prices catalogue's prices")
     s.set_defaults(fn=cmd_reprice)
+
+    s = sub.add_parser("whatif", help="replay captured prompts through the engine under a candidate config")
+    _common(s)
+    s.add_argument("--candidate", required=True, metavar="CONFIG",
+                   help="a tierwise.yaml with the other policy, thresholds or router artifact")
+    s.add_argument("--tier", action="append", help="only captures of this tier (repeatable)")
+    s.add_argument("--outcomes", metavar="SET", help="outcome set of this traffic (tierwise trial): per-model quality")
+    s.add_argument("--limit", type=int, default=0, help="only the newest N captures")
+    s.set_defaults(fn=cmd_whatif)
+
+    s = sub.add_parser("advise", help="will routing pay on this traffic? verdicts with their numbers")
+    _common(s)
+    s.set_defaults(format="table")
+    for action in s._actions:  # advise has table and json only
+        if action.dest == "format":
+            action.choices = ["table", "json"]
+    s.add_argument("--trial", metavar="FILE", help="trial results (JSON, see tierwise.rollout.advise)")
+    s.add_argument("--flagship", help="default: the priciest configured model")
+    s.add_argument("--min-requests", type=int, default=1000, help="fewer than this: too little to judge")
+    s.add_argument("--engineering-usd", type=float, default=500.0,
+                   help="what owning routing costs per month; a smaller saving ceiling says do not route")
+    s.set_defaults(fn=cmd_advise)
 
     cap = sub.add_parser("capture", help="captured prompts").add_subparsers(dest="capture_cmd", required=True)
     s = cap.add_parser("purge", help="delete captures older than the retention")
