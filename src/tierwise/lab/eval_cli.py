@@ -395,9 +395,8 @@ def _dump_rows(name: str, knob: float | None, results: list[Any]) -> list[dict[s
              "served": r.served, "cost": r.cost, "quality": r.quality} for r in results]
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    oset = labelled(load_data(args.data), args)
-    dump: list[dict[str, Any]] | None = [] if args.dump else None
+def _table(oset: OutcomeSet, args: argparse.Namespace, dump: list[dict[str, Any]] | None
+           ) -> tuple[str, list[Row], Baselines]:
     rows, base, two = evaluate(oset, args.router, args, dump)
     table = metrics_table(rows, base, two)
     if args.bootstrap > 0:
@@ -405,7 +404,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models = test.priced_models()
         table += "\n\n" + bootstrap_lines(rows, test.quality_matrix(models), test.cost_matrix(models), models,
                                            args.bootstrap)
+    return table, rows, base
+
+
+def leakage_section(oset: OutcomeSet, args: argparse.Namespace) -> str:
+    """Test prompts also in train (:mod:`tierwise.lab.leakage`): a warning, and the whole table again without them
+    (printed, and returned for table.txt). Empty when there are none or ``--leakage ignore``."""
+    from tierwise.lab.leakage import find_leakage, without
+
+    leak = find_leakage(oset)
+    if not leak.ids or args.leakage == "ignore":
+        return ""
+    print(f"warning: {oset.name}: {leak.summary()}; the table above includes them", file=sys.stderr)
+    clean = without(oset, leak.ids)
+    head = (f"\n\nLeakage: {leak.summary()}. A router that saw them in train has memorised their answers.\n"
+            f"Without them (n={clean.count('test')}):")
+    if clean.count("test") == 0:
+        text = head + " no test prompt is left."
+    else:
+        text = head + "\n" + _table(clean, args, None)[0]
+    print(text.lstrip("\n"))
+    return text
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    oset = labelled(load_data(args.data), args)
+    dump: list[dict[str, Any]] | None = [] if args.dump else None
+    table, rows, base = _table(oset, args, dump)
     print(f"{oset.name}: router {args.router} on the test split (n={oset.count('test')})\n{table}")
+    table += leakage_section(oset, args)
     if dump is not None:
         Path(args.dump).parent.mkdir(parents=True, exist_ok=True)
         with open(args.dump, "w", encoding="utf-8") as fh:
@@ -492,6 +519,9 @@ def add_parsers(sub: Any) -> None:
     _router_args(p)
     p.add_argument("--out", help="directory for table.txt, plot.png, plot.html")
     p.add_argument("--dump", help="JSONL: one line per held-out prompt and knob setting")
+    p.add_argument("--leakage", choices=["report", "ignore"], default="report",
+                   help="test prompts that also appear in train (exact or near-exact): report = warn and print the "
+                        "table again without them (default); ignore = do not check")
     p.add_argument("--plot", action="store_true", help="write plot.png (matplotlib) and plot.html")
     p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap draws of the test split for 95%% "
                    "intervals of AUC, cost to 0.99·qB and the router's AUC gain over kNN (default 200; 0 = off)")
