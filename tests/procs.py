@@ -56,18 +56,46 @@ def start_serve(cfg: Path, port: int, *, timeout_s: float = 30.0, args: tuple[st
                 preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     """A real `tierwise serve` process (``args``: more serve flags, e.g. ``--workers``); returns once /healthz
     answers. ``preexec_fn`` runs in the child before it starts (e.g. to set resource limits)."""
+    return wait_ready(spawn_serve(cfg, args=args, preexec_fn=preexec_fn), port, timeout_s=timeout_s)
+
+
+def spawn_serve(cfg: Path, *, args: tuple[str, ...] = (), preexec_fn: Callable[[], None] | None = None,
+                stderr_path: Path | None = None, reap_after_test: bool = True) -> subprocess.Popen:
+    """Start `tierwise serve` without waiting for it (several at once: then :func:`wait_ready` each). With
+    ``stderr_path`` its log goes to that file instead of a pipe (a long-running process nobody reads from must
+    not fill a pipe and block). ``reap_after_test=False``: a module-scoped fixture's process, which that fixture
+    stops (conftest's reaper would kill it after the first test)."""
+    err = open(stderr_path, "w") if stderr_path is not None else subprocess.PIPE  # noqa: SIM115 (the child owns it)
     proc = subprocess.Popen([sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={"FAKE_KEY": SECRET, "PATH": "/usr/bin:/bin"}, preexec_fn=preexec_fn)
-    _started.append(proc)
+                            stdout=subprocess.DEVNULL if stderr_path is not None else subprocess.PIPE, stderr=err,
+                            text=True, env={"FAKE_KEY": SECRET, "PATH": "/usr/bin:/bin"}, preexec_fn=preexec_fn)
+    if stderr_path is not None:
+        err.close()  # type: ignore[union-attr]
+    proc.log_path = stderr_path  # type: ignore[attr-defined]
+    if reap_after_test:
+        _started.append(proc)
+    return proc
+
+
+def log_tail(proc: subprocess.Popen, chars: int = 3000) -> str:
+    """The end of a finished process's stderr (from its pipe, or from its log file)."""
+    _, err = proc.communicate(timeout=30)
+    path = getattr(proc, "log_path", None)
+    if err is None and path is not None:
+        err = Path(path).read_text(errors="replace")
+    return (err or "")[-chars:]
+
+
+def wait_ready(proc: subprocess.Popen, port: int, *, timeout_s: float = 30.0) -> subprocess.Popen:
+    """Return ``proc`` once its /healthz on ``port`` answers 200; fail with its stderr if it exits or never does."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError("gateway exited at start: " + proc.communicate()[1][-3000:])
+            raise AssertionError("gateway exited at start: " + log_tail(proc))
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.05)
     proc.kill()
-    raise AssertionError("gateway did not start: " + proc.communicate()[1][-3000:])
+    raise AssertionError("gateway did not start: " + log_tail(proc))

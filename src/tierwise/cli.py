@@ -217,6 +217,15 @@ def cmd_ledger_recover(args: argparse.Namespace) -> int:
           f"({report.interrupted} interrupted request(s) booked at their estimate, {report.torn_lines} torn line(s) "
           f"skipped); fallback file: {imported} record(s); quarantine: {requeued} stored on a new try, "
           f"{refused} still refused")
+    if report.rows and cfg.state.backend != "memory":  # their settlements died with the process: charge budgets
+        import asyncio
+
+        from tierwise.governance.recovery import charge_recovered_now
+
+        n, sent = asyncio.run(charge_recovered_now(cfg, report.rows))
+        print(f"budgets: {n} replayed request(s) settled on the shared state"
+              + ("" if sent else " — NOT all sent (the state store is unreachable): budgets undercount them"))
+        return 0 if sent else 1
     return 0
 
 

@@ -11,6 +11,7 @@ import re
 from tierwise.config.schema import TierwiseConfig
 from tierwise.cost import (
     ResolvedPrice,
+    completion_limit,
     cost_of,
     count_chat_tokens,
     encoding_for,
@@ -91,6 +92,17 @@ class RequestEstimator:
             usage = self._usages[model] = Usage(input_tokens=self.prompt_tokens(model),
                                                 output_tokens=expected_output(self._body, expected))
         return usage
+
+    def ceiling(self, model: str) -> float:
+        """The cost if the completion runs to the request's own limit (``completion_limit``), else the estimate:
+        what budgets reserve, so that a request whose client bounds its completion never costs more than its
+        reservation (the estimate caps the completion at the tier's expectation, which a client may exceed)."""
+        usage = self.usage(model)
+        m = self._book.cfg.models[model]
+        limit = completion_limit(self._body, cap=m.max_output, floor=m.completion_floor if m.reasoning else None)
+        if limit is None or limit <= usage.output_tokens:
+            return self(model)
+        return self._book.cost(model, Usage(input_tokens=usage.input_tokens, output_tokens=limit)).total_usd
 
     def __call__(self, model: str) -> float:
         cost = self._costs.get(model)

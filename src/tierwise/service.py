@@ -24,6 +24,7 @@ from tierwise.governance import ANONYMOUS, UNAUTHENTICATED, Principal
 from tierwise.governance.access import check_tier, excluded_models, no_model_left
 from tierwise.governance.admission import Governed, Governor
 from tierwise.governance.anomaly import AnomalyDetector, alerts_path
+from tierwise.governance.recovery import charge_recovered
 from tierwise.ledger import JournalError, LedgerWriter, open_ledger
 from tierwise.pricing import PriceBook, RequestEstimator
 from tierwise.providers.base import Provider
@@ -130,6 +131,8 @@ class Tierwise:
         self.anomalies = AnomalyDetector(cfg.anomalies, alerts_path(cfg.ledger))
         self.governor = Governor(cfg, state if state is not None else build_state_backend(cfg), self.pins, self.health,
                                  self.anomalies)
+        # what the start-up replay took from dead processes' journals: their settlements died with them
+        charge_recovered(self.governor.state, getattr(self.ledger, "recovered", ()))
         # every model a tier's plan can contain (its models, cascade rungs, its fallback): what allow-lists filter
         self._tier_models = {name: _models_of(cfg, name) for name in cfg.tiers}
         self._value_tiered = any(m.value_tiers is not None for m in cfg.models.values())

@@ -4,7 +4,7 @@ Importing this package is cheap: the price catalogue and the BPE tables load on 
 """
 
 from tierwise.cost.calc import cost_of
-from tierwise.cost.estimate import expected_output
+from tierwise.cost.estimate import completion_limit, expected_output
 from tierwise.cost.prices import PriceSource, ResolvedPrice, resolve_price
 from tierwise.cost.report import price_report
 from tierwise.cost.tco import TCOBreakdown, tco_breakdown
@@ -24,6 +24,7 @@ __all__ = [
     "ResolvedPrice",
     "TCOBreakdown",
     "TokenizerUnavailable",
+    "completion_limit",
     "cost_of",
     "count_chat_tokens",
     "count_text_tokens",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["expected_output"]
+__all__ = ["completion_limit", "expected_output"]
 
 
 def _positive_int(value: Any) -> int | None:
@@ -34,3 +34,20 @@ def expected_output(body: dict, expected_output_tokens: int) -> int:
         max(0, expected_output_tokens) if limit is None else min(limit, max(0, expected_output_tokens))
     )
     return per_choice * (_positive_int(body.get("n")) or 1)
+
+
+def completion_limit(body: dict, *, cap: int | None = None, floor: int | None = None) -> int | None:
+    """The most completion tokens the request allows, over all ``n`` choices: its ``max_completion_tokens`` (or
+    ``max_tokens``), lowered to a model's ``max_output`` (``cap``) and raised to a reasoning model's ``floor`` as
+    the executor adjusts it for that model; None when the request sets no limit.
+
+    Budgets reserve up to this, not the expectation: a reservation that can be smaller than the real cost would let
+    spend pass a cap by more than the reservations in flight."""
+    limit = _positive_int(body.get("max_completion_tokens")) or _positive_int(body.get("max_tokens"))
+    if limit is None:
+        return None
+    if cap is not None:
+        limit = min(limit, cap)
+    if floor is not None:
+        limit = max(limit, floor)
+    return limit * (_positive_int(body.get("n")) or 1)

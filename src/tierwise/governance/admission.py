@@ -2,7 +2,7 @@
 
 A request that no cap or rate limit governs costs nothing here (no backend call). Otherwise the governor reserves
 the request's worst-case estimated cost — the most expensive candidate, or every rung of a cascade plus its
-fallback, priced for ``max_tokens`` or the tier's expected completion — in one backend call that also checks and
+fallback, priced for the request's ``max_tokens`` (or, without one, the tier's expected completion) — in one backend call that also checks and
 consumes the rate limits and returns the budgets' consumption; :mod:`tierwise.governance.budgets` turns that
 into a step that may shrink the plan, and the request's real cost replaces the reservation when it ends.
 """
@@ -66,7 +66,9 @@ class Governor:
         if not caps and not limits and not shared:
             return self._held(held, tier, models, estimate) if held else Governed()
         costs = {m: estimate(m) for m in models}
-        reserve = self._worst_case(tier, costs) if caps else 0.0
+        # the reservation runs the completion to the request's own max_tokens (when it sets one), not the expected
+        # length the estimate uses: the overspend bound needs every request's real cost within its reservation
+        reserve = self._worst_case(tier, {m: estimate.ceiling(m) for m in models}) if caps else 0.0
         tokens = max(estimate.usage(m).total_tokens for m in models) if limits else 0
         adm = await self.state.admit(record.id, caps, limits, reserve, tokens, {}, self.cfg.budgets.reservation_ttl_s,
                                      record.session_id if shared else None, models if shared else ())

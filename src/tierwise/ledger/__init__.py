@@ -96,17 +96,20 @@ def recover(cfg: LedgerConfig, store: LedgerStore) -> tuple[ReplayReport, int, t
 
 
 def open_ledger(cfg: LedgerConfig) -> LedgerWriter:
-    """Open the store, :func:`recover` what a crash or an outage left behind, and start a writer with its own
-    journal. Raises ``OSError``/``LedgerSchemaError`` with the path in the message when the ledger cannot be used."""
+    """Open the store, :func:`recover` what a crash or an outage left behind (the journal rows replayed are on the
+    writer's ``recovered``), and start a writer with its own journal. Raises ``OSError``/``LedgerSchemaError``
+    with the path in the message when the ledger cannot be used."""
     store = open_store(cfg)
     try:
-        recover(cfg, store)
+        report = recover(cfg, store)[0]
         jdir = journal_dir(cfg)
         journal = Journal(jdir, fsync=cfg.fsync) if jdir is not None else None
     except BaseException:
         store.close()
         raise
-    return open_writer(cfg, store, journal)
+    writer = open_writer(cfg, store, journal)
+    writer.recovered = report.rows
+    return writer
 
 
 __all__ = [

@@ -248,6 +248,9 @@ class ReplayReport:
     records: int  # final records written (already stored ones are rewritten, idempotently)
     interrupted: int  # requests begun but never ended: booked as ``interrupted`` at their estimate
     torn_lines: int
+    # every row written (finals, then interrupted): their cost may never have reached the budgets, whose
+    # settlements died with the process (see tierwise.governance.recovery)
+    rows: tuple[Row, ...] = ()
 
 
 def replay_orphans(directory: str | Path, store: LedgerStore, *, batch_size: int = 1000) -> ReplayReport:
@@ -294,7 +297,7 @@ def replay_orphans(directory: str | Path, store: LedgerStore, *, batch_size: int
             os.close(fd)
     if torn:
         log.warning("ledger journal: %d torn line(s) skipped (a write cut short by a crash)", torn)
-    return ReplayReport(n_segments, len(finals), len(interrupted), torn)
+    return ReplayReport(n_segments, len(finals), len(interrupted), torn, (*finals.values(), *interrupted))
 
 
 def _lock_orphan(path: Path) -> int | None:

@@ -101,6 +101,9 @@ class LedgerWriter:
         self.fallback_path = Path(fallback_path) if fallback_path is not None else fallback_path_for(store)
         self.quarantine_path = quarantine_path_for(self.fallback_path)
         self.journal = journal
+        # rows the start-up replay took from the journals of stopped processes (open_ledger sets it): the service
+        # charges them to the budgets, whose settlements died with those processes
+        self.recovered: tuple[Row, ...] = ()
         self._retries = max(1, retries)
         self._retry_delay_s = retry_delay_s
         self._max_pending = max(batch_size, max_pending)
