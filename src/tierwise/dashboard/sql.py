@@ -90,6 +90,7 @@ class Session:
     def __init__(self, dialect: Dialect, cursor: Any) -> None:
         self.d = dialect
         self._cur = cursor
+        self.source = dialect.table  # what the aggregates read FROM (see :func:`plan`)
 
     def rows(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self.d.ph != "?":
@@ -117,29 +118,57 @@ def _where(q: DashboardQuery) -> tuple[str, list[Any]]:
     return " WHERE " + " AND ".join(parts), args
 
 
-def timeline(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
-    where, args = _where(q)
-    return s.rows(f"SELECT {s.d.bucket()}, tier, model, count(*), coalesce(sum(cost_usd), 0) FROM {s.d.table}{where} "
-                  "GROUP BY 1, 2, 3", [float(q.since), float(q.step), *args])
+#: A window (with its filter) matching more than this share of the ledger is read by a table scan in SQLite.
+FULL_SCAN_SHARE = 0.15
+
+
+def plan(s: Session, q: DashboardQuery) -> None:
+    """SQLite only: read a large share of the ledger by a table scan, not through an index.
+
+    Without statistics SQLite always walks the ``ts`` (or ``(tier, ts)``) index for a window, then looks every row up
+    in the table: for a window holding most of the ledger that is ~3x slower than scanning the table
+    (bench/results/dashboard_query.md). The share is estimated with an index-only count (cheap) against the
+    largest rowid (instant; an upper bound of the row count). PostgreSQL's planner makes this choice itself.
+    """
+    if s.d.name != "sqlite":
+        return
+    if q.tier is not None:
+        where, args = " WHERE tier = ? AND ts >= ? AND ts < ?", [q.tier, float(q.since), float(q.until)]
+    elif q.principal is not None:
+        where, args = " WHERE principal = ? AND ts >= ? AND ts < ?", [q.principal, float(q.since), float(q.until)]
+    else:
+        where, args = " WHERE ts >= ? AND ts < ?", [float(q.since), float(q.until)]
+    matched = s.rows(f"SELECT count(*) FROM {s.d.table}{where}", args)[0][0] or 0
+    total = s.rows(f"SELECT max(rowid) FROM {s.d.table}", [])[0][0] or 0
+    if total and matched > FULL_SCAN_SHARE * total:
+        s.source = f"{s.d.table} NOT INDEXED"
 
 
 def routes(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
+    """Per (time bucket, tier, model, tier source): the route metrics. The timeline and every routing panel are
+    sums of these groups (one pass for both)."""
     where, args = _where(q)
-    return s.rows(f"SELECT tier, model, tier_source, {_ROUTE_SELECT} FROM {s.d.table}{where} GROUP BY 1, 2, 3", args)
+    return s.rows(f"SELECT {s.d.bucket()}, tier, model, tier_source, {_ROUTE_SELECT} FROM {s.source}{where} "
+                  "GROUP BY 1, 2, 3, 4", [float(q.since), float(q.step), *args])
 
 
-def allocation(s: Session, q: DashboardQuery, column: str) -> list[tuple[Any, ...]]:
-    assert column in ALLOCATION_COLUMNS
+def allocation(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
+    """Requests and cost per (principal, customer, department): one pass for the three allocation panels, whose
+    top members are picked from these groups (about one per principal: a principal has one customer and one
+    department, unless they were changed within the window)."""
     where, args = _where(q)
-    return s.rows(f"SELECT {column}, count(*), coalesce(sum(cost_usd), 0) AS c FROM {s.d.table}{where} "
-                  f"GROUP BY 1 ORDER BY 3 DESC, 2 DESC LIMIT {ALLOCATION_TOP}", args)
+    return s.rows(f"SELECT principal, customer, department, count(*), coalesce(sum(cost_usd), 0) "
+                  f"FROM {s.source}{where} GROUP BY 1, 2, 3", args)
 
 
-def histogram(s: Session, q: DashboardQuery, column: str) -> list[tuple[Any, ...]]:
-    assert column in ("latency_ms", "ttft_ms")
+def histograms(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
+    """(0 for latency | 1 for TTFT, log bucket, answered requests) in one pass: every row is joined to the two
+    kinds (``CROSS JOIN`` keeps the ledger as the outer loop in SQLite, so each row is read once)."""
     where, args = _where(q)
-    return s.rows(f"SELECT {s.d.log_bucket(column)}, count(*) FROM {s.d.table}{where} AND status = 'ok' "
-                  f"AND {column} IS NOT NULL GROUP BY 1", args)
+    value = "(CASE k.kind WHEN 0 THEN latency_ms ELSE ttft_ms END)"
+    return s.rows(f"SELECT k.kind, {s.d.log_bucket(value)}, count(*) FROM {s.source} "
+                  f"CROSS JOIN (SELECT 0 AS kind UNION ALL SELECT 1) AS k{where} AND status = 'ok' "
+                  f"AND {value} IS NOT NULL GROUP BY 1, 2", args)
 
 
 def budget_days(s: Session, month_start: float, column: str | None, name: str | None) -> list[tuple[Any, ...]]:

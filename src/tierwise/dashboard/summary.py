@@ -67,8 +67,8 @@ def percentiles(buckets: Iterable[tuple[Any, ...]]) -> dict[str, float | int | N
 
 
 def _routes(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [{"tier": r[0], "model": r[1], "tier_source": r[2], **dict(zip(sql.ROUTE_METRICS, r[3:], strict=True))}
-            for r in rows]
+    return [{"bucket": r[0], "tier": r[1], "model": r[2], "tier_source": r[3],
+             **dict(zip(sql.ROUTE_METRICS, r[4:], strict=True))} for r in rows]
 
 
 def _sum(groups: Iterable[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
@@ -123,42 +123,53 @@ def _savings(totals: Mapping[str, Any], flagship: str | None, price: ResolvedPri
             "method": COUNTERFACTUAL_METHOD}
 
 
-def _timeline(rows: Sequence[tuple[Any, ...]], q: DashboardQuery) -> dict[str, Any]:
+def _timeline(groups: list[dict[str, Any]], q: DashboardQuery) -> dict[str, Any]:
     n = max(1, math.ceil((q.until - q.since) / q.step))
     by_model: dict[str, list[float]] = defaultdict(lambda: [0.0] * n)
     by_tier: dict[str, list[float]] = defaultdict(lambda: [0.0] * n)
     requests = [0] * n
-    for b, tier, model, count, cost in rows:
-        i = min(max(int(b), 0), n - 1)
-        by_model[_label(model)][i] += float(cost)
-        by_tier[_label(tier)][i] += float(cost)
-        requests[i] += int(count)
+    for g in groups:
+        i = min(max(int(g["bucket"]), 0), n - 1)
+        by_model[_label(g["model"])][i] += float(g["cost_usd"])
+        by_tier[_label(g["tier"])][i] += float(g["cost_usd"])
+        requests[i] += int(g["requests"])
     return {"step_s": q.step, "starts": [q.since + i * q.step for i in range(n)], "requests": requests,
             "by_model": dict(by_model), "by_tier": dict(by_tier)}
 
 
-def _allocation(rows: Sequence[tuple[Any, ...]], total_requests: int, total_cost: float) -> dict[str, Any]:
-    top = [{"name": _label(r[0]), "requests": int(r[1]), "cost_usd": float(r[2])} for r in rows]
-    rest_n = total_requests - sum(int(r[1]) for r in rows)
-    rest_c = total_cost - sum(float(r[2]) for r in rows)
+def _allocation(rows: Sequence[tuple[Any, ...]], column: int, total_requests: int,
+                total_cost: float) -> dict[str, Any]:
+    """The top members of one column (0 principal, 1 customer, 2 department) by cost, and the rest as "other"."""
+    acc: dict[Any, list[float]] = defaultdict(lambda: [0, 0.0])
+    for r in rows:
+        a = acc[r[column]]
+        a[0] += int(r[3])
+        a[1] += float(r[4])
+    ranked = sorted(acc.items(), key=lambda kv: (-kv[1][1], -kv[1][0], _label(kv[0])))[:sql.ALLOCATION_TOP]
+    top = [{"name": _label(k), "requests": int(v[0]), "cost_usd": v[1]} for k, v in ranked]
+    rest_n = total_requests - sum(int(v[0]) for _, v in ranked)
+    rest_c = total_cost - sum(v[1] for _, v in ranked)
     return {"top": top, "other": {"requests": rest_n, "cost_usd": max(rest_c, 0.0)} if rest_n > 0 else None}
 
 
 def build_summary(s: sql.Session, q: DashboardQuery, cfg: TierwiseConfig,
                   prices: Mapping[str, ResolvedPrice]) -> dict[str, Any]:
     """Every panel but the budgets and anomalies, from one read transaction (``s``)."""
+    sql.plan(s, q)
     groups = _routes(sql.routes(s, q))
     totals = _totals(groups)
     flagship = flagship_of(cfg, prices)
-    alloc = {c: _allocation(sql.allocation(s, q, c), int(totals["requests"]), totals["cost_usd"])
-             for c in sql.ALLOCATION_COLUMNS}
+    members = sql.allocation(s, q)
+    alloc = {c: _allocation(members, i, int(totals["requests"]), totals["cost_usd"])
+             for i, c in enumerate(sql.ALLOCATION_COLUMNS)}
+    hist = sql.histograms(s, q)
     return {
         "object": "dashboard.summary",
         "filters": q.filters(),
         "window": {"since": q.since, "until": q.until, "step_s": q.step},
         "empty": totals["requests"] == 0,
         "totals": totals,
-        "timeline": _timeline(sql.timeline(s, q), q),
+        "timeline": _timeline(groups, q),
         "routing": {
             "tiers": _distribution(_sum(groups, "tier"), totals["requests"], "tier"),
             "models": _distribution(_sum(groups, "model"), totals["requests"], "model"),
@@ -167,8 +178,8 @@ def build_summary(s: sql.Session, q: DashboardQuery, cfg: TierwiseConfig,
         "tiers": _per_tier(groups),
         "allocation": alloc,
         "savings": _savings(totals, flagship, prices.get(flagship) if flagship else None),
-        "latency": {"latency_ms": percentiles(sql.histogram(s, q, "latency_ms")),
-                    "ttft_ms": percentiles(sql.histogram(s, q, "ttft_ms")),
+        "latency": {"latency_ms": percentiles((b, n) for k, b, n in hist if k == 0),
+                    "ttft_ms": percentiles((b, n) for k, b, n in hist if k == 1),
                     "precision": "±2% (4% log buckets, answered requests only)"},
     }
 
