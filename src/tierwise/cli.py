@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tierwise.rollout.canary_cli import add_parsers as add_canary_parsers  # canary ..., shadow report
 
     add_canary_parsers(sub)
+    from tierwise.rollout.trial_cli import add_parsers as add_trial_parsers  # sample, trial
+
+    add_trial_parsers(sub)
     from tierwise.rollout.cli_report import add_parsers as add_rollout_parsers  # report, reprice, advise, ...
 
     add_rollout_parsers(sub)
