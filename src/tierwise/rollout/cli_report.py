@@ -65,11 +65,16 @@ def _ledger_source(cfg: TierwiseConfig, args: argparse.Namespace) -> tuple[Path 
 
 
 def _pricing(cfg: TierwiseConfig, args: argparse.Namespace) -> Pricing:
-    from tierwise.pricing import PriceBook
-    from tierwise.rollout.pricefile import PriceFileError, catalogue_prices, flagship_of, load_price_table
+    from tierwise.rollout.pricefile import (
+        PriceFileError,
+        catalogue_prices,
+        configured_prices,
+        flagship_of,
+        load_price_table,
+    )
     from tierwise.rollout.report import Pricing
 
-    prices = PriceBook(cfg).prices
+    prices = configured_prices(cfg)
     flagship = args.flagship or flagship_of(prices)
     if flagship not in prices:
         raise _fail(f"--flagship: unknown model '{flagship}'; configured: {', '.join(prices)}")
@@ -319,10 +324,9 @@ def whatif_table(rep: Any, candidate: str) -> str:
 def cmd_advise(args: argparse.Namespace) -> int:
     import time
 
-    from tierwise.pricing import PriceBook
     from tierwise.rollout.advise import Thresholds, TrialFileError, advise, load_trial
     from tierwise.rollout.aggregate import first_ts, traffic
-    from tierwise.rollout.pricefile import flagship_of
+    from tierwise.rollout.pricefile import configured_prices, flagship_of
     from tierwise.rollout.render import emit, json_text
 
     cfg = _config(args)
@@ -336,7 +340,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
             trial = load_trial(args.trial)
         except TrialFileError as exc:
             raise _fail(str(exc)) from None
-    prices = PriceBook(cfg).prices
+    prices = configured_prices(cfg)
     flagship = args.flagship or flagship_of(prices)
     if flagship not in prices:
         raise _fail(f"--flagship: unknown model '{flagship}'")
