@@ -329,3 +329,10 @@ def test_top_level_cache_control_is_an_anthropic_hint(gateway: GatewayServer, cl
     r = httpx.post(gateway.url + "/v1/messages", timeout=20, json={
         "model": "chat", "max_tokens": 10, "messages": HI, "cache_control": "yes"})
     assert r.status_code == 400 and "'cache_control' must be an object" in r.json()["error"]["message"]
+
+
+def test_other_methods_and_sub_paths_answer_in_anthropic_shape(gateway: GatewayServer) -> None:
+    r = httpx.get(gateway.url + "/v1/messages", timeout=20)
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(gateway.url + "/v1/messages/count_tokens", json={"model": "chat", "messages": HI}, timeout=20)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"

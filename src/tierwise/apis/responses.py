@@ -216,6 +216,9 @@ def responses_to_chat(body: JSON) -> JSON:
         if isinstance(mot, bool) or not isinstance(mot, int) or mot < 1:
             raise invalid(f"'max_output_tokens' must be an integer >= 1, got {_type_name(mot)}", "max_output_tokens")
         out["max_completion_tokens"] = mot
+    ptc = body.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        raise invalid(f"'parallel_tool_calls' must be a boolean, got {_type_name(ptc)}", "parallel_tool_calls")
     for key in ("temperature", "top_p", "stream", "user", "parallel_tool_calls", "metadata"):
         if body.get(key) is not None:
             out[key] = body[key]  # types are checked by validate_chat_body, naming the same field

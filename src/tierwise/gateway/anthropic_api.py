@@ -52,5 +52,16 @@ def register(app: web.Application, gw: Gateway) -> None:
     async def messages(request: web.Request) -> web.StreamResponse:
         return await serve(gw, request, dialect)
 
+    async def not_here(request: web.Request) -> web.Response:
+        """Other methods and Messages sub-paths (count_tokens, batches) answer in Anthropic's shape too."""
+        if request.path.endswith("/messages"):
+            err = APIError(405, f"{request.method} {request.path}: use POST", headers={"Allow": "POST"})
+        else:
+            err = APIError(404, f"{request.method} {request.path}: not served by tierwise (only POST /v1/messages "
+                                "is)")
+        return dialect.error(err, None)
+
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/tiers/{tier:[^/]+}/messages", messages)
+    app.router.add_route("*", "/v1/messages", not_here)
+    app.router.add_route("*", "/v1/messages/{rest:.*}", not_here)
