@@ -197,3 +197,34 @@ def test_postgres_gateway_captures_and_takes_feedback(upstream: FakeUpstream, tm
         assert store.purge(time.time() + 1) == 1
     finally:
         store.close()
+
+
+def test_a_broken_capture_store_never_fails_a_request(upstream: FakeUpstream, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")  # the store's parent is a file: every open fails
+    extra = f'rollout: {{path: "{blocker / "r.db"}", capture: {{enabled: true}}}}\n'
+    g = _gateway(upstream, tmp_path, extra=extra)
+    try:
+        c = _client(g)
+        for _ in range(3):
+            assert c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}]).choices
+        assert g.svc is not None and g.svc.capture is not None
+        assert g.svc.capture.flush(10)
+        assert g.svc.capture.dropped == 3 and g.svc.capture.captured == 0
+        assert len(g.rows()) == 3  # the ledger has every request
+    finally:
+        g.stop()
+
+
+def test_capture_queue_full_drops_instead_of_blocking(tmp_path: Path, upstream: FakeUpstream) -> None:
+    from tierwise.rollout.capture import Capturer
+    from tierwise.rollout.config import CaptureConfig
+    from tierwise.types import LedgerRecord
+
+    cfg = config_for(upstream.base_url, tmp_path)
+    cap = Capturer(CaptureConfig(enabled=True, queue_max=2), lambda: open_rollout_store(cfg))
+    cap._started = True  # the writer thread is not running: the queue fills
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    offered = [cap.offer(LedgerRecord(id=f"r{i}", ts=time.time(), tier="chat"), body, "a") for i in range(5)]
+    assert offered == [True, True, False, False, False] and cap.dropped == 3
+    assert not cap.offer(LedgerRecord(id="e", ts=time.time(), tier="chat", status="error"), body, None)

@@ -136,8 +136,8 @@ class Capturer:
         self.purged = 0
         self._thread = threading.Thread(target=self._run, name="tierwise-capture", daemon=True)
         self._started = False
-        self._idle = threading.Event()
-        self._idle.set()
+        self._queued = 0  # put on the queue (event loop thread only)
+        self._handled = 0  # written or given up (capture thread only)
 
     def start(self) -> None:
         if not self._started:
@@ -154,11 +154,11 @@ class Capturer:
         item = (record.id, record.ts, record.tier, record.tier_source, record.model, record.principal,
                 record.session_id, record.status, body, answer)
         try:
-            self._idle.clear()
             self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
             return False
+        self._queued += 1
         if not self._started:
             self.start()
         return True
@@ -173,6 +173,14 @@ class Capturer:
                         messages=r.json(messages if isinstance(messages, list) else []),
                         params=r.json(params), answer=r.text(answer) if isinstance(answer, str) else None)
 
+    def _take(self, item: tuple[Any, ...], batch: list[Captured]) -> None:
+        try:
+            batch.append(self._build(item))
+        except Exception as exc:  # an odd body must not stop the thread
+            self.dropped += 1
+            self._handled += 1
+            log.warning("capture: request %s not captured: %s", item[0], type(exc).__name__)
+
     def _run(self) -> None:
         store: RolloutStore | None = None
         next_purge = 0.0
@@ -183,13 +191,11 @@ class Capturer:
                 item = self._queue.get(timeout=self._flush_s)
             except queue.Empty:
                 item = None
-                if self._queue.empty():
-                    self._idle.set()
             else:
                 if item is None:
                     stop = True
                 else:
-                    batch.append(self._build(item))
+                    self._take(item, batch)
             while len(batch) < self._batch_size and not stop:
                 try:
                     more = self._queue.get_nowait()
@@ -198,7 +204,7 @@ class Capturer:
                 if more is None:
                     stop = True
                 else:
-                    batch.append(self._build(more))
+                    self._take(more, batch)
             try:
                 if store is None and (batch or time.time() >= next_purge):
                     store = self._open_store()
@@ -215,18 +221,19 @@ class Capturer:
                 if store is not None:
                     store.close()
                     store = None
-            if self._queue.empty():
-                self._idle.set()
+            self._handled += len(batch)
         if store is not None:
             store.close()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown). True when it was."""
+        target = self._queued
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._queue.empty() and self._idle.wait(0.05):
-                return True
-        return False
+        while self._handled < target:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, then stop the thread (blocking: call off the event loop)."""
