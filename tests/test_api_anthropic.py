@@ -336,3 +336,11 @@ def test_other_methods_and_sub_paths_answer_in_anthropic_shape(gateway: GatewayS
     assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(gateway.url + "/v1/messages/count_tokens", json={"model": "chat", "messages": HI}, timeout=20)
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_x_task_header_overrides_the_agents_model_name(gateway: GatewayServer) -> None:
+    c = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0, default_headers={"X-Task": "label"})
+    assert c.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).model == "small"
+    c2 = anthropic.Anthropic(base_url=gateway.url + "/v1/tiers/label", api_key="x", max_retries=0)
+    assert c2.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).model == "small"
+    assert [(r["tier"], r["tier_source"]) for r in gateway.rows()] == [("label", "header"), ("label", "endpoint")]

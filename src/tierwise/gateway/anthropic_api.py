@@ -63,5 +63,7 @@ def register(app: web.Application, gw: Gateway) -> None:
 
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/tiers/{tier:[^/]+}/messages", messages)
+    # the anthropic SDK appends /v1/messages to its base_url: base_url=".../v1/tiers/<tier>" lands here
+    app.router.add_post("/v1/tiers/{tier:[^/]+}/v1/messages", messages)
     app.router.add_route("*", "/v1/messages", not_here)
     app.router.add_route("*", "/v1/messages/{rest:.*}", not_here)
