@@ -228,3 +228,21 @@ def test_capture_queue_full_drops_instead_of_blocking(tmp_path: Path, upstream: 
     offered = [cap.offer(LedgerRecord(id=f"r{i}", ts=time.time(), tier="chat"), body, "a") for i in range(5)]
     assert offered == [True, True, False, False, False] and cap.dropped == 3
     assert not cap.offer(LedgerRecord(id="e", ts=time.time(), tier="chat", status="error"), body, None)
+
+
+def test_check_config_names_bad_capture_settings(tmp_path: Path, upstream: FakeUpstream,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.rollout_data import config_file
+    from tierwise.cli import main
+
+    cfg = config_for(upstream.base_url, tmp_path,
+                     extra="rollout: {capture: {enabled: true, tiers: [chat, chta], tier_rates: {lable: 0.5}}}\n")
+    path = config_file(cfg, tmp_path / "tierwise.yaml")
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "rollout.capture.tiers[1]" in err and "unknown tier 'chta'" in err
+    assert "rollout.capture.tier_rates.lable" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("tiers:\n    - chat\n    - chta", "redact: ['(unclosed']"))
+    assert main(["check-config", str(bad)]) == 1
+    assert "is not a regular expression" in capsys.readouterr().err

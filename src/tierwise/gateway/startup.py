@@ -67,6 +67,9 @@ def check_startup(cfg: TierwiseConfig, env: dict[str, str] | None = None) -> Sta
     from tierwise.telemetry.endpoint import telemetry_problems
 
     out.problems.extend(ConfigProblem(*p) for p in telemetry_problems(cfg, env))
+    from tierwise.rollout.capture import rollout_problems
+
+    out.problems.extend(ConfigProblem(*p) for p in rollout_problems(cfg))
     problem = ledger_problem(cfg.ledger)
     if problem is not None:
         out.problems.append(ConfigProblem("ledger.path", problem))

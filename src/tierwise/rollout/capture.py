@@ -247,6 +247,22 @@ class Capturer:
         self._thread.join(timeout_s)
 
 
+def rollout_problems(cfg: TierwiseConfig) -> list[tuple[str, str]]:
+    """Config problems ``check-config`` and ``serve`` report: tiers the capture settings name that do not exist (a
+    typo would silently capture nothing), a PostgreSQL rollout store without a ledger DSN."""
+    out = []
+    c = cfg.rollout.capture
+    for i, tier in enumerate(c.tiers or []):
+        if tier not in cfg.tiers:
+            out.append((f"rollout.capture.tiers[{i}]", f"unknown tier '{tier}' (tiers: {', '.join(cfg.tiers)})"))
+    for tier in c.tier_rates:
+        if tier not in cfg.tiers:
+            out.append((f"rollout.capture.tier_rates.{tier}", f"unknown tier '{tier}'"))
+    if cfg.rollout.backend == "postgres" and not cfg.ledger.dsn:
+        out.append(("rollout.backend", "'postgres' keeps captures in the ledger's database: set ledger.dsn"))
+    return out
+
+
 def build_capturer(cfg: TierwiseConfig) -> Capturer | None:
     """The gateway's capturer, or None when capture is off (then the hot path does nothing for it)."""
     c = cfg.rollout.capture
