@@ -175,3 +175,20 @@ async def test_projection_applies_the_first_step_early(tmp_path: Path) -> None:
             await svc.complete(call)
         finally:
             await svc.aclose()
+
+
+def test_caps_are_memoised_per_principal_object_and_never_shared_across_principals() -> None:
+    """caps_for remembers a principal's caps (they were rebuilt per request); a principal object with other
+    budgets — a refresh replaces the object — gets its own, and a caller mutating the list changes nothing."""
+    from tierwise.governance.budgets import caps_for
+
+    cfg = BudgetsConfig.model_validate({"caps": {"global": {"daily_usd": 100}, "customer:*": {"daily_usd": 5}}})
+    p1 = Principal("acme", key_id="k1", customer="acme-co", daily_budget_usd=10.0)
+    first = caps_for(p1, cfg, ("small",))
+    assert [c.scope for c in first] == ["principal:acme", "global", "customer:acme-co"]
+    first.clear()
+    assert caps_for(p1, cfg, ("small",)) == caps_for(Principal("acme", key_id="k1", customer="acme-co",
+                                                               daily_budget_usd=10.0), cfg, ("small",))
+    p2 = Principal("acme", key_id="k1", customer="acme-co", daily_budget_usd=3.0)  # the same key after a refresh
+    assert caps_for(p2, cfg, ("small",))[0].daily_usd == 3.0
+    assert caps_for(p1, cfg, ("small",))[0].daily_usd == 10.0

@@ -245,7 +245,8 @@ def _tools_tokens(defs: Iterable[Any], count: Any) -> int:
     for tool in defs:
         if not isinstance(tool, dict):
             continue
-        fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        inner = tool.get("function")
+        fn: dict[str, Any] = inner if isinstance(inner, dict) else tool
         n += _FUNC_INIT
         n += count(f"{fn.get('name', '')}:{_strip_dot(fn.get('description'))}")
         params = fn.get("parameters") or fn.get("input_schema")

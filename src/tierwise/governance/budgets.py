@@ -31,9 +31,27 @@ from tierwise.config.schema import BudgetsConfig
 from tierwise.governance.principal import Principal
 from tierwise.state.backend import Admission, Cap, RateLimit
 
+#: (id(principal), id(cfg), models) -> (principal, cfg, caps): a principal (immutable; the key cache hands out the
+#: same object until a refresh replaces it) asks for the same caps on every request; cleared when it grows past this.
+_CAPS_MEMO_SIZE = 4096
+_caps_memo: dict[tuple[int, int, tuple[str, ...]], tuple[Principal, BudgetsConfig, tuple[Cap, ...]]] = {}
+
 
 def caps_for(principal: Principal, cfg: BudgetsConfig, models: Sequence[str]) -> list[Cap]:
-    """Every cap that governs a request of ``principal`` whose plan may use ``models``."""
+    """Every cap that governs a request of ``principal`` whose plan may use ``models`` (memoised per principal
+    object, config and models: the strings and Cap objects were rebuilt on every request)."""
+    key = (id(principal), id(cfg), tuple(models))
+    hit = _caps_memo.get(key)
+    if hit is not None and hit[0] is principal and hit[1] is cfg:
+        return list(hit[2])
+    caps = _caps_for(principal, cfg, models)
+    if len(_caps_memo) >= _CAPS_MEMO_SIZE:
+        _caps_memo.clear()
+    _caps_memo[key] = (principal, cfg, tuple(caps))
+    return caps
+
+
+def _caps_for(principal: Principal, cfg: BudgetsConfig, models: Sequence[str]) -> list[Cap]:
     caps: list[Cap] = []
     if principal.daily_budget_usd is not None or principal.monthly_budget_usd is not None:
         caps.append(Cap(f"principal:{principal.name}", principal.daily_budget_usd, principal.monthly_budget_usd))
@@ -81,22 +99,28 @@ class Grade:
         return f"{self.scope} {self.level:.0%} {self.step}" if self.step else None
 
 
+_What = tuple[str, float, float | None]  # (period, cap USD, projected month USD or None)
+
+
 def grade(caps: Sequence[Cap], adm: Admission, cfg: BudgetsConfig) -> Grade:
     """Pick the step for the highest consumption across ``caps`` (the projection may raise it)."""
-    best: tuple[float, str, str] | None = None
+    # (level, scope, what) — ``what`` is formatted by _what only for the cap that drives a step (the message was
+    # built for every cap of every request)
+    best: tuple[float, str, _What] | None = None
     spent_models: set[str] = set()
     for cap in caps:
         u = adm.usage.get(cap.scope)
         if u is None:
             continue
-        levels: list[tuple[float, str]] = []
+        levels: list[tuple[float, _What]] = []
         if cap.daily_usd:
-            levels.append(((u.daily_spent + u.daily_reserved) / cap.daily_usd, f"daily ${cap.daily_usd:g}"))
+            levels.append(((u.daily_spent + u.daily_reserved) / cap.daily_usd, ("daily", cap.daily_usd, None)))
         if cap.monthly_usd:
-            levels.append(((u.monthly_spent + u.monthly_reserved) / cap.monthly_usd, f"monthly ${cap.monthly_usd:g}"))
+            levels.append(((u.monthly_spent + u.monthly_reserved) / cap.monthly_usd,
+                           ("monthly", cap.monthly_usd, None)))
             projected = project_month(u.monthly_spent, u.past_days, adm.now, cfg.projection_min_days)
             if projected is not None and projected > cap.monthly_usd and cfg.steps:
-                levels.append((cfg.steps[0].at, f"monthly ${cap.monthly_usd:g}: projected ${projected:.2f}"))
+                levels.append((cfg.steps[0].at, ("monthly", cap.monthly_usd, projected)))
         for level, what in levels:
             if cap.scope.startswith("model:"):
                 if level >= 1.0:
@@ -112,8 +136,13 @@ def grade(caps: Sequence[Cap], adm: Admission, cfg: BudgetsConfig) -> Grade:
     if step is None:
         return Grade(None, spent_models=frozenset(spent_models))
     assert best is not None
-    return Grade(step, best[1], best[0], f"budget {best[1]} {best[2]} at {best[0]:.0%}: {_WORDS[step]}",
+    return Grade(step, best[1], best[0], f"budget {best[1]} {_what(best[2])} at {best[0]:.0%}: {_WORDS[step]}",
                  frozenset(spent_models))
+
+
+def _what(w: _What) -> str:
+    period, usd, projected = w
+    return f"{period} ${usd:g}" + ("" if projected is None else f": projected ${projected:.2f}")
 
 
 _WORDS = {"cheaper": "cheaper models only", "fallback_only": "the tier's fallback model only"}
