@@ -344,3 +344,19 @@ def test_x_task_header_overrides_the_agents_model_name(gateway: GatewayServer) -
     c2 = anthropic.Anthropic(base_url=gateway.url + "/v1/tiers/label", api_key="x", max_retries=0)
     assert c2.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI).model == "small"
     assert [(r["tier"], r["tier_source"]) for r in gateway.rows()] == [("label", "header"), ("label", "endpoint")]
+
+
+def test_client_hangup_mid_stream_books_one_cancelled_row(gateway: GatewayServer, upstream: FakeUpstream) -> None:
+    import time
+
+    upstream.set(reply="a b c d e f g h i j", inter_chunk_s=0.2)
+    with httpx.stream("POST", gateway.url + "/v1/messages", timeout=20, json={
+            "model": "chat", "max_tokens": 50, "stream": True, "messages": HI}) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: content_block_delta"):
+                break  # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not gateway.rows():
+        time.sleep(0.1)
+    [row] = gateway.rows()
+    assert row["status"] == "client_cancelled" and row["http_status"] == 499 and row["stream"]
