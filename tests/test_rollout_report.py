@@ -242,3 +242,25 @@ def test_report_on_200k_rows_is_fast(tmp_path: Path, cfg_path: Path, capsys: pyt
     assert doc["total"]["requests"] == 200_000
     _check_against_reference(doc, rs)
     assert took < 20, f"report over 200k rows took {took:.1f}s"
+
+
+def test_served_tokens_by_id_agree_across_backends(tmp_path: Path, pg_schema: str) -> None:
+    from tierwise.config.schema import LedgerConfig
+    from tierwise.ledger import MemoryLedgerStore
+    from tierwise.ledger.postgres import PostgresLedgerStore
+    from tierwise.rollout.aggregate import served_by_ids
+
+    db, rs = _ledger(tmp_path, 1200, seed=11)
+    pg = PostgresLedgerStore(BASE_DSN, schema=pg_schema)
+    pg.write_batch(rs)
+    pg.close()
+    mem = MemoryLedgerStore()
+    mem.write_batch(rs)
+    ids = [r["id"] for r in rs[::3]] + ["missing-id"]
+    lite = served_by_ids(LedgerConfig(), None, ids, db)
+    post = served_by_ids(LedgerConfig(backend="postgres", dsn=BASE_DSN, pg_schema=pg_schema), None, ids)
+    memo = served_by_ids(LedgerConfig(backend="memory"), mem, ids)
+    assert lite == post == memo and len(lite) == len(ids) - 1
+    escalated = next(r for r in rs[::3] if r["escalations"])
+    assert lite[escalated["id"]][0][0] == escalated["attempts"][-1]["usage"]["input_tokens"]
+    assert lite[escalated["id"]][0][0] < escalated["input_tokens"]  # not the sum over the rungs

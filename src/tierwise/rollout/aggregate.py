@@ -305,3 +305,53 @@ def first_ts(cfg: LedgerConfig, since: float | None, until: float | None, db: Pa
         got = _pg(cfg, build)
         return None if not got or got[0][0] is None else float(got[0][0])
     return since
+
+
+Served = tuple[int, int, int, int, int]
+
+
+def _served_row(escalations: int, billed: tuple[Any, ...], last: Any) -> Served:
+    if escalations and last is not None:
+        usage = last if isinstance(last, dict) else {}
+        return tuple(int(usage.get(t) or 0) for t in TOKENS)  # type: ignore[return-value]
+    return tuple(int(v or 0) for v in billed)  # type: ignore[return-value]
+
+
+def served_by_ids(cfg: LedgerConfig, store: LedgerStore | None, ids: list[str],
+                  db: Path | None = None) -> dict[str, tuple[Served, float]]:
+    """Served tokens and booked cost of the ledger rows ``ids``, looked up by id in batches (the id index), not by
+    scanning a window: what-if replay needs a few thousand rows of a ledger of millions."""
+    import orjson
+
+    out: dict[str, tuple[Served, float]] = {}
+    cols = f"id, escalations, {', '.join(TOKENS)}, cost_usd"
+    if db is not None or cfg.backend == "sqlite":
+        with _ro(db or Path(cfg.path).expanduser()) as conn:
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                sql = (f"SELECT {cols}, json_extract(attempts, '$[#-1].usage') FROM requests "
+                       f"WHERE id IN ({', '.join('?' * len(chunk))})")
+                for t in conn.execute(sql, chunk):
+                    last = orjson.loads(t[8]) if t[8] else None
+                    out[t[0]] = (_served_row(t[1], t[2:7], last), float(t[7] or 0.0))
+        return out
+    if cfg.backend == "postgres":
+        from psycopg import sql as pgsql
+
+        for k in range(0, len(ids), 5000):
+            chunk = ids[k:k + 5000]
+
+            def build(table: Any, chunk: list[str] = chunk) -> tuple[Any, list[Any]]:
+                text = f"SELECT {cols}, attempts->-1->'usage' FROM {{}} WHERE id = ANY(%s)"
+                return pgsql.SQL(text).format(table), [chunk]
+
+            for t in _pg(cfg, build):
+                out[t[0]] = (_served_row(t[1], t[2:7], t[8]), float(t[7] or 0.0))
+        return out
+    assert store is not None
+    wanted = set(ids)
+    for r in store.iter_rows():
+        if r["id"] in wanted:
+            last = r["attempts"][-1].get("usage") if r["attempts"] else None
+            out[r["id"]] = (_served_row(r["escalations"], tuple(r[t] for t in TOKENS), last), float(r["cost_usd"]))
+    return out

@@ -225,27 +225,6 @@ def reprice_table(rep: RepriceReport) -> str:
 
 # -- whatif -------------------------------------------------------------------------------------------------------
 
-def _served_by_id(cfg: TierwiseConfig, db: Path | None, ids: set[str], since: float | None,
-                  until: float | None) -> dict[str, tuple[tuple[int, int, int, int, int], float]]:
-    """Served tokens and booked cost of the ledger rows ``ids`` (streamed over the window, only those kept)."""
-    from tierwise.config.schema import LedgerConfig
-    from tierwise.ledger import open_store
-    from tierwise.rollout.aggregate import TOKENS
-
-    store = open_store(LedgerConfig(backend="sqlite", path=str(db)) if db is not None else cfg.ledger)
-    out: dict[str, tuple[tuple[int, int, int, int, int], float]] = {}
-    try:
-        for r in store.iter_rows(since, until):
-            if r["id"] not in ids:
-                continue
-            last = (r["attempts"][-1].get("usage") or {}) if r["escalations"] and r["attempts"] else None
-            served = tuple(int(r[t] if last is None else last.get(t, 0)) for t in TOKENS)
-            out[r["id"]] = (served, float(r["cost_usd"]))  # type: ignore[assignment]
-    finally:
-        store.close()
-    return out
-
-
 def cmd_whatif(args: argparse.Namespace) -> int:
     from tierwise.config.load import ConfigError, load_config
     from tierwise.rollout.capture import feedback_scores, iter_captured
@@ -277,8 +256,12 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             outcomes = read_outcome_set(args.outcomes)
         except Exception as exc:
             raise _fail(f"--outcomes: {exc}") from None
-    lo, hi = captures[0].ts, captures[-1].ts + 1e-3
-    ledger = _served_by_id(cfg, db, {c.request_id for c in captures}, lo, hi + 3600)
+    from tierwise.rollout.aggregate import served_by_ids
+
+    try:
+        ledger = served_by_ids(cfg.ledger, None, [c.request_id for c in captures], db)
+    except Exception as exc:
+        raise _fail(f"cannot read the ledger: {exc}") from None
     try:
         current, cand = EngineReplay(cfg), EngineReplay(candidate)
     except Exception as exc:
