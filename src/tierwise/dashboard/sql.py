@@ -39,8 +39,11 @@ ALLOCATION_COLUMNS = ("principal", "customer", "department")
 BUDGET_COLUMNS = ("customer", "department", "project", "model")
 ALLOCATION_TOP = 12
 
-ROUTE_METRICS = ("requests", "ok", "errors", "rejected", "cancelled", "escalated", "fell_back", "cost_usd",
-                 "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+#: Per route group; ``served_*``: the tokens of the answer served (the row's own, or for an escalated cascade its
+#: last attempt's), what one flagship call would have read and written (as ``tierwise report`` counts them).
+ROUTE_METRICS = ("requests", "ok", "errors", "rejected", "cancelled", "escalated", "fell_back", "cost_usd", *TOKENS,
+                 *(f"served_{t}" for t in TOKENS))
 RECENT_COLUMNS = ("id", "ts", "principal", "tier", "tier_source", "requested_model", "model", "status",
                   "http_status", "cost_usd", "latency_ms", "ttft_ms", "escalations", "fallbacks", "customer",
                   "department", "project", "notes", "tags", "error")
@@ -65,6 +68,12 @@ class Dialect:
         """The UTC day number of a row (floored to the second, as ``tierwise spend`` does)."""
         return "CAST(ts AS INTEGER) / 86400" if self.name == "sqlite" else "floor(ts)::bigint / 86400"
 
+    def served(self, column: str) -> str:
+        """The served tokens of a row (the last attempt's usage for an escalated cascade; JSON read only then)."""
+        last = (f"json_extract(attempts, '$[#-1].usage.{column}')" if self.name == "sqlite"
+                else f"(attempts->-1->'usage'->>'{column}')::bigint")
+        return f"coalesce(sum(CASE WHEN escalations > 0 THEN coalesce({last}, 0) ELSE {column} END), 0)"
+
     def log_bucket(self, column: str) -> str:
         if self.name == "sqlite":
             return f"CAST(floor(ln(max({column}, {MIN_MS})) * {_K!r}) AS INTEGER)"
@@ -79,8 +88,7 @@ _ROUTE_SELECT = ", ".join([
     "count(*)", _count("status = 'ok'"), _count("status = 'error'"), _count("status = 'rejected'"),
     _count("status = 'client_cancelled'"), _count("escalations > 0"), _count("fallbacks > 0"),
     "coalesce(sum(cost_usd), 0)",
-    *(f"coalesce(sum({c}), 0)" for c in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                                           "reasoning_tokens")),
+    *(f"coalesce(sum({c}), 0)" for c in TOKENS),
 ])
 
 
@@ -148,7 +156,8 @@ def routes(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
     """Per (time bucket, tier, model, tier source): the route metrics. The timeline and every routing panel are
     sums of these groups (one pass for both)."""
     where, args = _where(q)
-    return s.rows(f"SELECT {s.d.bucket()}, tier, model, tier_source, {_ROUTE_SELECT} FROM {s.source}{where} "
+    served = ", ".join(s.d.served(t) for t in TOKENS)
+    return s.rows(f"SELECT {s.d.bucket()}, tier, model, tier_source, {_ROUTE_SELECT}, {served} FROM {s.source}{where} "
                   "GROUP BY 1, 2, 3, 4", [float(q.since), float(q.step), *args])
 
 

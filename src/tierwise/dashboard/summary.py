@@ -20,23 +20,26 @@ from tierwise.cost.prices import ResolvedPrice
 from tierwise.dashboard import sql
 from tierwise.dashboard.query import DashboardQuery
 from tierwise.governance.budgets import project_month
+from tierwise.rollout.pricefile import flagship_of as report_flagship
+from tierwise.rollout.pricefile import usage_cost
 
 PERCENTILES = (50, 90, 95, 99)
 NONE_LABEL = "(none)"
 COUNTERFACTUAL_METHOD = (
-    "Counterfactual: every request's recorded tokens (input, cache reads and writes, output) priced at the flagship "
-    "model's per-token prices; savings = counterfactual − actual spend of the same requests. Token counts are the "
-    "serving model's, so this is an estimate (tokenizers differ), and cascade escalations are billed in the actual "
-    "spend but priced once in the counterfactual.")
+    "Counterfactual (as `tierwise report` computes it): the tokens of every answer served (for an escalated cascade, "
+    "its last rung's call, not the sum of its rungs) priced at the flagship's per-token prices; savings = "
+    "counterfactual − actual spend of the same requests. The flagship's tokenizer and answer lengths would differ, "
+    "so this is an estimate; it compares the same requests on two price lists, not spend before and after.")
 
 
 def flagship_of(cfg: TierwiseConfig, prices: Mapping[str, ResolvedPrice]) -> str | None:
-    """``dashboard.flagship``, else the priced model with the highest input + output price (ties: by name)."""
+    """``dashboard.flagship``, else the priced model with the highest blended price (the one ``tierwise report``
+    calls the flagship)."""
     if cfg.dashboard.flagship and cfg.dashboard.flagship in prices:
         return cfg.dashboard.flagship
     if not prices:
         return None
-    return max(sorted(prices), key=lambda m: prices[m].input + prices[m].output)
+    return report_flagship(dict(prices))
 
 
 def _label(value: Any) -> str:
@@ -111,10 +114,7 @@ def _per_tier(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _savings(totals: Mapping[str, Any], flagship: str | None, price: ResolvedPrice | None) -> dict[str, Any]:
     if flagship is None or price is None:
         return {"flagship": None, "method": COUNTERFACTUAL_METHOD}
-    reasoning = min(totals["reasoning_tokens"], totals["output_tokens"]) if price.reasoning is not None else 0
-    cf = (totals["input_tokens"] * price.input + totals["cache_read_tokens"] * price.cache_read
-          + totals["cache_write_tokens"] * price.cache_write + (totals["output_tokens"] - reasoning) * price.output
-          + reasoning * (price.reasoning or 0.0)) / 1_000_000
+    cf = usage_cost(price, *(int(totals[f"served_{t}"]) for t in sql.TOKENS))
     actual = float(totals["cost_usd"])
     return {"flagship": flagship, "counterfactual_usd": cf, "actual_usd": actual, "savings_usd": cf - actual,
             "savings_pct": _rate(cf - actual, cf) * 100 if cf else None,
