@@ -89,9 +89,10 @@ def test_report_compares_the_arms_with_intervals_and_quality_from_feedback(
             model="chat", messages=[{"role": "user", "content": "please answer " + "word " * (i % 7 + 1)}],
             extra_headers={"X-Session-Id": f"user-{i}"})
         ids[raw.headers["x-tierwise-request-id"]] = raw.parse().model
-    for rid, model in ids.items():  # users like the large model's answers better
-        r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 0.9 if model == "large" else 0.5})
-        assert r.status_code == 200, r.text
+    with httpx.Client(base_url=gw.url) as fb:
+        for rid, model in ids.items():  # users like the large model's answers better
+            r = fb.post("/v1/feedback", json={"request_id": rid, "score": 0.9 if model == "large" else 0.5})
+            assert r.status_code == 200, r.text
     gw.flush_ledger()
     out = json.loads(cli(capsys, "canary", "report", NAME, "-c", str(path), "--format", "json"))
     m = {x["metric"]: x for x in out["metrics"]}

@@ -132,6 +132,12 @@ def labelled(oset: OutcomeSet, args: argparse.Namespace) -> OutcomeSet:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.from_ledger:  # re-fit on live traffic, proposed as a canary (tierwise.rollout.recalibrate)
+        from tierwise.rollout.recalibrate import calibrate_from_ledger
+
+        return calibrate_from_ledger(args)
+    if not args.data:
+        raise UsageError("calibrate needs --data (an outcome set) or --from-ledger")
     oset = labelled(load_data(args.data), args)
     if args.kind == "contextual":
         return _calibrate_contextual(args, oset)
@@ -498,6 +504,9 @@ def add_parsers(sub: Any) -> None:
     """Register ``calibrate`` and ``eval`` on the main CLI's subparsers."""
     p = sub.add_parser("calibrate", help="fit cascade thresholds on a dataset's train split, report held-out")
     _common(p)
+    from tierwise.rollout.recalibrate import add_ledger_args
+
+    add_ledger_args(p)  # --from-ledger --since ... (issue 11)
     p.add_argument("--max-cost", help="instead of a quality target: maximise quality with mean cost ≤ this "
                    "(USD per request, or 'X/1k' for USD per 1,000 requests)")
     p.add_argument("--config", help="write the fitted cascade into this tierwise.yaml (keeps a .bak)")
