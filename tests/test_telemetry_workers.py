@@ -80,3 +80,22 @@ def test_workers_metrics_are_summed_and_survive_a_restart(tmp_path: Path) -> Non
     assert proc.returncode == 0, err
     rows = [r[0] for r in sqlite3.connect(tmp_path / "ledger.db").execute("select id from requests")]
     assert sorted(rows) == sorted(ids)  # the metrics counted exactly the ledger's requests
+
+
+def test_dead_workers_live_gauges_are_forgotten_counters_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tierwise.telemetry.multiproc import forget_dead_workers
+
+    code = ("from prometheus_client import Counter, Gauge\n"
+            "Gauge('g', 'g', multiprocess_mode='livemax').set(1)\n"
+            "Counter('c', 'c').inc(3)\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    child = subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    assert child.returncode == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert any(f.startswith("gauge_livemax_") for f in files) and any(f.startswith("counter_") for f in files)
+    assert len(forget_dead_workers(str(tmp_path))) == 1
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not any(f.startswith("gauge_livemax_") for f in left) and any(f.startswith("counter_") for f in left)
