@@ -170,7 +170,7 @@ def _response_format_hint(fmt: Any) -> str | None:
     if fmt.get("type") == "json_object":
         return _JSON_OBJECT_HINT
     if fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else {}
+        spec: JSON = fmt["json_schema"] if isinstance(fmt.get("json_schema"), dict) else {}
         schema = spec.get("schema")
         if schema is None:
             return _JSON_OBJECT_HINT
@@ -220,21 +220,34 @@ HINTS = "_tierwise_anthropic_hints"
 _HINT_KEYS = ("cache_control", "is_error")
 
 
-def _without_hints(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _without_hints(v) for k, v in obj.items() if k not in _HINT_KEYS}
-    if isinstance(obj, list):
-        return [_without_hints(v) for v in obj]
-    return obj
+def _without(obj: JSON, keys: tuple[str, ...]) -> JSON:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+def _message_without_hints(msg: Any) -> Any:
+    """A message without hints on itself (tool messages) or its content parts; the same object when it has none."""
+    if not isinstance(msg, dict):
+        return msg
+    content = msg.get("content")
+    parts = isinstance(content, list) and any(isinstance(p, dict) and "cache_control" in p for p in content)
+    if not parts and not any(k in msg for k in _HINT_KEYS):
+        return msg
+    out = _without(msg, _HINT_KEYS)
+    if parts and isinstance(content, list):
+        out["content"] = [_without(p, _HINT_KEYS) if isinstance(p, dict) else p for p in content]
+    return out
 
 
 def strip_hints(body: JSON) -> JSON:
-    """A copy of ``body`` without :data:`HINTS`, the Messages-only ``top_k``/``thinking`` and the Messages-only keys
-    in its messages and tools."""
+    """A copy of ``body`` without :data:`HINTS`, the Messages-only ``top_k``/``thinking``/``cache_control`` and the
+    hints where the Messages translation puts them (messages, their content parts, tools); what holds none is shared,
+    not copied (tool schemas and long texts are never walked)."""
     out = {k: v for k, v in body.items() if k != HINTS and k not in _PASS_THROUGH}
-    for key in ("messages", "tools"):
-        if isinstance(out.get(key), list):
-            out[key] = _without_hints(out[key])
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [_message_without_hints(m) for m in out["messages"]]
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [_without(t, _HINT_KEYS) if isinstance(t, dict) and "cache_control" in t else t
+                        for t in out["tools"]]
     return out
 
 
@@ -340,7 +353,7 @@ def from_anthropic_response(resp: Any, model: str) -> Completion:
             calls.append(tool_call(block))
     text = "".join(texts)
     stop_reason = resp.get("stop_reason")
-    finish = STOP_REASONS.get(stop_reason, "tool_calls" if calls else "stop")
+    finish = STOP_REASONS.get(str(stop_reason), "tool_calls" if calls else "stop")
     message: JSON = {"role": "assistant", "content": text if (text or not calls) else None, "refusal": None}
     if calls:
         message["tool_calls"] = calls
