@@ -101,7 +101,7 @@ def test_budgets_attribution_pins_and_ledger_across_three_replicas(cluster: Clus
 
     c.up.set(latency_s=0.2)  # many requests in flight when a cap is reached
     t = Traffic(c)
-    threads = [t.client(k, f"b-{name}", 25, offset=j) for name, (_, k) in keys.items() for j in range(2)]
+    threads = [t.client(k, f"b-{name}", 15, offset=j) for name, (_, k) in keys.items() for j in range(2)]
     threads += [t.client(pin_key, f"pin-{s}", 6, offset=i + 1, tier="chat", session=s)
                 for i, s in enumerate(sessions)]
     t.run(threads)
