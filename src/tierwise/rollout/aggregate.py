@@ -119,12 +119,37 @@ def _groups(rows: Iterable[tuple[Any, ...]]) -> list[TrafficGroup]:
 
 
 def sqlite_traffic(path: Path, since: float | None, until: float | None) -> list[TrafficGroup]:
+    """Two scans, cheaper together than one with every expression on every row (SQLite evaluates each aggregate's
+    expression per row): plain sums over the window, then, only on escalated and estimate-booked rows (a cheap
+    filter), the served-token correction and the estimates. ~2.7 s of CPU per million rows here."""
     where, args = _sqlite_window(since, until)
-    sql = (_traffic_select("json_extract(attempts, '$[#-1].usage.{col}')", "status = 'ok'",
-                           "json_extract(cost_breakdown, '$.estimated')")
-           + f" FROM requests WHERE {where} GROUP BY tier, model, principal")
+    hint = " NOT INDEXED" if since is None and until is None else ""  # a whole-ledger scan reads the table in order
+    billed = ", ".join(f"sum({t})" for t in TOKENS)
+    main = (f"SELECT tier, model, principal, count(*), sum(status = 'error'), sum(status = 'rejected'), "
+            f"sum(escalations > 0), {billed}, total(cost_usd), total(latency_ms * (status = 'ok')) "
+            f"FROM requests{hint} WHERE {where} GROUP BY tier, model, principal")
+    corr = ", ".join(f"sum(CASE WHEN escalations > 0 THEN {t} - coalesce(json_extract(attempts, "
+                     f"'$[#-1].usage.{t}'), 0) ELSE 0 END)" for t in TOKENS)
+    extra = (f"SELECT tier, model, principal, {corr}, total(CASE WHEN status IN ({_EST}) THEN "
+             f"json_extract(cost_breakdown, '$.estimated') END) FROM requests{hint} WHERE {where} AND "
+             f"(escalations > 0 OR status IN ({_EST})) GROUP BY tier, model, principal")
     with _ro(path) as conn:
-        return _groups(conn.execute(sql, args).fetchall())
+        conn.execute("BEGIN")  # one snapshot for both scans
+        try:
+            groups: dict[tuple[Any, Any, Any], TrafficGroup] = {}
+            for t in conn.execute(main, args):
+                g = groups[t[:3]] = TrafficGroup(t[0], t[1], t[2], *(int(v or 0) for v in t[3:12]))
+                for name in TOKENS:
+                    setattr(g, f"served_{name}", getattr(g, name))
+                g.cost_usd, g.latency_ms = float(t[12]), float(t[13])
+            for t in conn.execute(extra, args):
+                g = groups[t[:3]]
+                for i, name in enumerate(TOKENS):
+                    setattr(g, f"served_{name}", getattr(g, f"served_{name}") - int(t[3 + i] or 0))
+                g.estimated_usd = float(t[8] or 0.0)
+        finally:
+            conn.execute("COMMIT")
+    return list(groups.values())
 
 
 def _billed_rows(rows: Iterable[tuple[Any, ...]]) -> list[BilledModel]:
