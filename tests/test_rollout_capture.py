@@ -192,7 +192,7 @@ def test_postgres_gateway_captures_and_takes_feedback(upstream: FakeUpstream, tm
     assert feedback_scores(cfg) == {rid: 0.25}
     store = open_rollout_store(cfg)
     try:
-        assert store.count_captured() == 1
+        assert store.count_captured() == 1 and store.count_feedback() == 1
         assert store.put_feedback(Feedback(rid, "judge:x", time.time(), thumbs=1)) is True
         assert store.purge(time.time() + 1) == 1
     finally:

@@ -75,6 +75,9 @@ class RolloutStore(Protocol):
         """Store ``fb``, replacing an earlier one of the same (request_id, source). True when it was new."""
         ...
 
+    def count_feedback(self, since: float | None = None, until: float | None = None) -> int:
+        ...
+
     def iter_feedback(self, since: float | None = None, until: float | None = None) -> Iterator[Feedback]:
         """Feedback on requests, by the time it was given (``ts``), oldest first."""
         ...

@@ -188,7 +188,7 @@ def capture_coverage(cfg: TierwiseConfig, rep: Report) -> None:
         if store is not None:
             try:
                 rep.captured = store.count_captured(rep.since, rep.until)
-                rep.feedback = sum(1 for _ in store.iter_feedback(rep.since, rep.until))
+                rep.feedback = store.count_feedback(rep.since, rep.until)
             finally:
                 store.close()
     if not rep.captured:

@@ -140,6 +140,11 @@ class PostgresRolloutStore:
         q = sql.SQL("SELECT count(*) FROM {}{}").format(self._cap, _where(where))
         return int(self._with_conn("count captures", lambda c: c.execute(q, args).fetchone())[0])  # type: ignore[index]
 
+    def count_feedback(self, since: float | None = None, until: float | None = None) -> int:
+        where, args = _window(since, until)
+        q = sql.SQL("SELECT count(*) FROM {}{}").format(self._fb, _where(where))
+        return int(self._with_conn("count feedback", lambda c: c.execute(q, args).fetchone())[0])  # type: ignore[index]
+
     def purge(self, before: float) -> int:
         q = sql.SQL("DELETE FROM {} WHERE ts < %s").format(self._cap)
         return int(self._with_conn("purge captures", lambda c: c.execute(q, (before,)).rowcount))

@@ -119,6 +119,11 @@ class SQLiteRolloutStore:
         sql = "SELECT count(*) FROM captures" + (f" WHERE {' AND '.join(where)}" if where else "")
         return int(next(self._select(sql, args))[0])
 
+    def count_feedback(self, since: float | None = None, until: float | None = None) -> int:
+        where, args = _window(since, until)
+        sql = "SELECT count(*) FROM feedback" + (f" WHERE {' AND '.join(where)}" if where else "")
+        return int(next(self._select(sql, args))[0])
+
     def purge(self, before: float) -> int:
         return self._write("DELETE FROM captures WHERE ts < ?", [(before,)])
 
