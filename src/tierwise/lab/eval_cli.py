@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +56,7 @@ class UsageError(Exception):
     """A user mistake with a message that says how to fix it (exit 2)."""
 
 
-def progress_bar(label: str) -> Any:
-    """A dependency-free one-line progress bar on stderr (silent when stderr is not a terminal)."""
-    start = time.perf_counter()
-    tty = sys.stderr.isatty()
-
-    def report(done: int, total: int) -> None:
-        if not tty and done < total:
-            return
-        frac = done / max(1, total)
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r{label} [{bar:<30}] {done}/{total} {time.perf_counter() - start:5.1f}s")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return report
+from tierwise.progress import progress_bar  # noqa: E402  (re-exported: the lab's one progress bar)
 
 
 def check_models(oset: OutcomeSet, names: list[str], what: str) -> None:
@@ -298,7 +282,7 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         from tierwise.lab.learned_eval import calibrated_run, sweep_learned
 
         check_artifact(arg, test)
-        runs = sweep_learned(test, arg)
+        runs = sweep_learned(test, arg, progress=progress_bar(f"{oset.name} learned:{Path(arg).name} λ sweep"))
         row = _learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name)
         cal = calibrated_run(test, arg)
         if cal is not None:
@@ -350,7 +334,8 @@ def _knn_row(oset: OutcomeSet, models: list[str], base: Baselines, two: bool, em
     from tierwise.lab.learned_eval import train_sweep_calibrated
 
     try:
-        runs, cal = train_sweep_calibrated(oset, models, "knn", embedder)
+        runs, cal = train_sweep_calibrated(oset, models, "knn", embedder,
+                                           progress=progress_bar(f"{oset.name} knn ({embedder}) λ sweep"))
     except Exception as exc:  # noqa: BLE001 — e.g. the embedder's optional dependencies are missing
         return Row("knn", None, note=f"unavailable: {type(exc).__name__}: {str(exc)[:80]}")
     row = _learned_row(f"knn ({embedder}, λ sweep)", runs, models, base, two, dump, oset.name)

@@ -9,6 +9,7 @@ training folds (α = 0 or 1 recovers a single predictor).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +53,10 @@ class EnsemblePredictor:
         return cls(knn, logreg, np.asarray(params["alpha"], dtype=float))
 
 
-def fit_ensemble(E: np.ndarray, Q: np.ndarray, *, folds: int = 5, seed: int = 0) -> EnsemblePredictor:
+def fit_ensemble(E: np.ndarray, Q: np.ndarray, *, folds: int = 5, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> EnsemblePredictor:
     knn = fit_knn(E, Q, folds=folds, seed=seed)
-    logreg = fit_logistic_router(E, Q, folds=folds, seed=seed)
+    logreg = fit_logistic_router(E, Q, folds=folds, seed=seed, progress=progress)
     assert knn.oof is not None and logreg.oof is not None
     Q = np.asarray(Q, dtype=float)
     scores = np.stack([((a * logreg.oof + (1 - a) * knn.oof - Q) ** 2).mean(axis=0) for a in ALPHA_GRID])  # (A, m)

@@ -13,12 +13,13 @@ along a warm-started path from strong to weak regularisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tierwise.routing.learned.numerics import add_bias, fit_logistic, kfold_indices, sigmoid
+from tierwise.routing.learned.numerics import LogisticBatch, add_bias, fit_logistic, kfold_indices, sigmoid
 
 L2_GRID = (30000.0, 10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 3.0, 1.0)  # strong → weak: the warm-start order
 
@@ -75,27 +76,43 @@ class LogisticPredictor:
         return cls(std, np.asarray(arrays["weights"], dtype=float), [float(v) for v in params["l2"]])
 
 
-def logistic_oof(E: np.ndarray, Q: np.ndarray, grid: tuple[float, ...], folds: int, seed: int) -> np.ndarray:
+def logistic_path_many(X: np.ndarray, Y: np.ndarray, grid: tuple[float, ...]) -> list[np.ndarray]:
+    """:func:`logistic_path` for every column of ``Y`` at once: (d, m) weights per penalty (see
+    :class:`~tierwise.routing.learned.numerics.LogisticBatch`: one Hessian-free solve for all models)."""
+    batch = LogisticBatch(X)
+    out: list[np.ndarray] = []
+    W = None
+    for l2 in grid:
+        W = batch.fit(Y, l2, W)
+        out.append(W)
+    return out
+
+
+def logistic_oof(E: np.ndarray, Q: np.ndarray, grid: tuple[float, ...], folds: int, seed: int,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Out-of-fold predictions (len(grid), n, m) for every penalty (the standardiser is refit inside each fold)."""
     out = np.zeros((len(grid), *Q.shape))
-    for tr, ho in kfold_indices(len(E), folds, seed):
+    split = kfold_indices(len(E), folds, seed)
+    for f, (tr, ho) in enumerate(split):
         std = Standardiser.fit(E[tr])
         Xtr, Xho = std(E[tr]), std(E[ho])
-        for j in range(Q.shape[1]):
-            for g, w in enumerate(logistic_path(Xtr, Q[tr, j], grid)):
-                out[g, ho, j] = sigmoid(Xho @ w)
+        for g, W in enumerate(logistic_path_many(Xtr, Q[tr], grid)):
+            out[g, ho, :] = sigmoid(Xho @ W)
+        if progress is not None:
+            progress(f + 1, len(split) + 1)
     return out
 
 
 def fit_logistic_router(
-    E: np.ndarray, Q: np.ndarray, *, folds: int = 5, seed: int = 0, l2: list[float] | None = None
+    E: np.ndarray, Q: np.ndarray, *, folds: int = 5, seed: int = 0, l2: list[float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LogisticPredictor:
     """Fit one probe per model; ``l2`` None chooses each model's penalty by CV Brier (ties to the stronger)."""
     E = np.asarray(E, dtype=float)
     Q = np.asarray(Q, dtype=float)
     cv: dict[str, Any] = {}
     grid = L2_GRID if l2 is None else tuple(sorted(set(l2), reverse=True))
-    oof = logistic_oof(E, Q, grid, folds, seed)
+    oof = logistic_oof(E, Q, grid, folds, seed, progress)
     if l2 is None:
         scores = ((oof - Q[None]) ** 2).mean(axis=1)  # (grid, m)
         l2 = [L2_GRID[int(np.argmin(scores[:, j]))] for j in range(Q.shape[1])]
@@ -103,9 +120,12 @@ def fit_logistic_router(
               "scores": [[round(float(s), 6) for s in row] for row in scores.T]}
     std = Standardiser.fit(E)
     X = std(E)
-    W = np.zeros((X.shape[1], Q.shape[1]))
-    for j in range(Q.shape[1]):
-        path = [v for v in L2_GRID if v >= l2[j]] or [l2[j]]
-        W[:, j] = logistic_path(X, Q[:, j], tuple(path))[-1]
+    # Each model's warm-started path strong → weak, stopped at its own penalty: one batched path over the grid down
+    # to the weakest chosen penalty, model j's weights read at its penalty.
+    path_grid = tuple(v for v in L2_GRID if v >= min(l2)) if set(l2) <= set(L2_GRID) else tuple(sorted(set(l2), reverse=True))
+    path = logistic_path_many(X, Q, path_grid)
+    W = np.stack([path[path_grid.index(l2[j])][:, j] for j in range(Q.shape[1])], axis=1)
+    if progress is not None:
+        progress(folds + 1, folds + 1)
     chosen_oof = np.stack([oof[grid.index(l2[j]), :, j] for j in range(Q.shape[1])], axis=1)
     return LogisticPredictor(std, W, list(l2), cv, chosen_oof)

@@ -104,7 +104,12 @@ def train_router(
     if E is None:
         E = embed_prompts(embedder, [p.prompt for p in train.prompts], progress=progress, label=oset.name)
     start = time.perf_counter()
-    predictor = FITTERS[kind](E, Q, folds=folds, seed=seed)
+    kwargs: dict[str, Any] = {}
+    if progress and kind != "knn":  # the probes' CV is the slow part: one tick per fold
+        from tierwise.progress import progress_bar
+
+        kwargs["progress"] = progress_bar(f"{oset.name}: fitting {kind}")
+    predictor = FITTERS[kind](E, Q, folds=folds, seed=seed, **kwargs)
     seconds = time.perf_counter() - start
     oof = np.clip(predictor.oof, 0.0, 1.0)
     mean_cost = C.mean(axis=0)
