@@ -246,3 +246,17 @@ def test_check_config_names_bad_capture_settings(tmp_path: Path, upstream: FakeU
     bad.write_text(path.read_text().replace("tiers:\n    - chat\n    - chta", "redact: ['(unclosed']"))
     assert main(["check-config", str(bad)]) == 1
     assert "is not a regular expression" in capsys.readouterr().err
+
+
+def test_default_redaction_patterns() -> None:
+    from tierwise.rollout.capture import Redactor
+    from tierwise.rollout.config import DEFAULT_REDACT
+
+    r = Redactor(list(DEFAULT_REDACT), 1000)
+    text = ("key sk-proj-abcdefghijklmnop1234, aws AKIAABCDEFGHIJKLMNOP, Authorization: Bearer abcdefghijklmnopqrstu, "
+            "mail jane.doe+x@example.co.uk, nul\x00here")
+    assert r.text(text) == ("key [REDACTED], aws [REDACTED], Authorization: [REDACTED], mail [REDACTED], "
+                            "nul\ufffdhere")
+    assert r.json({"messages": [{"content": ["sk-abcdefghijklmnopqrst"]}], "n": 2}) == \
+        {"messages": [{"content": ["[REDACTED]"]}], "n": 2}
+    assert len(Redactor([], 1000).text("x" * 5000)) <= 1000
