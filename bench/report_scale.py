@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -102,9 +104,17 @@ def main() -> None:
     ap.add_argument("--dsn", default=DEFAULT_DSN)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "report_scale.md")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: drop the schema, the files
 
     load0, busy0, t_start = procs.loadavg(), procs.machine_busy_s(), time.time()
     tmp = Path(tempfile.mkdtemp(prefix="tw-report-"))
+    try:
+        _run_all(args, tmp, load0, busy0, t_start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_all(args: argparse.Namespace, tmp: Path, load0: object, busy0: float, t_start: float) -> None:
     prices = tmp / "prices.yaml"
     prices.write_text("small: {input: 0.2, output: 0.8}\nlarge: {input: 2.0, output: 8.0}\n")
     results: list[tuple[str, str, float, float]] = []

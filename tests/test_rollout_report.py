@@ -210,6 +210,9 @@ def test_postgres_report_and_reprice_equal_sqlite(tmp_path: Path, pg_schema: str
         b = _json(capsys, verb, "-c", str(pg_cfg), "--format", "json", *extra)
         if verb == "report":
             _check_against_reference(b, rs)
+            assert b["captured"] is None and b["feedback"] is None
+            with psycopg.connect(BASE_DSN, autocommit=True) as conn:  # a report creates no tables
+                assert conn.execute("SELECT to_regclass(%s)", (f"{pg_schema}.tierwise_capture",)).fetchone() == (None,)
             a.pop("captured"), b.pop("captured"), a.pop("feedback"), b.pop("feedback")
             a.pop("cannot"), b.pop("cannot")
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or _close(a, b)

@@ -64,6 +64,25 @@ def open_rollout_store(cfg: TierwiseConfig) -> RolloutStore:
     return SQLiteRolloutStore(store_path(cfg))
 
 
+def open_existing_rollout_store(cfg: TierwiseConfig) -> RolloutStore | None:
+    """The rollout store if it exists, else None — without creating a file or tables (for read-only reports)."""
+    from tierwise.rollout.store_sqlite import RolloutStoreMissing
+
+    backend = cfg.rollout.backend
+    if backend == "auto":
+        backend = "postgres" if cfg.ledger.backend == "postgres" else "sqlite"
+    if backend == "sqlite":
+        return open_rollout_store(cfg) if store_path(cfg).exists() else None
+    from tierwise.rollout.store_pg import PostgresRolloutStore
+
+    if not cfg.ledger.dsn:
+        return None
+    try:
+        return PostgresRolloutStore(cfg.ledger.dsn, cfg.ledger.pg_schema, create=False)
+    except RolloutStoreMissing:
+        return None
+
+
 def iter_captured(cfg: TierwiseConfig, since: float | None = None, until: float | None = None,
                   tiers: list[str] | None = None) -> Iterator[Captured]:
     """Captured requests of the window (and tiers), oldest first; the store is closed when iteration ends."""

@@ -175,22 +175,19 @@ def build_report(cfg: TierwiseConfig, groups: Iterable[TrafficGroup], pricing: P
 
 def capture_coverage(cfg: TierwiseConfig, rep: Report) -> None:
     """Count captures and feedback in the report's window, and say what the report cannot do without them."""
-    from tierwise.rollout.capture import open_rollout_store, store_path
+    from tierwise.rollout.capture import open_existing_rollout_store
 
-    if cfg.rollout.backend != "postgres" and cfg.ledger.backend != "postgres" and not store_path(cfg).exists():
-        rep.captured = rep.feedback = None
-    else:
+    try:
+        store = open_existing_rollout_store(cfg)  # a report creates nothing
+    except Exception as exc:  # reading the books must not fail because the capture store is away
+        rep.notes.append(f"capture store not readable ({exc}); captures and feedback not counted")
+        store = None
+    if store is not None:
         try:
-            store = open_rollout_store(cfg)
-        except Exception as exc:  # reading the books must not fail because the capture store is away
-            rep.notes.append(f"capture store not readable ({exc}); captures and feedback not counted")
-            store = None
-        if store is not None:
-            try:
-                rep.captured = store.count_captured(rep.since, rep.until)
-                rep.feedback = store.count_feedback(rep.since, rep.until)
-            finally:
-                store.close()
+            rep.captured = store.count_captured(rep.since, rep.until)
+            rep.feedback = store.count_feedback(rep.since, rep.until)
+        finally:
+            store.close()
     if not rep.captured:
         rep.cannot.append("no captured prompts in this window (rollout.capture is off or sampled nothing): no "
                           "what-if replay (tierwise whatif), no labelling sample or trial; costs and tokens above "

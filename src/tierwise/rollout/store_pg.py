@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 
 from tierwise.pgtext import describe_pg_error, pg_lock_key
 from tierwise.rollout.records import Captured, Feedback
-from tierwise.rollout.store_sqlite import RolloutStoreError
+from tierwise.rollout.store_sqlite import RolloutStoreError, RolloutStoreMissing
 
 T = TypeVar("T")
 CAPTURE_TABLE = "tierwise_capture"
@@ -35,7 +35,7 @@ _FEEDBACK_COLS = ("request_id", "source", "ts", "score", "label", "thumbs", "com
 
 
 class PostgresRolloutStore:
-    def __init__(self, dsn: str, schema: str = "tierwise") -> None:
+    def __init__(self, dsn: str, schema: str = "tierwise", *, create: bool = True) -> None:
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.Error:
@@ -48,7 +48,16 @@ class PostgresRolloutStore:
         self._cap = sql.SQL("{}.{}").format(s, sql.Identifier(CAPTURE_TABLE))
         self._fb = sql.SQL("{}.{}").format(s, sql.Identifier(FEEDBACK_TABLE))
         self._conn: psycopg.Connection[Any] | None = None
-        self._with_conn("create the rollout tables", self._create)
+        if create:
+            self._with_conn("create the rollout tables", self._create)
+        elif not self._with_conn("look for the rollout tables", self._exists):
+            self.close()
+            raise RolloutStoreMissing(f"no rollout tables in schema {schema}")
+
+    def _exists(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                           (f'"{self.schema}".{CAPTURE_TABLE}', f'"{self.schema}".{FEEDBACK_TABLE}')).fetchone()
+        return bool(row and row[0])
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self._dsn, autocommit=True, application_name="tierwise-rollout", connect_timeout=10)

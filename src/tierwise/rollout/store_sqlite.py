@@ -41,6 +41,10 @@ class RolloutStoreError(RuntimeError):
     """The rollout store cannot be used (foreign or newer file, unreachable database)."""
 
 
+class RolloutStoreMissing(RolloutStoreError):
+    """Opened for reading only, and there is no rollout store yet (nothing was ever captured or rated)."""
+
+
 class SQLiteRolloutStore:
     """Captures and feedback in one SQLite file. One write connection (under a lock), a new connection per read."""
 
