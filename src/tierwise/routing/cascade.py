@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from typing import TYPE_CHECKING
 
 from tierwise.config.schema import CascadeConfig
-from tierwise.routing.executor import Call, Executor, RequestFailed, _empty_length
+from tierwise.routing.cascade_host import CascadeHost
+from tierwise.routing.failure import RequestFailed, empty_length
 from tierwise.routing.gates import Gate, GateContext, RungAnswer, build_gate, hard_fail
 from tierwise.routing.gates.base import Ask, clears
 from tierwise.types import JSON, Completion, ErrorKind, UpstreamError
 
+if TYPE_CHECKING:
+    from tierwise.routing.executor import Call
+
 log = logging.getLogger("tierwise.cascade")
 
-def gates_for(ex: Executor, cascade: CascadeConfig) -> list[Gate | None]:
+def gates_for(ex: CascadeHost, cascade: CascadeConfig) -> list[Gate | None]:
     """Gate objects per rung, built once per cascade config and executor (learned gates load their artifact once).
 
     The cache lives on the executor and holds the config object itself, so an id can never be reused by another
@@ -30,7 +34,7 @@ def gates_for(ex: Executor, cascade: CascadeConfig) -> list[Gate | None]:
     return hit[1]
 
 
-async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completion:
+async def run_cascade(ex: CascadeHost, call: Call, start_rung: int = 0) -> Completion:
     assert call.cascade is not None
     rungs = call.cascade.rungs
     gates = gates_for(ex, call.cascade)
@@ -48,10 +52,10 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
         if model in call.excluded:
             rec.notes.append(f"rung {i} ({model}) left out: {call.excluded[model]}")
             continue
-        if not is_last and ex.health.cooling_down(model, time.time()):
+        if not is_last and ex.cooling_down(model):
             rec.notes.append(f"rung {i} ({model}) cooling down: skipped")
             continue
-        body = ex._prepare(call, model)
+        body = ex.rung_body(call, model)
         if gate is not None:
             gate.prepare(body)
         try:
@@ -62,17 +66,17 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
                 rec.escalations += 1
             continue
         if gate is None:
-            if _empty_length(result):
+            if empty_length(result):
                 last_err = ex.empty_length(call, model, att)
                 break
-            ex._succeed(call, model, att.latency_ms)
+            ex.serve(call, model, att.latency_ms)
             return result
         ctx = GateContext(call.body, result, model, _asker(ex, call, after), i, chain, list(history), call.prior)
         confidence = await _judge(call, gate, ctx)
         att.confidence = confidence
         history.append(RungAnswer(model, result.text, _lp_conf(result)))
         if clears(confidence, gate.threshold):
-            ex._succeed(call, model, att.latency_ms)
+            ex.serve(call, model, att.latency_ms)
             return result
         att.outcome = "escalated"
         rec.escalations += 1
@@ -82,12 +86,12 @@ async def run_cascade(ex: Executor, call: Call, start_rung: int = 0) -> Completi
     raise RequestFailed(last_err or UpstreamError(ErrorKind.CONNECTION, "no cascade rung answered"), rec.attempts)
 
 
-def _asker(ex: Executor, call: Call, after: list[str]) -> Ask:
+def _asker(ex: CascadeHost, call: Call, after: list[str]) -> Ask:
     """Model calls a gate makes (verifiers) go through the executor, so they are retried and booked, and leave the
     rungs after the judged one their share of the deadline."""
 
     async def ask(verifier: str, body: JSON) -> Completion:
-        b = ex._prepare_for(call, verifier, body)
+        b = ex.rung_body(call, verifier, body)
         completion, att = await ex.call_model(call, verifier, b, after)
         att.outcome = "verifier"
         return completion

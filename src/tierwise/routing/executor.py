@@ -35,6 +35,8 @@ from tierwise.config.schema import CascadeConfig, TierwiseConfig
 from tierwise.pricing import PriceBook
 from tierwise.providers.base import Provider
 from tierwise.routing.engine import Decision
+from tierwise.routing.failure import RequestFailed
+from tierwise.routing.failure import empty_length as _empty_length
 from tierwise.state.protocols import HealthState, SessionPins
 from tierwise.types import (
     JSON,
@@ -51,16 +53,6 @@ Sleep = Callable[[float], Awaitable[None]]
 _MIN_RETRY_SHARE = 0.5  # a retry needs this share of its provider timeout left in the model's deadline budget
 T = TypeVar("T")
 Clock = Callable[[], float]
-
-
-class RequestFailed(Exception):
-    """Every candidate failed; carries the last error (its kind decides the HTTP status)."""
-
-    def __init__(self, last: UpstreamError, attempts: list[Attempt], deadline_hit: bool = False) -> None:
-        super().__init__(last.message)
-        self.last = last
-        self.attempts = attempts
-        self.deadline_hit = deadline_hit
 
 
 @dataclass(slots=True)
@@ -116,13 +108,6 @@ def count_fallbacks(attempts: list[Attempt], served: str | None) -> int:
     return len(passed - {served})
 
 
-def _empty_length(c: Completion) -> bool:
-    if c.finish_reason != "length" or c.text:
-        return False
-    choices = c.body.get("choices") or [{}]
-    return not (choices[0].get("message") or {}).get("tool_calls")
-
-
 class Executor:
     def __init__(
         self,
@@ -145,6 +130,16 @@ class Executor:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.gate_cache: dict[int, tuple[CascadeConfig, list]] = {}  # see routing.cascade.gates_for
+
+    # -- the cascade's interface (tierwise.routing.cascade_host.CascadeHost) ----------------------------------------
+    def rung_body(self, call: Call, model: str, request: JSON | None = None) -> JSON:
+        return self._prepare_for(call, model, call.body if request is None else request)
+
+    def cooling_down(self, model: str) -> bool:
+        return self.health.cooling_down(model, time.time())
+
+    def serve(self, call: Call, model: str, latency_ms: float | None) -> None:
+        self._succeed(call, model, latency_ms)
 
     # -- shared pieces ---------------------------------------------------------------------------------------------
     def _prepare(self, call: Call, model: str) -> JSON:
