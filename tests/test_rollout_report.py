@@ -120,7 +120,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_no_output_file(tmp_path: Pa
             assert not out.exists()
     for argv, msg in ((["--flagship", "nope"], "unknown model 'nope'"), (["--compare", "nope"], "no price for 'nope'"),
                       (["--since", "2026-12-02", "--until", "2026-12-01"], "--until is before --since"),
-                      (["--since", "yesterday"], "not a time")):
+                      (["--since", "yesterday"], "not a time"), (["--canary", "nope"], "no canary 'nope'")):
         with pytest.raises(SystemExit) as exc:
             main(["report", "-c", str(cfg_path), "--db", str(db), *argv])
         assert exc.value.code == 2 or msg in str(exc.value.code)

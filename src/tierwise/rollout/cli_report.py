@@ -112,7 +112,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise _fail("--canary: use 'tierwise canary report NAME'")
         cfg = _config(args)
         since, until = _window(args)
-        emit(canary_report_text(cfg, args.canary, since, until), args.output)
+        try:
+            text = canary_report_text(cfg, args.canary, since, until)
+        except Exception as exc:  # no such canary, store unreadable: one line, no trace
+            raise _fail(f"--canary: {exc}") from None
+        emit(text, args.output)
         return 0
     cfg = _config(args)
     since, until = _window(args)
