@@ -398,3 +398,27 @@ async def test_the_queries_run_off_the_event_loop(tmp_path: Path) -> None:
     finally:
         reader.close()
         store.close()
+
+
+def test_budget_status_is_the_ledgers_month_and_day_against_each_cap(upstream: FakeUpstream, tmp_path: Path) -> None:
+    extra = ("budgets: {caps: {global: {daily_usd: 0.001, monthly_usd: 1000}, 'model:large': {daily_usd: 0.5}, "
+             "'customer:*': {monthly_usd: 5}}}\n" + FAST)
+    gw = GatewayServer(config_for(upstream.base_url, tmp_path, extra=extra)).start()
+    try:
+        send(gw, 3, model="chat")
+        by_model = spend(gw, "model", time.time() - 3600)
+        total = sum(c for _, c in by_model.values())
+        d = httpx.get(gw.url + "/dashboard/api/summary").json()
+        budgets = {b["scope"]: b for b in d["budgets"]}
+        assert set(budgets) == {"global", "model:large"}  # customer:* has no member yet (an open gateway)
+        g = budgets["global"]
+        assert math.isclose(g["spent_today_usd"], total) and math.isclose(g["spent_month_usd"], total)
+        assert math.isclose(g["level"], max(total / 0.001, total / 1000))
+        level = g["level"]
+        assert g["step"] == ("refused" if level >= 1 else "fallback_only" if level >= 0.95 else "cheaper"
+                             if level >= 0.8 else None)
+        assert g["projected_month_usd"] is None  # fewer than budgets.projection_min_days past days
+        assert math.isclose(budgets["model:large"]["spent_today_usd"], by_model["large"][1])
+        assert d["anomalies"] == []
+    finally:
+        gw.stop()

@@ -183,13 +183,13 @@ def histograms(s: Session, q: DashboardQuery) -> list[tuple[Any, ...]]:
 def budget_days(s: Session, month_start: float, column: str | None, name: str | None) -> list[tuple[Any, ...]]:
     """Spend per (UTC day, member) since ``month_start``; ``column`` None: globally; ``name``: one member only."""
     if column is None:
-        return s.rows(f"SELECT {s.d.day()}, NULL, coalesce(sum(cost_usd), 0) FROM {s.d.table} WHERE ts >= ? "
+        return s.rows(f"SELECT {s.d.day()}, NULL, coalesce(sum(cost_usd), 0) FROM {s.source} WHERE ts >= ? "
                       "GROUP BY 1", [month_start])
     assert column in BUDGET_COLUMNS
     if name is not None:
-        return s.rows(f"SELECT {s.d.day()}, {column}, coalesce(sum(cost_usd), 0) FROM {s.d.table} "
+        return s.rows(f"SELECT {s.d.day()}, {column}, coalesce(sum(cost_usd), 0) FROM {s.source} "
                       f"WHERE ts >= ? AND {column} = ? GROUP BY 1, 2", [month_start, name])
-    return s.rows(f"SELECT {s.d.day()}, {column}, coalesce(sum(cost_usd), 0) FROM {s.d.table} "
+    return s.rows(f"SELECT {s.d.day()}, {column}, coalesce(sum(cost_usd), 0) FROM {s.source} "
                   f"WHERE ts >= ? AND {column} IS NOT NULL GROUP BY 1, 2", [month_start])
 
 

@@ -197,6 +197,7 @@ def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 5)
         return []
     start = month_start(now)
     today = int(now) // 86400
+    sql.plan(s, DashboardQuery("month", start, now + 1, 86400))  # most of the month: a table scan in SQLite
     days_seen = sorted({int(d) for d, _, _ in sql.budget_days(s, start, None, None) if d is not None and
                         int(d) < today})
     out: list[dict[str, Any]] = []
