@@ -311,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reasoning", type=int, default=0, help="of the output tokens, how many are reasoning")
     s.set_defaults(fn=cmd_price)
 
-    from tierwise.lab.eval_cli import add_parsers as add_lab_parsers
-    from tierwise.lab.train_cli import add_parsers as add_train_parsers
+    # parsers only: the lab itself is imported when one of its verbs runs (tierwise serve never loads it)
+    from tierwise.cli_lab import add_eval_parsers as add_lab_parsers
+    from tierwise.cli_lab import add_train_parsers
     from tierwise.ledger.spend_cli import add_parsers as add_spend_parsers
 
     add_spend_parsers(sub)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from tierwise.cli_lab import ROUTERS  # noqa: E402
 from tierwise.lab.calibrate import (
-    CV_FOLDS,
     CalibrationResult,
     CascadeCalibrator,
     calibrate_point,
@@ -47,9 +47,6 @@ from tierwise.lab.metrics import (
     gap_to_recover,
 )
 from tierwise.lab.report import Row, metrics_table, plot_png, write_html
-
-ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "
-           "single:MODEL")
 
 
 class UsageError(Exception):
@@ -461,66 +458,8 @@ def _guard(fn: Any) -> Any:
     return run
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="outcome set name (see list_sets) or path to <stem>.jsonl.gz")
-    p.add_argument("--target-quality", type=float, default=0.99, help="τ: quality target as a multiple of the "
-                   "reference model's train quality (default 0.99)")
-    p.add_argument("--relative-to", default="best", help="reference model, or 'best' (highest train quality)")
-    p.add_argument("--gate", choices=["logprob", "vote"], help="cascade gate (default: vote if samples exist, "
-                   "else logprob)")
-    p.add_argument("--chain", default="auto", help="m1,m2,... cheap→dear, or 'auto' (best sub-chain on train)")
-    p.add_argument("--z", type=float, default=1.0, help="overfitting guard: the constraint must hold on mean − "
-                   "z·standard error (paired with the reference model); 0 = on the train mean")
-    p.add_argument("--cv-folds", type=int, default=CV_FOLDS, help="selection guard: the train slack must also "
-                   f"exceed the search's optimism measured by this many-fold CV on train (default {CV_FOLDS}; 0 = off)")
-
-
-def _router_args(p: argparse.ArgumentParser) -> None:
-    from tierwise.lab.contextual_cli import DEFAULT_EMBEDDER, DEFAULT_ROUTER, ROUTER_KINDS
-
-    p.add_argument("--router-kind", choices=ROUTER_KINDS, default=DEFAULT_ROUTER,
-                   help=f"contextual: the learned router whose priors the gates read (default {DEFAULT_ROUTER}; "
-                        "none = gates without priors, no start router)")
-    p.add_argument("--router-embedder", default=DEFAULT_EMBEDDER,
-                   help=f"contextual: the router's embedder (default {DEFAULT_EMBEDDER}, as train-router)")
-
-
 def add_parsers(sub: Any) -> None:
-    """Register ``calibrate`` and ``eval`` on the main CLI's subparsers."""
-    p = sub.add_parser("calibrate", help="fit cascade thresholds on a dataset's train split, report held-out")
-    _common(p)
-    from tierwise.rollout.recalibrate import add_ledger_args
+    """Register ``calibrate`` and ``eval`` (the parsers live in :mod:`tierwise.cli_lab`, free of the lab)."""
+    from tierwise.cli_lab import add_eval_parsers
 
-    add_ledger_args(p)  # --from-ledger --since ... (issue 11)
-    p.add_argument("--max-cost", help="instead of a quality target: maximise quality with mean cost ≤ this "
-                   "(USD per request, or 'X/1k' for USD per 1,000 requests)")
-    p.add_argument("--config", help="write the fitted cascade into this tierwise.yaml (keeps a .bak)")
-    p.add_argument("--tier", help="with --config: the tier to create or replace")
-    p.add_argument("--json", help="write the result as JSON here")
-    p.add_argument("--kind", choices=["cascade", "contextual"], default="cascade",
-                   help="cascade: thresholds on the rungs' own log-prob/vote confidence; contextual: trained "
-                        "contextual gates (confidence, agreement with earlier rungs, router priors) and a start "
-                        "router, fitted on train (the README's 'ours')")
-    p.add_argument("--out", default="tierwise-contextual",
-                   help="--kind contextual: directory for the gate and router artifacts and calibration.json "
-                        "(default: ./tierwise-contextual)")
-    _router_args(p)
-    p.set_defaults(fn=_guard(cmd_calibrate))
-
-    p = sub.add_parser("eval", help="evaluate a router and the baselines on a dataset's held-out split")
-    _common(p)
-    p.add_argument("--router", required=True, help=f"one of: {ROUTERS} (the baselines are always reported)")
-    _router_args(p)
-    p.add_argument("--out", help="directory for table.txt, plot.png, plot.html")
-    p.add_argument("--dump", help="JSONL: one line per held-out prompt and knob setting")
-    p.add_argument("--leakage", choices=["report", "ignore"], default="report",
-                   help="test prompts that also appear in train (exact or near-exact): report = warn and print the "
-                        "table again without them (default); ignore = do not check")
-    p.add_argument("--plot", action="store_true", help="write plot.png (matplotlib) and plot.html")
-    p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap draws of the test split for 95%% "
-                   "intervals of AUC, cost to 0.99·qB and the router's AUC gain over kNN (default 200; 0 = off)")
-    p.add_argument("--embedder", default="minilm-static",
-                   help="the kNN baseline's embedder (minilm-static|minilm-onnx). Default minilm-static, the "
-                        "baseline as bench/routing_quality.py measures it; train-router and the contextual "
-                        "router default to minilm-onnx (--router-embedder). The kNN row names the one it used")
-    p.set_defaults(fn=_guard(cmd_eval))
+    add_eval_parsers(sub)

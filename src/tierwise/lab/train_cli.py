@@ -90,26 +90,7 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's private _SubParsersAction
-    """Register ``train-router`` and ``train-gate`` on the main CLI's subparsers."""
-    from tierwise.embed import EMBEDDERS
-    from tierwise.routing.learned.train import DEFAULT_KIND, FITTERS
+    """Register ``train-router`` and ``train-gate`` (the parsers live in :mod:`tierwise.cli_lab`)."""
+    from tierwise.cli_lab import add_train_parsers
 
-    s = sub.add_parser("train-router", help="train a learned (pre-generation) router on an outcome set")
-    s.add_argument("--data", required=True, help="registry set name or path to an outcome-format .jsonl.gz")
-    s.add_argument("--out", required=True, help="artifact path (.npz)")
-    s.add_argument("--kind", choices=sorted(FITTERS), default=DEFAULT_KIND)
-    s.add_argument("--embedder", choices=list(EMBEDDERS), default="minilm-onnx")
-    s.add_argument("--models", help="comma-separated models, in the tier's order (default: every priced model)")
-    s.add_argument("--folds", type=int, default=5, help="cross-validation folds for hyper-parameters")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--target", type=float, default=0.99,
-                   help="calibrated knob: reach this fraction of the best model's train quality")
-    s.set_defaults(fn=cmd_train_router)
-
-    s = sub.add_parser("train-gate", help="train a learned confidence gate for one cascade rung")
-    s.add_argument("--data", required=True, help="registry set name or path to an outcome-format .jsonl.gz")
-    s.add_argument("--model", required=True, help="the rung's model")
-    s.add_argument("--out", required=True, help="gate artifact path (.json)")
-    s.add_argument("--folds", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(fn=cmd_train_gate)
+    add_train_parsers(sub)

@@ -1,0 +1,54 @@
+"""The serve path stays free of the lab: a real `tierwise serve` process answering a request through a priority tier
+has imported neither ``tierwise.lab`` nor numpy (numpy is only for learned/semantic routing, the lab only for the
+offline verbs). The lab verbs' parsers (``tierwise.cli_lab``) repeat a few defaults; they must match their owners."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.fakes.upstream import FakeUpstream
+from tests.procs import SECRET, free_port, wait_ready, write_config
+
+
+def test_serve_process_imports_neither_lab_nor_numpy(upstream: FakeUpstream, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, upstream.base_url, port, f'{{backend: sqlite, path: "{tmp_path / "l.db"}"}}')
+    dump = tmp_path / "modules.json"
+    code = ("import atexit, json, sys\n"
+            f"atexit.register(lambda: open({str(dump)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
+            "from tierwise.cli import main\n"
+            f"sys.exit(main(['serve', '--config', {str(cfg)!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"FAKE_KEY": SECRET, "PATH": "/usr/bin:/bin"})
+    try:
+        wait_ready(proc, port)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
+                       json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    modules = json.loads(dump.read_text())
+    assert "tierwise.service" in modules and "tierwise.routing.engine" in modules  # the real serve path ran
+    assert not [m for m in modules if m.startswith("tierwise.lab")]
+    assert "numpy" not in modules
+
+
+def test_cli_lab_defaults_match_their_owners() -> None:
+    from tierwise import cli_lab
+    from tierwise.embed import EMBEDDERS
+    from tierwise.lab import calibrate, contextual_cli
+    from tierwise.routing.learned import train
+
+    assert cli_lab.CV_FOLDS == calibrate.CV_FOLDS
+    assert cli_lab.ROUTER_KINDS == contextual_cli.ROUTER_KINDS
+    assert (cli_lab.DEFAULT_ROUTER, cli_lab.DEFAULT_EMBEDDER) == (contextual_cli.DEFAULT_ROUTER,
+                                                                  contextual_cli.DEFAULT_EMBEDDER)
+    assert set(cli_lab.FITTER_KINDS) == set(train.FITTERS) and cli_lab.DEFAULT_KIND == train.DEFAULT_KIND
+    assert tuple(cli_lab.EMBEDDERS) == tuple(EMBEDDERS)
