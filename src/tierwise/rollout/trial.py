@@ -205,7 +205,7 @@ class TrialRunner:
                 self._reserved -= estimate
 
     def _wants_logprobs(self, mcfg: Any) -> bool:
-        return self.cfg.providers[mcfg.provider].format == "openai" and not mcfg.reasoning
+        return self.cfg.providers[mcfg.provider].format in ("openai", "llamacpp") and not mcfg.reasoning
 
     async def answer(self, row: LabelRow, model: str) -> JSON | None:
         key = (row.id, model)
@@ -276,7 +276,7 @@ class TrialRunner:
     def incumbent_quality(self, row: LabelRow) -> float:
         if self.judge.rules_incumbent:
             return rule_score(self.judge, row.incumbent["answer"], "")
-        if self.judge.kind in ("exact", "normalised") and row.reference is not None and row.quality is None:
+        if self.judge.kind in ("exact", "normalised", "contains") and row.reference is not None and row.quality is None:
             return rule_score(self.judge, row.incumbent["answer"], row.reference)
         return row.quality if row.quality is not None else 1.0
 

@@ -113,7 +113,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--models", help="candidate models for every tier, comma-separated")
     p.add_argument("--tier-models", action="append", metavar="TIER=M1,M2", help="candidates of one tier (repeat)")
     p.add_argument("--judge", default="normalised",
-                   help="exact | normalised | json | regex:PATTERN | llm:MODEL | labels (default normalised)")
+                   help="exact | normalised | contains | json | regex:PATTERN | llm:MODEL | labels (default normalised)")
     p.add_argument("--rubric", help="llm judge: a file with the rubric (system prompt)")
     p.add_argument("--budget-usd", type=float, required=True, help="the trial's own budget (candidates + judge)")
     p.add_argument("--concurrency", type=int, default=4, help="calls at once (default 4)")

@@ -4,6 +4,8 @@
   answer), surrounding whitespace ignored.
 - ``normalised``: equal after case-folding, dropping punctuation and collapsing whitespace; two numbers are equal when
   their values are (``3.0`` = ``3``).
+- ``contains``: the normalised reference appears in the normalised answer as whole words (short-answer questions
+  answered in a sentence: "The capital is Paris." for "Paris").
 - ``json``: the answer parses as JSON (fenced ```json blocks accepted); ``regex:PATTERN``: ``re.search`` finds it.
   These judge the incumbent's answer by the same rule.
 - ``llm:MODEL``: a judge model compares the candidate's answer with the incumbent's under a rubric, twice with the
@@ -12,7 +14,7 @@
   The judge's calls are priced and booked against the trial's budget.
 - ``labels``: human labels from the file (``labels: {model: quality}``); unlabelled pairs are left out and counted.
 
-For ``exact``, ``normalised``, ``llm`` and ``labels`` the incumbent's quality is the file's ``quality`` label when
+For ``exact``, ``normalised``, ``contains``, ``llm`` and ``labels`` the incumbent's quality is the file's ``quality`` label when
 given, else 1: the incumbent is the reference the candidates are measured against.
 """
 
@@ -36,7 +38,7 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 
 @dataclass(frozen=True, slots=True)
 class Judge:
-    kind: str  # exact | normalised | json | regex | llm | labels
+    kind: str  # exact | normalised | contains | json | regex | llm | labels
     arg: str | None = None  # the regex, or the judge model
 
     @property
@@ -48,7 +50,7 @@ class Judge:
 def parse_judge(text: str) -> Judge:
     """``exact``, ``normalised``, ``json``, ``regex:PATTERN``, ``llm:MODEL`` or ``labels``; ValueError otherwise."""
     kind, _, arg = text.partition(":")
-    if kind in ("exact", "normalised", "json", "labels") and not arg:
+    if kind in ("exact", "normalised", "contains", "json", "labels") and not arg:
         return Judge(kind)
     if kind == "regex" and arg:
         try:
@@ -58,7 +60,7 @@ def parse_judge(text: str) -> Judge:
         return Judge(kind, arg)
     if kind == "llm" and arg:
         return Judge(kind, arg)
-    raise ValueError(f"--judge {text!r}: use exact, normalised, json, regex:PATTERN, llm:MODEL or labels")
+    raise ValueError(f"--judge {text!r}: use exact, normalised, contains, json, regex:PATTERN, llm:MODEL or labels")
 
 
 def normalise(text: str) -> str:
@@ -81,6 +83,9 @@ def rule_score(judge: Judge, answer: str, reference: str) -> float:
         if a is not None and b is not None:
             return float(a == b)
         return float(normalise(answer) == normalise(reference))
+    if judge.kind == "contains":
+        ref = normalise(reference)
+        return float(bool(ref) and f" {ref} " in f" {normalise(answer)} ")
     if judge.kind == "json":
         m = _FENCE.match(answer.strip())
         try:
