@@ -55,7 +55,8 @@ fallback_model: fb
 """
 # peak RSS of the command itself, printed by the wrapper on exit (KiB on Linux)
 WRAP = ("import resource, sys; from tierwise.cli import main; rc = main(sys.argv[1:]); "
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+        "u = resource.getrusage(resource.RUSAGE_SELF); "
+        "print('MAXRSS', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr); sys.exit(rc)")
 
 
 def fill(store: object, n: int, batch: int) -> float:
@@ -79,10 +80,10 @@ COMMANDS = [
 ]
 
 
-def run(cfg: Path, prices: Path, repeat: int) -> list[tuple[str, float, float]]:
+def run(cfg: Path, prices: Path, repeat: int) -> list[tuple[str, float, float, float]]:
     out = []
     for label, argv in COMMANDS:
-        times, rss = [], []
+        times, rss, cpu = [], [], []
         for _ in range(repeat):
             cmd = [sys.executable, "-c", WRAP, *[a.replace("{prices}", str(prices)) for a in argv], "-c", str(cfg)]
             t0 = time.perf_counter()
@@ -90,9 +91,11 @@ def run(cfg: Path, prices: Path, repeat: int) -> list[tuple[str, float, float]]:
             times.append(time.perf_counter() - t0)
             if p.returncode != 0:
                 raise SystemExit(f"{label} failed: {p.stderr[-2000:]}")
-            rss.append(int(p.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024)
-        out.append((label, statistics.median(times), max(rss)))
-        print(f"  {label}: {out[-1][1]:.2f} s, {out[-1][2]:.0f} MB", flush=True)
+            kib, secs = p.stderr.rsplit("MAXRSS", 1)[1].split()[:2]
+            rss.append(int(kib) / 1024)
+            cpu.append(float(secs))
+        out.append((label, statistics.median(times), statistics.median(cpu), max(rss)))
+        print(f"  {label}: {out[-1][1]:.2f} s wall, {out[-1][2]:.2f} s CPU, {out[-1][3]:.0f} MB", flush=True)
     return out
 
 
@@ -117,7 +120,7 @@ def main() -> None:
 def _run_all(args: argparse.Namespace, tmp: Path, load0: object, busy0: float, t_start: float) -> None:
     prices = tmp / "prices.yaml"
     prices.write_text("small: {input: 0.2, output: 0.8}\nlarge: {input: 2.0, output: 8.0}\n")
-    results: list[tuple[str, str, float, float]] = []
+    results: list[tuple[str, str, float, float, float]] = []
     fills = []
     for n in (10_000, args.rows):
         db = tmp / f"ledger-{n}.db"
@@ -128,7 +131,7 @@ def _run_all(args: argparse.Namespace, tmp: Path, load0: object, busy0: float, t
         fills.append(f"SQLite {n:,} rows: {db.stat().st_size / 2**20:,.0f} MB, filled in {took:.0f} s")
         cfg = tmp / f"sqlite-{n}.yaml"
         cfg.write_text(CONFIG.format(backend="sqlite", path=db, pg=""))
-        results += [(f"SQLite, {n:,} rows", label, t, r) for label, t, r in run(cfg, prices, args.repeat)]
+        results += [(f"SQLite, {n:,} rows", *r) for r in run(cfg, prices, args.repeat)]
     if args.pg:
         from psycopg import connect
 
@@ -146,8 +149,7 @@ def _run_all(args: argparse.Namespace, tmp: Path, load0: object, busy0: float, t
             cfg = tmp / "pg.yaml"
             cfg.write_text(CONFIG.format(backend="postgres", path=tmp / "pg",
                                          pg=f', dsn: "{args.dsn}", pg_schema: {schema}'))
-            results += [(f"PostgreSQL, {args.rows:,} rows", label, t, r)
-                        for label, t, r in run(cfg, prices, args.repeat)]
+            results += [(f"PostgreSQL, {args.rows:,} rows", *r) for r in run(cfg, prices, args.repeat)]
         finally:
             pg.close()
             with connect(args.dsn, autocommit=True) as conn:
@@ -171,14 +173,16 @@ def _run_all(args: argparse.Namespace, tmp: Path, load0: object, busy0: float, t
         "",
         "Ledgers (tests/rollout_data.py, 30 days): " + "; ".join(fills) + ".",
         "",
-        f"Each command is the CLI in a fresh process, end to end; median wall time of {args.repeat} warm runs, and "
-        "the largest peak RSS (ru_maxrss) among them. The 10,000-row ledger gives the floor: the million-row "
+        f"Each command is the CLI in a fresh process, end to end; median wall time and median CPU time (user + "
+        f"system of that process; the database server's work is not in it) of {args.repeat} warm runs, and "
+        "the largest peak RSS (ru_maxrss) among them. On a loaded machine wall time is mostly waiting for a core: "
+        "CPU time is the cost. The 10,000-row ledger gives the floor: the million-row "
         "ledger's RSS should be the same (aggregation runs in SQL; Python sees a few hundred groups). Of each wall "
         f"time, {statistics.median(floor):.2f} s is the CLI's own start-up (`tierwise report --help`, median).",
         "",
-        "| ledger | command | wall s | peak RSS MB |",
-        "|---|---|---:|---:|",
-        *(f"| {ledger} | `tierwise {label}` | {t:.2f} | {r:.0f} |" for ledger, label, t, r in results),
+        "| ledger | command | wall s | CPU s | peak RSS MB |",
+        "|---|---|---:|---:|---:|",
+        *(f"| {ledger} | `tierwise {label}` | {t:.2f} | {c:.2f} | {r:.0f} |" for ledger, label, t, c, r in results),
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
