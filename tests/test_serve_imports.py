@@ -52,3 +52,23 @@ def test_cli_lab_defaults_match_their_owners() -> None:
                                                                   contextual_cli.DEFAULT_EMBEDDER)
     assert set(cli_lab.FITTER_KINDS) == set(train.FITTERS) and cli_lab.DEFAULT_KIND == train.DEFAULT_KIND
     assert tuple(cli_lab.EMBEDDERS) == tuple(EMBEDDERS)
+
+
+def test_replay_is_not_a_configurable_provider_format(tmp_path: Path) -> None:
+    """The lab's replay provider is injected into the service it evaluates, never named in a gateway config."""
+    import pytest
+
+    from tierwise.config.load import ConfigError, load_config_text
+
+    text = ("providers:\n  r: {format: replay}\nmodels:\n  m: {provider: r, price: {input: 1, output: 1}}\n"
+            "tiers:\n  t: {models: [m]}\ndefault_tier: t\nfallback_model: m\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text, env={})
+    assert "providers.r.format" in str(exc.value)
+
+
+def test_product_training_does_not_import_the_lab() -> None:
+    code = ("import sys, tierwise.routing.learned.train, tierwise.routing.learned.gate_train, tierwise.outcomes, "
+            "tierwise.quality_metrics; print([m for m in sys.modules if m.startswith('tierwise.lab')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The outcome data format: "these prompts, these models, these outcomes" (design §5).
+"""The outcome data format: "these prompts, these models, these outcomes" (docs/outcome-format.md).
 
 One format for every offline routing dataset, so that routers, gates, calibration and evaluation are written once
 and run on any public set that someone converts into it. On disk it is gzip'd JSON Lines (one prompt per line) plus

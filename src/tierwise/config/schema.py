@@ -33,7 +33,7 @@ class _Strict(BaseModel):
 class ProviderConfig(_Strict):
     """One upstream endpoint and the wire format it speaks."""
 
-    format: Literal["openai", "anthropic", "llamacpp", "replay"]
+    format: Literal["openai", "anthropic", "llamacpp"]  # the lab's replay provider is injected, never configured
     base_url: str | None = Field(
         default=None, description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (not for llamacpp)"
     )

@@ -44,7 +44,9 @@ def replay_config(oset: OutcomeSet, tier: dict[str, Any], fallback: str | None =
             "ledger": {"backend": "memory", "batch_size": 4096, "flush_interval_ms": 1000},
             # Recorded outcomes never fail; no retries, and no cooldown that would make order depend on history.
             "retry": {"max_retries": 0, "cooldown_failures": 1_000_000_000},
-            "providers": {"replay": {"format": "replay"}},
+            # The replay provider is not a configurable format: the config names a placeholder endpoint that is never
+            # contacted, and replay_service hands the service the ReplayProvider object under that name.
+            "providers": {"replay": {"format": "openai", "base_url": "http://127.0.0.1:9/replay-is-injected"}},
             "models": models,
             "tiers": {EVAL_TIER: tier},
             "default_tier": EVAL_TIER,

@@ -108,7 +108,7 @@ def load_artifact(path: str | Path, chain: Sequence[str] | None = None) -> dict[
     if data.get("version") != ARTIFACT_VERSION:
         raise ContextualArtifactError(
             f"{path}: contextual gate artifact version {data.get('version')!r}, but this tierwise reads version "
-            f"{ARTIFACT_VERSION}; retrain it (tierwise.lab.contextual.train_contextual)")
+            f"{ARTIFACT_VERSION}; retrain it (tierwise calibrate --kind contextual)")
     rungs = data.get("rungs")
     if not isinstance(rungs, list) or len(rungs) != len(data.get("chain", [])) - 1:
         raise ContextualArtifactError(f"{path}: needs one weight set per gated rung of chain {data.get('chain')}")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tierwise.fsutil import atomic_write
-from tierwise.lab.datasets import OutcomeSet
+from tierwise.outcomes import OutcomeSet
 from tierwise.routing.gates.learned import FEATURES, GATE_ARTIFACT_VERSION, gate_features
 from tierwise.routing.learned.numerics import fit_logistic, kfold_indices, sigmoid
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tierwise.lab.datasets import OutcomeSet
-from tierwise.lab.metrics import Point, compute_baselines, evaluate_curve
+from tierwise.outcomes import OutcomeSet
+from tierwise.quality_metrics import Point, compute_baselines, evaluate_curve
 from tierwise.routing.learned.artifact import PREDICTORS, LearnedRouter
 from tierwise.routing.learned.choose import RULES, Rule, choose, knob_grid
 from tierwise.routing.learned.embed_cache import TAIL_CHARS, embed_prompts
