@@ -1,10 +1,11 @@
 """``tierwise calibrate --from-ledger``: re-fit a cascade tier's thresholds on recent labelled traffic, propose them
 as a canary (never applied), and report drift in escalation rate and gate confidence.
 
-The data: the tier's answered requests in the window (``--since``/``--until``) that carry a quality label — feedback
-(``POST /v1/feedback``: score, or thumbs as 1 / 0; several sources averaged) on the request labels the answer that was
-*served*; feedback from a source named ``model:<name>`` labels that rung's answer instead (e.g. an escalated rung's
-answer judged offline). Costs, tokens and gate confidences come from the ledger's attempts.
+The data: the tier's answered requests in the window (``--since``/``--until``) that this cascade served — a gated
+rung of it answered (rows of another policy, such as a canary's control arm or the config before a promotion, are
+left out) — and that carry a quality label: feedback (``POST /v1/feedback``: score, or thumbs as 1 / 0; several
+sources averaged) on the request labels the answer that was *served*; feedback from a source named ``model:<name>``
+labels that rung's answer instead (e.g. an escalated rung's answer judged offline). Costs, tokens and gate confidences come from the ledger's attempts.
 
 Live traffic never shows what a rung that did not run would have answered, so two gaps are filled, conservatively,
 and counted in the output:
@@ -79,14 +80,19 @@ def _scores(cfg: TierwiseConfig, since: float) -> tuple[dict[str, float], dict[t
     return {k: mean(v) for k, v in served.items()}, {k: mean(v) for k, v in per_model.items()}
 
 
-def _window_rows(cfg: TierwiseConfig, tier: str, since: float, until: float) -> list[dict[str, Any]]:
+def _window_rows(cfg: TierwiseConfig, tier: str, since: float, until: float,
+                 chain: list[str]) -> list[dict[str, Any]]:
+    """The tier's answered requests that this cascade served: a rung of ``chain`` answered and one served (rows of
+    another policy — a canary's control arm, the config before a promotion, shadow calls — are not its traffic)."""
     from tierwise.ledger import open_store
 
+    rungs = set(chain)
     store = open_store(cfg.ledger)
     try:
         return [r for r in store.iter_rows(since, until)
-                if r.get("tier") == tier and r.get("status") == "ok" and not str(r.get("principal")).startswith(
-                    "shadow:")]
+                if r.get("tier") == tier and r.get("status") == "ok" and r.get("model") in rungs
+                and not str(r.get("principal")).startswith("shadow:")
+                and any(a.get("model") in rungs and a.get("confidence") is not None for a in r.get("attempts") or [])]
     finally:
         store.close()
 
@@ -114,7 +120,7 @@ def build_outcomes(cfg: TierwiseConfig, tier: str, since: float, until: float) -
     cascade = cfg.tiers[tier].cascade
     assert cascade is not None
     chain = [r.model for r in cascade.rungs]
-    rows = _window_rows(cfg, tier, since, until)
+    rows = _window_rows(cfg, tier, since, until, chain)
     served_q, model_q = _scores(cfg, since)
     built = Built(None, window=_drift_stats(rows, chain[:-1]))
     labelled = [r for r in rows if r["id"] in served_q]
@@ -201,7 +207,7 @@ def calibrate_from_ledger(args: argparse.Namespace) -> int:
     oset = labelled(built.oset, args)
     res = calibrate_point(_calibrator(oset, args), oset.split("test"), "quality", args.target_quality, args.z)
     print(describe(res, oset, args.z))
-    before = _drift_stats(_window_rows(cfg, args.tier, since - (until - since), since), chain[:-1])
+    before = _drift_stats(_window_rows(cfg, args.tier, since - (until - since), since, chain), chain[:-1])
     print(f"\ndrift: this window against the {_fmt((until - since) / 3600)} h before it (95 % intervals)")
     for c in drift(built.window, before):
         verdict = "too few data" if c.diff is None else ("DRIFTED" if c.significant else "no significant change")
