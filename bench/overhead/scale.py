@@ -3,6 +3,7 @@
     python bench/overhead/scale.py            # full: 4 setups x 2 rounds x (1, 16, 64 clients) x 3 targets, ~10 min
     python bench/overhead/scale.py --quick    # 1 round, 1 and 16 clients, 0.5 s warm-up + 2 s each, ~3 min
     python bench/overhead/scale.py --readme   # also rewrite the README's "Gateway overhead" table from this run
+    python bench/overhead/scale.py --from-json bench/results/scale.json [--readme]   # re-render a saved run
 
 One command measures, for each setup of ``scale_setups.py`` (SQLite default; Redis state + PostgreSQL ledger with 3
 replicas; the same with ``--workers 1`` and ``--workers 2``): added latency p50/p99 at one client (gateway − direct
@@ -134,7 +135,17 @@ def main() -> int:
                                                        "host=127.0.0.1 port=5432 user=postgres dbname=test"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--readme", action="store_true", help="rewrite README.md's gateway-overhead table from this run")
+    ap.add_argument("--from-json", type=Path, help="render the report (and --readme) from a saved scale*.json; no run")
     args = ap.parse_args()
+    if args.from_json is not None:
+        data = orjson.loads(args.from_json.read_bytes())
+        md = scale_report.render(data)
+        args.from_json.with_suffix(".md").write_text(md)
+        print(md)
+        if args.readme:
+            rel = args.from_json.with_suffix(".md").resolve().relative_to(REPO)
+            scale_report.update_readme(REPO / "README.md", data, str(rel))
+        return 0
     rounds = args.rounds or (1 if args.quick else 2)
     duration = args.duration or (2.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
