@@ -11,5 +11,7 @@ install_tierwise "test,local,semantic,lab,postgres,redis,otel"
   src/tierwise/routing/engine.py src/tierwise/routing/executor.py src/tierwise/routing/cascade.py src/tierwise/config \
   src/tierwise/types.py src/tierwise/errors.py src/tierwise/requests.py src/tierwise/pricing.py \
   src/tierwise/ledger src/tierwise/governance src/tierwise/state src/tierwise/sanitize.py src/tierwise/cli.py \
-  src/tierwise/telemetry src/tierwise/apis src/tierwise/dashboard
+  src/tierwise/telemetry src/tierwise/apis src/tierwise/dashboard \
+  src/tierwise/routing src/tierwise/lab src/tierwise/outcomes.py src/tierwise/quality_metrics.py \
+  src/tierwise/cli_lab.py src/tierwise/progress.py
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -141,10 +141,13 @@ def hull_integral(hull: Sequence[Point], lo: float, hi: float) -> float:
     if lo < hull[0].cost - _EPS:
         raise ValueError(f"the hull starts at cost {hull[0].cost}, after the integration start {lo}")
     xs = sorted({lo, hi, *(p.cost for p in hull if lo < p.cost < hi)})
-    ys = [hull_quality_at(hull, x) for x in xs]
-    return float(
-        sum((x2 - x1) * (y1 + y2) / 2.0 for x1, x2, y1, y2 in zip(xs, xs[1:], ys, ys[1:], strict=False))
-    )  # type: ignore[operator]
+    ys: list[float] = []
+    for x in xs:
+        y = hull_quality_at(hull, x)
+        if y is None:
+            raise ValueError(f"the hull does not reach cost {x}")
+        ys.append(y)
+    return float(sum((x2 - x1) * (y1 + y2) / 2.0 for x1, x2, y1, y2 in zip(xs, xs[1:], ys, ys[1:], strict=False)))
 
 
 def cost_to_parity(hull: Sequence[Point], target_quality: float, best_cost: float) -> float | None:

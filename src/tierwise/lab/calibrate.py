@@ -232,8 +232,11 @@ def gate_signal(oset: OutcomeSet, model: str, gate: str) -> bool:
     """Whether ``model`` can be a gated rung with ``gate`` on this set (signal recorded on every prompt)."""
     if gate == "vote":
         return all(len(p.models[model].samples or []) >= 2 for p in oset.prompts)
-    return all(p.models[model].confidence is not None and not math.isnan(p.models[model].confidence)
-               for p in oset.prompts)
+    return all(_has_conf(p.models[model].confidence) for p in oset.prompts)
+
+
+def _has_conf(c: float | None) -> bool:
+    return c is not None and not math.isnan(c)
 
 
 def pick_gate(oset: OutcomeSet, models: Sequence[str]) -> str | None:
@@ -276,9 +279,10 @@ class CascadeCalibrator:
         self._folds: list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]] | None = None
         priced = train.priced_models()
         self.train = train
-        self.gate = gate or pick_gate(train, chain or priced)
-        if self.gate is None:
+        chosen_gate = gate or pick_gate(train, chain or priced)
+        if chosen_gate is None:
             raise ValueError(f"{train.name}: no model has a log-prob confidence or samples: no cascade gate to fit")
+        self.gate: str = chosen_gate
         base = compute_baselines(train.quality_matrix(priced), train.cost_matrix(priced), priced)
         self.ref_model = ref_model or base.best
         self.ref = train.quality_matrix([self.ref_model])[:, 0]

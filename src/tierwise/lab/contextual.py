@@ -46,6 +46,7 @@ from tierwise.lab.calibrate import (
     CascadeCalibrator,
     ChainSearch,
     Constraint,
+    _has_conf,
     cost_ordered,
     sub_chains,
 )
@@ -105,8 +106,7 @@ def replay_answer(out: ModelOutcome, samples: int = 1, extract: str = "text") ->
 def rung_inputs(oset: OutcomeSet, model: str) -> tuple[str, ...]:
     """The gate inputs recorded for ``model`` on every prompt of ``oset`` (logprobs, samples)."""
     have = []
-    if all(p.models[model].confidence is not None and not math.isnan(p.models[model].confidence)
-           for p in oset.prompts):
+    if all(_has_conf(p.models[model].confidence) for p in oset.prompts):
         have.append("logprobs")
     if vote_samples(oset, model) >= 2:
         have.append("samples")
@@ -178,7 +178,7 @@ class GateFit:
         cols = [FEATURES.index(f) for f in self.features]
         out = np.zeros(len(X))
         for ho, w in self.fold_weights:
-            out[ho] = sigmoid(X[np.ix_(ho, cols)] @ w)
+            out[ho] = sigmoid(X[np.ix_(ho, np.asarray(cols, dtype=int))] @ w)
         return out
 
 
@@ -383,7 +383,11 @@ def fit_contextual(
     training = {"set": train.name, "split": "train", "n_prompts": len(train), "ids_sha1": ids_sha,
                 "target": "1 - max(0, q_last - q_rung)", "router_priors": "out-of-fold" if router else None,
                 "folds": FOLDS, "seed": seed}
-    specs, params, rpaths, datas, starts = {}, {}, {}, [], []
+    specs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    params: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    rpaths: dict[tuple[str, ...], Path] = {}
+    datas: list[CascadeData] = []
+    starts: list[float] = []
     Q, C, n = train.quality_matrix(pool), train.cost_matrix(pool), len(train)
     model = ContextualModel(pool, router, rpaths, specs, params, inputs, None)  # type: ignore[arg-type]
     for chain in sub_chains(pool, gated, max_rungs):

@@ -58,7 +58,7 @@ def contextual_curve(test: OutcomeSet, P_te: np.ndarray | None, model: Contextua
     families read on the test hull, where it would only relabel which τ gives which point (and cost 5 searches)."""
     calib = calib or model.calibrator
     cache: dict[str, tuple[float, float, list[PromptResult]]] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, tau in enumerate(taus):
         cal, knob = calib.fit_start(calib.constraint_quality(float(tau), z), guard)
         key = repr(model.tier(cal, knob))

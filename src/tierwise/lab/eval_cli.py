@@ -225,7 +225,7 @@ def knn_choices(train: OutcomeSet, test: OutcomeSet, models: list[str], embedder
 
     both = _Set(test.name, test.models, [*train.prompts, *test.prompts], test.meta)
     runs = train_and_sweep(both, models, "knn", embedder)
-    chosen = np.array([[models.index(r.served) for r in res] for _, res in runs])
+    chosen = np.array([[models.index(r.served or "") for r in res] for _, res in runs])
     return [k for k, _ in runs], chosen
 
 
@@ -369,8 +369,8 @@ def bootstrap_lines(rows: list[Row], quality: np.ndarray, cost: np.ndarray, mode
     for name in methods:
         a, c = interval(d[name]["auc"]), interval(d[name]["ctp99"])
         lines.append(f"  {name:<{w}} AUC [{a[0]:.3f}, {a[1]:.3f}]  c@.99qB% [{c[0]:.1f}, {c[1]:.1f}]")
-    knn = next((n for n in methods if n.startswith("knn")), None)
-    for first in [n for n in methods if n != knn] if knn is not None else []:
+    knn = next((n for n in methods if n.startswith("knn")), "")
+    for first in [n for n in methods if n != knn] if knn else []:
         delta = d[first]["auc"] - d[knn]["auc"]
         lo, hi = interval(delta)
         lines.append(f"  ΔAUC {first} − {knn}: [{lo:+.3f}, {hi:+.3f}], above in "

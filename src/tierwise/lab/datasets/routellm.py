@@ -76,7 +76,8 @@ def _load_binary(folder: Path, bench: str, decontaminate: bool) -> tuple[list[Pr
     for i, (pid, r) in enumerate(rows):
         models = {}
         for m in MODELS:
-            out = out_tok[m][i] if out_tok[m] is not None else None
+            col = out_tok[m]
+            out = col[i] if col is not None else None
             models[m] = ModelOutcome(
                 answer=r[f"{m}_response"] if has_resp else None,
                 quality=1.0 if r[m].strip() == "True" else 0.0,

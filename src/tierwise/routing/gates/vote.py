@@ -42,10 +42,10 @@ def extract_answer(text: str, how: str = "auto") -> str | None:
         m = _CHOICE.findall(text)
         return m[-1] if m else None
     if how != "auto":
-        m = re.search(how, text, re.S)
-        return m.group(1).strip() if m else None
-    m = _HASHES.search(text) or _ANSWER_IS.search(text)
-    tail = m.group(1) if m else text.splitlines()[-1]
+        found = re.search(how, text, re.S)
+        return found.group(1).strip() if found else None
+    marked = _HASHES.search(text) or _ANSWER_IS.search(text)
+    tail = marked.group(1) if marked else text.splitlines()[-1]
     choice = re.fullmatch(r"\(?([A-E])\)?", tail.strip())
     if choice:
         return choice.group(1)

@@ -115,7 +115,8 @@ def save_router(router: LearnedRouter, path: str | os.PathLike[str]) -> Path:
     arrays = {k: np.asarray(v) for k, v in router.predictor.arrays().items()}
     arrays[_HEADER_KEY] = np.frombuffer(json.dumps(header, indent=1).encode("utf-8"), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    save: Any = np.savez_compressed  # numpy's stub types **kwds as bool (allow_pickle's type): arrays are right
+    save(buf, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:

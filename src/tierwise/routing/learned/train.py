@@ -109,7 +109,8 @@ def train_router(
         from tierwise.progress import progress_bar
 
         kwargs["progress"] = progress_bar(f"{oset.name}: fitting {kind}")
-    predictor = FITTERS[kind](E, Q, folds=folds, seed=seed, **kwargs)
+    fitter: Any = FITTERS[kind]  # three fitters, three signatures sharing (E, Q, folds, seed)
+    predictor = fitter(E, Q, folds=folds, seed=seed, **kwargs)
     seconds = time.perf_counter() - start
     oof = np.clip(predictor.oof, 0.0, 1.0)
     mean_cost = C.mean(axis=0)

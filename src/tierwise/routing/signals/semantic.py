@@ -37,9 +37,9 @@ DEFAULT_THRESHOLDS = {"minilm-onnx": 0.0, "minilm-static": 0.475}
 
 def default_threshold(cfg: TierwiseConfig, embedder: Embedder) -> float:
     """``classifier.threshold`` if the config sets it, else the embedder's measured default."""
-    explicit = "threshold" in cfg.classifier.model_fields_set and cfg.classifier.threshold is not None
-    if explicit:
-        return float(cfg.classifier.threshold)
+    thr = cfg.classifier.threshold
+    if "threshold" in cfg.classifier.model_fields_set and thr is not None:
+        return float(thr)
     return DEFAULT_THRESHOLDS.get(getattr(embedder, "name", ""), float(cfg.classifier.threshold or 0.0))
 
 
