@@ -70,6 +70,7 @@ def main() -> int:
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     kind = ("stream" if args.stream else "json") + ("-governance" if args.governance else "")
+    load0 = procs.loadavg()
     with tempfile.TemporaryDirectory(prefix="tierwise-profile-") as tmpdir:
         tmp = Path(tmpdir)
         servers = start_servers(tmp, governance=args.governance)
@@ -100,6 +101,8 @@ def main() -> int:
     per_s = res["measured"] / (args.seconds + 1)
     self_c, incl, total = parse_collapsed(text)
     lines = [f"# Gateway profile: {kind}, {args.concurrency} clients, py-spy {args.rate} Hz for {args.seconds:g} s",
+             "", f"Load average before/after {load0} / {procs.loadavg()} on {procs.machine_facts()['nproc']} cores "
+             "(a busy machine slows everything; shares of the profile hold up better than absolute numbers).",
              "", f"Throughput {per_s:.0f} req/s, gateway CPU {(cpu1 - cpu0) / args.seconds:.2f} cores "
              f"≈ {1e6 * (cpu1 - cpu0) / args.seconds / per_s:.0f} µs/request; {total} busy samples "
              "(all threads; idle excluded).", "", "## Self time", "", "| % | function |", "|---:|---|"]
@@ -108,9 +111,9 @@ def main() -> int:
     threads = sorted(((n, f) for f, n in incl.items() if f.startswith("thread (")), reverse=True)
     wrappers = ("thread (", "<module> (", "_run_code (", "_run_module_as_main (", "main (tierwise/cli.py)",
                 "cmd_serve (", "serve (tierwise/gateway/server.py)", "Thread.run (", "Thread._bootstrap")
-    lines.insert(4, "Threads: " + ", ".join(f"{f.split()[1].strip('()')}: {100 * n / total:.0f}%" for n, f in threads)
+    lines.insert(6, "Threads: " + ", ".join(f"{f.split()[1].strip('()')}: {100 * n / total:.0f}%" for n, f in threads)
                  + " (the first is the event loop; the other busy one is the ledger writer).")
-    lines.insert(5, "")
+    lines.insert(7, "")
     lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in incl.most_common(args.top + len(wrappers))
               if not f.startswith(wrappers)][:args.top]
     md = "\n".join(lines) + "\n"
