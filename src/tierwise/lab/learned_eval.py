@@ -20,6 +20,8 @@ from tierwise.routing.learned.artifact import LearnedRouter, load_router, save_r
 from tierwise.routing.learned.choose import Rule, knob_grid, sweep
 from tierwise.routing.learned.embed_cache import embed_prompts
 
+ENGINE_CHECKS = 6  # hull vertices per sweep re-run through the engine (plus both ends)
+
 
 def cached_predictor(router: LearnedRouter, oset: OutcomeSet) -> Callable[[str], np.ndarray]:
     """text -> the router's predictions, for every prompt of ``oset`` (the text the replay driver sends)."""
@@ -41,10 +43,10 @@ def sweep_learned(
     """The learned policy over ``test`` for each knob (default: ``n`` values spanning every choice).
 
     Every knob's choices come from the router's own choice function on the cached predictions (vectorised: the
-    engine would take ~0.5 ms per prompt and knob, minutes on thousands of prompts × 41 knobs); the knobs that can
-    be reported — the vertices of the cost–quality hull, and the first and last knob — are run through the engine,
-    which must serve exactly the matrix's choice at exactly its cost (else AssertionError), and their engine results
-    are returned."""
+    engine would take ~0.5 ms per prompt and knob, minutes on thousands of prompts × 41 knobs). The first and last
+    knob and up to :data:`ENGINE_CHECKS` vertices of the cost–quality hull (evenly spread) are run through the
+    engine, which must serve exactly the matrix's choice at exactly its cost (else AssertionError); their engine
+    results are returned."""
     router = load_router(artifact)
     predict = cached_predictor(router, test)
     pred = np.stack([predict(p.prompt or p.id) for p in test.prompts])
@@ -60,7 +62,10 @@ def sweep_learned(
                                                                                              strict=True)]
     pts = [(float(C[rows, ch].mean()), float(Q[rows, ch].mean())) for ch in chosen]
     hull = {(p.cost, p.quality) for p in upper_hull([Point(c, q) for c, q in pts])}
-    check = sorted({0, len(knobs) - 1, *(i for i, p in enumerate(pts) if p in hull)})
+    vertices = [i for i, p in enumerate(pts) if p in hull]
+    if len(vertices) > ENGINE_CHECKS:
+        vertices = [vertices[round(j * (len(vertices) - 1) / (ENGINE_CHECKS - 1))] for j in range(ENGINE_CHECKS)]
+    check = sorted({0, len(knobs) - 1, *vertices})
     for done, i in enumerate(check):
         k = knobs[i]
         eng = run_tier(test, learned_tier(models, artifact, rule, k), predictors={EVAL_TIER: predict})
