@@ -183,3 +183,22 @@ def test_bad_labelling_files_and_options_are_clear_errors(captured: Path, capsys
     assert "--judge 'fuzzy'" in run(capsys, "trial", "-c", str(captured), "--labels", str(labels), "--models",
                                     "small", "--judge", "fuzzy", "--budget-usd", "1", "--out", "o")[1]
     assert not (tmp_path / "o").exists()
+
+
+def test_failed_calls_score_zero_and_are_retried_on_resume(captured: Path, upstream: FakeUpstream, capsys) -> None:
+    labels = captured.parent / "labels.jsonl"
+    run(capsys, "sample", "-c", str(captured), "--out", str(labels), "--per-tier", "4", "--tiers", "chat")
+    out = captured.parent / "trial-errors"
+    upstream.push_faults([{"kind": "http_error", "status": 500}] * 3)
+    before = upstream.calls
+    code, _ = run(capsys, "trial", "-c", str(captured), "--labels", str(labels), "--models", "small",
+                  "--budget-usd", "1", "--concurrency", "1", "--out", str(out), "--quiet")
+    assert code == 0 and upstream.calls - before == 4
+    c = json.loads((out / "trial.json").read_text())["tiers"]["chat"]["candidates"]["small"]
+    assert c["errors"] == 3 and c["n"] == 4 and c["quality"] <= 0.25  # a failed call is a failed answer
+    code, _ = run(capsys, "trial", "-c", str(captured), "--labels", str(labels), "--models", "small",
+                  "--budget-usd", "1", "--out", str(out), "--quiet")
+    assert code == 0 and upstream.calls - before == 7  # only the three failures again
+    c = json.loads((out / "trial.json").read_text())["tiers"]["chat"]["candidates"]["small"]
+    even = sum(int(r["prompt"].split()[-1]) % 2 == 0 for r in lines(labels))  # small is right on even questions
+    assert c["errors"] == 0 and c["n"] == 4 and c["quality"] == even / 4

@@ -2,8 +2,8 @@
 
 Every candidate answer and every judgement is appended to a results file in the output directory the moment it
 exists (``answers.jsonl``, ``judgements.jsonl``), so a trial stopped by Ctrl-C, a crash or its budget resumes where
-it stopped: a second run skips the (prompt, model) pairs already answered and judged. A torn last line (a crash
-mid-write) is ignored and redone.
+it stopped: a second run skips the (prompt, model) pairs already answered and judged, and tries failed calls again.
+A torn last line (a crash mid-write) is ignored and redone; the last line for a pair wins.
 
 Calls go straight to each model's provider (the same adapters the gateway uses), at most ``concurrency`` at a time,
 non-streamed, with ``logprobs`` asked for where the model offers them (the outcome set's ``confidence`` is then
@@ -209,8 +209,10 @@ class TrialRunner:
 
     async def answer(self, row: LabelRow, model: str) -> JSON | None:
         key = (row.id, model)
-        if key in self.answers:
+        if key in self.answers and not self.answers[key].get("error"):
             return self.answers[key]
+        if key in self.answers:  # a failed call is tried again on resume; its 0 judgement goes with it
+            self.judgements.pop(key, None)
         try:
             got = await self._call(model, row.messages, row.params, row.tier)
         except _BudgetReached:
