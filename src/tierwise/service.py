@@ -338,6 +338,7 @@ class Tierwise:
         started = _start_of(call)
         try:
             completion = await self.executor.complete(call)
+            await self.governor.share_pin(call)  # before the answer: the session's next turn may go to another replica
         except asyncio.CancelledError:
             self._book_cancelled(call)
             self._finish(call, started, "client_cancelled", 499, "client disconnected before the answer")
@@ -402,6 +403,7 @@ class ChatStream:
         outcome: str = "client_cancelled"
         err_msg: str | None = "client disconnected mid-stream"
         try:
+            await self.svc.governor.share_pin(self.call)  # before the first chunk (see Tierwise.complete)
             chunk: StreamChunk | None = self._first
             while chunk is not None:
                 if chunk.usage is not None:

@@ -123,6 +123,16 @@ class Governor:
         for model, until in adm.cooling.items():
             self.health.cool(model, now + (until - adm.now))  # the backend's clock, mapped onto ours
 
+    async def share_pin(self, call: Call) -> None:
+        """The request (re)pinned its session: with a backend that shares routing state, store the pin before the
+        answer leaves, so the session's next request finds it on any replica. Its settlement then has no pin to
+        send (a late copy could overwrite a newer pin another replica set meanwhile)."""
+        if call.new_pin is None or not call.session_id or not self.state.shares_routing_state:
+            return
+        share = getattr(self.state, "share_pin", None)
+        if share is not None and await share(call.session_id, call.new_pin):
+            call.new_pin = None
+
     def settle(self, call: Call) -> None:
         """The request is over: its real cost (every attempt and rung) replaces its reservation, and a shared
         backend learns the pin and cooldowns it set."""

@@ -71,7 +71,7 @@ class Call:
     excluded: Mapping[str, str] = field(default_factory=dict)  # models governance left out, with why (cascade rungs)
     budget: str | None = None  # the budget step that degraded the plan, for the x-tierwise-budget header
     reserved: bool = False  # the state backend admitted this request: it awaits a settle
-    new_pin: str | None = None  # the session was (re-)pinned to this model: shared with other replicas at settle
+    new_pin: str | None = None  # the session was (re-)pinned to this model: shared before the answer (Governor.share_pin)
     cooldowns: list[str] = field(default_factory=list)  # models this request put in cooldown (shared at settle)
     started: float = field(default_factory=time.perf_counter)  # for the request's total latency
 
