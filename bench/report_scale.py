@@ -176,8 +176,8 @@ def _run_all(args: argparse.Namespace, tmp: Path, load0: object, busy0: float, t
         f"Each command is the CLI in a fresh process, end to end; median wall time and median CPU time (user + "
         f"system of that process; the database server's work is not in it) of {args.repeat} warm runs, and "
         "the largest peak RSS (ru_maxrss) among them. On a loaded machine wall time is mostly waiting for a core: "
-        "CPU time is the cost. The 10,000-row ledger gives the floor: the million-row "
-        "ledger's RSS should be the same (aggregation runs in SQL; Python sees a few hundred groups). Of each wall "
+        "CPU time is the cost. The 10,000-row ledger gives the floor to compare the million-row ledger's RSS with: "
+        "aggregation runs in SQL and Python sees a few hundred groups, so memory must not grow with the rows. Of each wall "
         f"time, {statistics.median(floor):.2f} s is the CLI's own start-up (`tierwise report --help`, median).",
         "",
         "| ledger | command | wall s | CPU s | peak RSS MB |",
