@@ -5,14 +5,22 @@ mid-traffic (see ``tests/multi_replica.py`` for the cluster and how requests, up
 **The overspend bound, derived from what the gateway reserves.** For a request of tier ``label`` (one model,
 ``small``, which is also the fallback), the governor reserves ``small``'s price for the prompt tokens by the
 tokenizer + the request's ``max_tokens`` (:meth:`tierwise.pricing.RequestEstimator.ceiling`; the test calls it on
-each request's body with the replicas' config, :func:`tests.multi_replica.reservation`). Admission is one atomic Lua script: a request is admitted only while, for every cap that governs it,
-settled + reserved < cap, and then reserves against all of them. Take any cap and the last request L it admitted:
-every request admitted before L was then either settled (its real cost is in *settled*) or in flight (its
-reservation is in *reserved*, and it settles at a real cost ≤ its reservation when cost ≤ estimate). So the cap's
-final spend ≤ settled + reserved (at L's admission) + cost(L) < cap + reservation(L) ≤ cap + the largest
-reservation — within the issue's bound "cap + the reservations in flight when the cap was reached", and tighter.
-The test checks the premise on every row (real cost ≤ reservation) and the bound on every cap: per key, principal,
-customer and department.
+each request's body with the replicas' config: :func:`tests.multi_replica.reservation`). Admission is one atomic
+Lua script: a request is admitted only while, for every cap that governs it, settled + reserved < cap, and then
+reserves against all of them. Take any cap and the last request L it admitted: every request admitted before L was
+then either settled (its real cost is in *settled*) or in flight (its reservation is in *reserved*, and it settles
+at a real cost ≤ its reservation). So the cap's final spend ≤ settled + reserved (at L's admission) + cost(L) <
+cap + reservation(L) ≤ cap + the largest reservation — within the issue's bound "cap + the reservations in flight
+when the cap was reached", and tighter. The mock upstream answers with all 300 ``max_tokens`` (and fewer prompt
+tokens than the tokenizer counts), so the premise — real cost ≤ reservation, checked on every row — is tight; the
+bound is checked on every cap: per key, principal, customer and department. Conversely a cap that refused a request
+must have been spent to within one reservation of it (not falsely hit).
+
+**The kill.** The victim principal's traffic goes only to the replica that is killed, so what Redis holds reserved
+for it after the kill is exactly what that replica had in flight: at least the estimates of the requests the
+journal replay then books ``interrupted`` (a request admitted but killed before its journal line, or ended with its
+settlement still queued, also holds a reservation). After the TTL the next admit anywhere releases them all; after
+``tierwise ledger recover`` the budgets' spend equals the ledger's again, per principal and customer.
 """
 
 from __future__ import annotations
@@ -75,8 +83,8 @@ def _ledger_matches(c: Cluster, answers: list[Answer], uids: set[str]) -> list[d
 def test_budgets_attribution_pins_and_ledger_across_three_replicas(cluster: Cluster) -> None:
     c = cluster
     since = time.time() - 1
-    # `tierwise keys create` runs: a principal's first key creates it with its limits; a second key's flags are
-    # then that key's own tighter cap (so the second ones wait for the first). Each call is a process: run them side by side.
+    # `tierwise keys create`: a principal's first key creates it with its limits; a second key's flags are then
+    # that key's own tighter cap (so the second ones wait for the first). Each call is a process: run side by side.
     principals = {f"p{i}": ("--customer", "acme" if i % 2 == 0 else "globex", "--department", DEPARTMENTS[i % 3],
                             "--daily-budget-usd", str(PRINCIPAL_DAILY)) for i in range(8)}
     with ThreadPoolExecutor(4) as pool:
