@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,15 @@ import run as overhead  # noqa: E402
 from tierwise.ledger import SQLiteLedgerStore  # noqa: E402
 
 CONC = 16
+IDLE_S = 10.0
+
+
+def ledger_rows_last_hour(path: Path) -> int:
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM requests WHERE ts >= ?", (time.time() - 3600,)).fetchone()[0])
+    finally:
+        conn.close()
 
 
 def seed(path: Path, n: int) -> None:
@@ -90,6 +100,21 @@ def main() -> None:
                     ext.append(r["external_cores"])
                     print(f"  r{rnd} dashboard {mode:<3} rps={r['rps']:8.0f} errors={r['errors']} "
                           f"gateway cpu/req={r['server_cpu_us_per_req']:.0f} us ext_load={r['external_cores']:.2f} cores", flush=True)
+            # The dashboard's own CPU, free of the load's noise: the gateway idle for IDLE_S with and without a tab
+            # open, on the ledger the rounds left behind (the 1 h window now holds the load's rows too).
+            idle: dict[str, float] = {}
+            for mode in ("off", "on", "off2", "on2"):
+                poller = None
+                if mode.startswith("on"):
+                    poller = subprocess.Popen([sys.executable, str(HERE / "dashboard_poller.py"), gw.base,
+                                               str(IDLE_S)], stdout=subprocess.PIPE, text=True)
+                    assert poller.stdout is not None and poller.stdout.readline().strip() == "ready"
+                c0 = procs.cpu_s(gw.pid)
+                time.sleep(IDLE_S)
+                idle[mode] = (procs.cpu_s(gw.pid) - c0) / IDLE_S * 1000  # ms of CPU per second
+                if poller is not None:
+                    poller.communicate(timeout=60)
+            window_rows = ledger_rows_last_hour(tmp / "ledger.db")
         finally:
             for s in servers.values():
                 s.stop()
@@ -97,6 +122,7 @@ def main() -> None:
     cost = (off - on) / off * 100
     cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
     cpu_cost = (cpu_on - cpu_off) / cpu_on * 100  # the share of max RPS lost when the gateway's CPU is the limit
+    dash_ms = (idle["on"] + idle["on2"] - idle["off"] - idle["off2"]) / 2
     facts = procs.machine_facts()
     lines = [
         "# Gateway throughput with the dashboard open",
@@ -124,6 +150,15 @@ def main() -> None:
         "CPU per request** (what it costs at saturation when the gateway's CPU is the limit; robust to load from "
         f"other processes, which took a median {statistics.median(ext):.2f} of the {facts['nproc']} cores during the "
         f"rounds). Target ≤ 10 %. Poller calls per round: {'; '.join(polls)}.",
+        "",
+        f"The dashboard's own cost, measured apart from the load (the gateway idle for {IDLE_S:g} s, twice without "
+        f"and twice with a tab open, on the ledger the rounds left: {window_rows:,} rows in the 1 h window the tab "
+        f"reads): the gateway process used {idle['off']:.0f} / {idle['off2']:.0f} ms of CPU per second without and "
+        f"{idle['on']:.0f} / {idle['on2']:.0f} with it, so **an open tab costs about {dash_ms:.0f} ms of CPU per "
+        f"second = {dash_ms / 10:.1f} % of one core**. At max RPS the gateway's event loop keeps one core busy, so "
+        f"this is also the most the tab can take from max RPS when the gateway's CPU is the limit "
+        f"({'within' if dash_ms / 10 <= 10 else 'over'} the 10 % target); the RPS medians above move more than that "
+        "with the machine's outside load.",
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
