@@ -422,3 +422,17 @@ def test_budget_status_is_the_ledgers_month_and_day_against_each_cap(upstream: F
         assert d["anomalies"] == []
     finally:
         gw.stop()
+
+
+def test_an_unreadable_ledger_is_a_503_naming_it_and_the_page_recovers(open_gw: GatewayServer) -> None:
+    assert open_gw.svc is not None
+    path = Path(open_gw.svc.ledger.store.path)  # type: ignore[attr-defined]
+    moved = path.with_suffix(".moved")
+    path.rename(moved)
+    try:
+        for endpoint in ("summary", "recent"):
+            err = error_of(httpx.get(f"{open_gw.url}/dashboard/api/{endpoint}"), 503)
+            assert err["code"] == "ledger_unavailable" and str(path) in err["message"]
+    finally:
+        moved.rename(path)
+    assert httpx.get(open_gw.url + "/dashboard/api/summary").status_code == 200
