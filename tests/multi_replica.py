@@ -123,9 +123,10 @@ class Cluster:
             self.cfgs.append(cfg)
             self.procs.append(None)
         self.cli("check-config", str(self.cfgs[0]), config=False)  # reaches Redis and PostgreSQL, or says why
-        for i in range(n):  # the first start creates the schema; the others find it
+        for i in range(n):  # all at once on a fresh schema, as a deployment starts them: they race to create it
             self.procs[i] = procs.spawn_serve(self.cfgs[i], stderr_path=self.log(i), reap_after_test=False)
-            procs.wait_ready(self.procs[i], self.ports[i], timeout_s=120)  # type: ignore[arg-type]
+        for i in range(n):
+            procs.wait_ready(self.procs[i], self.ports[i], timeout_s=180)  # type: ignore[arg-type]
         return self
 
     def log(self, i: int) -> Path:
