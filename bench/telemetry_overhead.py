@@ -16,13 +16,18 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tierwise.config import load_config_text
 from tierwise.telemetry.config import MetricsConfig, TracingConfig
 from tierwise.telemetry.metrics import RequestMetrics
 from tierwise.types import Attempt, Cost, LedgerRecord, Usage
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = """
@@ -52,6 +57,17 @@ def records(n: int) -> list[LedgerRecord]:
             rec.attempts.insert(0, Attempt("small", "escalated", 200, None, 0.5, 0, u, 1e-4, confidence=0.4))
         out.append(rec)
     return out
+
+
+def _null_exporter() -> SpanExporter:
+    """A SpanExporter that drops what it is given (the batch processor's own cost, no serialisation)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Null(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    return Null()
 
 
 def cpu_us(fn: Callable[[LedgerRecord], None], recs: list[LedgerRecord]) -> float:
@@ -90,9 +106,12 @@ def main() -> int:
         rows.append(("tracing, exporter none (spans made and ended)",
                      cpu_us(Tracing(TracingConfig(enabled=True, exporter="none"), cfg).observe, recs)))
         tr = Tracing(TracingConfig(enabled=True, exporter="none"), cfg)
-        mem = InMemorySpanExporter()
-        tr.provider.add_span_processor(SimpleSpanProcessor(mem))
+        tr.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
         rows.append(("tracing, in-memory exporter (SimpleSpanProcessor)", cpu_us(tr.observe, recs)))
+        tr = Tracing(TracingConfig(enabled=True, exporter="none"), cfg, exporter=_null_exporter())
+        rows.append(("tracing, BatchSpanProcessor to an exporter that drops the batch (queueing + export thread)",
+                     cpu_us(tr.observe, recs)))
+        tr.shutdown()
     load_after = os.getloadavg()
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     lines = [

@@ -35,7 +35,7 @@ def traced(upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[GatewayServ
     spans = InMemorySpanExporter()
     tel = gw.runner.app[TELEMETRY_KEY]  # type: ignore[union-attr]
     assert tel.tracing is not None
-    tel.tracing.provider.add_span_processor(SimpleSpanProcessor(spans))
+    tel.tracing.add_span_processor(SimpleSpanProcessor(spans))
     try:
         yield gw, spans
     finally:
