@@ -120,3 +120,68 @@ def test_tracing_config_problems(tmp_path: Path) -> None:
     problems = dict(telemetry_problems(cfg, {"NOPE": "short"}))
     assert "own listener" in problems["telemetry.metrics.listener"]
     assert "NOPE" in problems["telemetry.metrics.token_env"]
+
+
+def test_otlp_export_reaches_a_collector(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """exporter: otlp against a real OTLP/HTTP receiver on loopback: the spans arrive as protobuf when the gateway
+    stops (the batch processor is flushed at shutdown)."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    got: list[bytes] = []
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port: list[int] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def serve() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/v1/traces", receive)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port.append(runner.addresses[0][1])
+        return runner
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner = loop.run_until_complete(serve())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    extra = (f"telemetry: {{tracing: {{enabled: true, exporter: otlp, endpoint: 'http://127.0.0.1:{port[0]}/v1/traces',"
+             " service_name: tw-test}}\n")
+    gw = GatewayServer(config_for(upstream.base_url, tmp_path, extra=extra)).start()
+    try:
+        assert httpx.post(gw.base_url + "/chat/completions", json={"model": "chat", "messages": MSG}).status_code == 200
+        rid = gw.rows()[-1]["id"]
+    finally:
+        gw.stop()  # flushes the batch processor
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    spans = []
+    for body in got:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        for rs in req.resource_spans:
+            service = {a.key: a.value.string_value for a in rs.resource.attributes}["service.name"]
+            assert service == "tw-test"
+            for ss in rs.scope_spans:
+                spans += list(ss.spans)
+    assert sorted(s.name for s in spans) == ["chat chat", "chat large"]
+    root = next(s for s in spans if s.name == "chat chat")
+    attrs = {a.key: a.value for a in root.attributes}
+    assert attrs["gen_ai.response.id"].string_value == rid and attrs["gen_ai.usage.output_tokens"].int_value > 0
+    child = next(s for s in spans if s.name == "chat large")
+    assert child.parent_span_id == root.span_id and child.trace_id == root.trace_id

@@ -56,8 +56,8 @@ class TracingConfig(_Strict):
     enabled: bool = False
     exporter: Literal["otlp", "console", "none"] = Field(
         default="otlp",
-        description="otlp: OTLP/HTTP (needs opentelemetry-exporter-otlp-proto-http; endpoint from 'endpoint' or "
-                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); console: JSON to stdout; none: spans are made, not sent",
+        description="otlp: OTLP/HTTP (endpoint from 'endpoint' or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); console: "
+                    "JSON to stdout; none: spans are made, not sent",
     )
     endpoint: str | None = Field(default=None, description="otlp: e.g. http://127.0.0.1:4318/v1/traces")
     service_name: str = Field(default="tierwise", min_length=1, max_length=200)

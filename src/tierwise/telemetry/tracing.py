@@ -7,8 +7,7 @@ finished SDK ``ReadableSpan`` objects and handed to the span processors directly
 fraction of it (``bench/telemetry_overhead.py``). The root span covers the request
 (``record.ts`` + ``latency_ms``); each attempt's span has its measured duration and is laid after the previous one
 (the record keeps durations, not start times, so a retry's backoff wait shows as the gap at the end). Needs the
-``otel`` extra (``opentelemetry-api``, ``opentelemetry-sdk``); OTLP export also needs
-``opentelemetry-exporter-otlp-proto-http``. Spans go through a ``BatchSpanProcessor``: exporting happens on its
+``otel`` extra (``opentelemetry-api``, ``opentelemetry-sdk``, ``opentelemetry-exporter-otlp-proto-http``). Spans go through a ``BatchSpanProcessor``: exporting happens on its
 thread, never on the event loop.
 
 Attributes follow the OpenTelemetry GenAI semantic conventions — ``gen_ai.operation.name`` (``chat``),
@@ -52,8 +51,8 @@ def tracing_problem(cfg: TracingConfig) -> str | None:
         try:
             import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
         except ImportError:
-            return ("telemetry.tracing.exporter 'otlp' needs the OTLP exporter: pip install "
-                    "opentelemetry-exporter-otlp-proto-http (or use exporter: console / none)")
+            return ("telemetry.tracing.exporter 'otlp' needs the OTLP exporter: pip install 'tierwise[otel]' "
+                    "(opentelemetry-exporter-otlp-proto-http), or use exporter: console / none")
     return None
 
 
