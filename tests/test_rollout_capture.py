@@ -260,3 +260,20 @@ def test_default_redaction_patterns() -> None:
     assert r.json({"messages": [{"content": ["sk-abcdefghijklmnopqrst"]}], "n": 2}) == \
         {"messages": [{"content": ["[REDACTED]"]}], "n": 2}
     assert len(Redactor([], 1000).text("x" * 5000)) <= 1000
+
+
+def test_capture_purge_cli(tmp_path: Path, upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.rollout_data import config_file
+    from tierwise.cli import main
+
+    cfg = config_for(upstream.base_url, tmp_path, extra=CAPTURE)
+    path = config_file(cfg, tmp_path / "tierwise.yaml")
+    store = open_rollout_store(cfg)
+    now = time.time()
+    store.write_captures([Captured(f"r{d}", now - d * 86400, "chat", "large", "p", []) for d in (1, 3, 10)])
+    store.close()
+    assert main(["capture", "purge", "-c", str(path)]) == 0  # retention_days: 7
+    assert capsys.readouterr().out.strip() == "purged 1 capture(s)"
+    assert main(["capture", "purge", "-c", str(path), "--older-than", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "purged 1 capture(s)"
+    assert [c.request_id for c in iter_captured(cfg)] == ["r1"]
