@@ -20,7 +20,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +162,7 @@ class LocalModel:
     def _chat(self, kwargs: dict[str, Any], trace: Trace, *, stream: bool) -> Any:
         llama = self._loaded()
         llama.trace = trace
-        processors = [trace.observe_logits] if trace.want_logprobs else None
+        processors = llama_cpp.LogitsProcessorList([trace.observe_logits]) if trace.want_logprobs else None
         return llama.create_chat_completion(**kwargs, stream=stream, logits_processor=processors)
 
     def _untrace(self) -> None:
@@ -212,7 +212,7 @@ class LocalModel:
 
     async def stream(
         self, kwargs: dict[str, Any], trace: Trace, *, chunk_timeout_s: float, max_buffered: int = 32
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield llama-cpp's stream chunks as the model thread produces them.
 
         Backpressure: the thread may run at most ``max_buffered`` chunks ahead of the consumer. When the consumer

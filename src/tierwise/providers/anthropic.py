@@ -72,7 +72,8 @@ class StreamTranslator:
                 text = delta.get("text") or ""
                 return [*self._first(), self._chunk({"content": text}, text=text)] if text else []
             if dtype == "input_json_delta":
-                idx = self.tool_index.get(event.get("index"))
+                block_index = event.get("index")
+                idx = self.tool_index.get(block_index) if isinstance(block_index, int) else None
                 partial = delta.get("partial_json") or ""
                 if idx is None or not partial:
                     return []
@@ -91,7 +92,9 @@ class StreamTranslator:
             out = self._first()
             if block.get("type") == "tool_use":
                 idx = len(self.tool_index)
-                self.tool_index[event.get("index")] = idx
+                block_index = event.get("index")
+                if isinstance(block_index, int):
+                    self.tool_index[block_index] = idx
                 call = {
                     "index": idx,
                     "id": block.get("id") or new_id("toolu_"),
