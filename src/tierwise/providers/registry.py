@@ -33,11 +33,6 @@ def build_provider(name: str, cfg: ProviderConfig, models: dict[str, str] | None
                 "pip install 'tierwise[local]' (or serve the model over HTTP and use format 'openai')"
             ) from exc
         return LlamaCppProvider(name, cfg, dict(models or {}))
-    if cfg.format == "replay":
-        raise ValueError(
-            f"provider '{name}' has format 'replay': replay providers serve recorded outcomes and are built by "
-            "tierwise eval / calibrate from a dataset, not by the gateway"
-        )
     raise ValueError(f"provider '{name}': unknown format {cfg.format!r}")
 
 
