@@ -48,6 +48,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "z·standard error (paired with the reference model); 0 = on the train mean")
     p.add_argument("--cv-folds", type=int, default=CV_FOLDS, help="selection guard: the train slack must also "
                    f"exceed the search's optimism measured by this many-fold CV on train (default {CV_FOLDS}; 0 = off)")
+    p.add_argument("--max-p95-latency-ms", type=float, help="cascade: remove candidate points whose p95 latency "
+                   "on train (sum of the rungs called; recorded, or modelled from tokens where the set has none) "
+                   "exceeds this many ms")
 
 
 def _router_args(p: argparse.ArgumentParser) -> None:

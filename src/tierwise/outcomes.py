@@ -38,7 +38,8 @@ class ModelOutcome:
     cost_usd: float | None
     confidence: float | None = None
     samples: list[str] | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # wall time of the whole answer, as recorded
+    ttft_ms: float | None = None  # time to the first streamed token, where the source recorded it
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,6 +56,8 @@ class ModelOutcome:
             out["samples"] = self.samples
         if self.latency_ms is not None:
             out["latency_ms"] = self.latency_ms
+        if self.ttft_ms is not None:
+            out["ttft_ms"] = self.ttft_ms
         return out
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from tierwise.lab.cascade_sim import CascadeData, cascade_data, default_gate_params, simulate, tier_spec
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.evaluate import PromptResult, run_tier
+from tierwise.lab.latency import LatencyModel, p95
 from tierwise.lab.metrics import compute_baselines
 from tierwise.routing.gates.base import CLEAR_SLACK
 from tierwise.routing.learned.numerics import kfold_indices
@@ -161,6 +162,8 @@ class ChainSearch:
     data: CascadeData
     ref: np.ndarray | None
     frontier: list[np.ndarray] = field(default_factory=list)
+    lat: np.ndarray | None = None  # (n, k) per-rung latency (ms), for a p95 latency constraint
+    max_p95_ms: float | None = None  # candidate points whose train p95 latency exceeds this are removed
 
     def __post_init__(self) -> None:
         self.F = served_features(self.data, self.ref)
@@ -173,6 +176,13 @@ class ChainSearch:
         if len(self.data.chain) == 1:
             return self.F[:, 0].sum(axis=0)
         return self.F[np.arange(self.data.n), _served(self.data.confidence, thr)].sum(axis=0)
+
+    def admissible(self, thr: np.ndarray) -> bool:
+        """The point meets the latency constraint on train (always, without one): p95 of Σ called rungs."""
+        if self.max_p95_ms is None or self.lat is None:
+            return True
+        served = _served(self.data.confidence, thr) if len(thr) else np.zeros(self.data.n, dtype=int)
+        return p95(np.cumsum(self.lat, axis=1)[np.arange(self.data.n), served]) <= self.max_p95_ms
 
     def _sweep(self) -> None:
         thr = np.array([c[-1] for c in self.cands])  # as little passing as the [0, 1] range allows
@@ -201,6 +211,10 @@ class ChainSearch:
             return np.zeros(0), tot, bool(_slack(tot, n, con) >= 0)
         tots = np.array([self.totals(t) for t in self.frontier])
         slack = _slack(tots, n, con)
+        fast = np.array([self.admissible(t) for t in self.frontier])
+        if not fast.any():  # no point of this chain meets the latency constraint: the caller skips it
+            return self.frontier[0].copy(), tots[0], False
+        slack = np.where(fast, slack, -np.inf)
         ok = np.flatnonzero(slack >= 0)
         if ok.size == 0:  # infeasible: the point closest to feasibility
             i = int(np.argmax(slack))
@@ -219,7 +233,10 @@ class ChainSearch:
                     score = along[good, _F_C] - 1e-9 * self.c_ref * along[good, _F_Q]
                 else:  # best quality; ties → cheaper
                     score = -along[good, _F_Q] + 1e-9 * along[good, _F_C] / self.c_ref
-                b = int(good[np.argmin(score)])
+                b = next((int(good[g]) for g in np.argsort(score, kind="stable")  # best one within the latency cap
+                          if self.admissible(np.where(np.arange(len(thr)) == j, self.cands[j][good[g]], thr))), -1)
+                if b < 0:
+                    continue
                 better = along[b, _F_C] < tot[_F_C] - 1e-15 if con.mode == "quality" else along[b, _F_Q] > tot[_F_Q] + 1e-12
                 if better:
                     thr[j], tot, improved = self.cands[j][b], along[b], True
@@ -274,8 +291,10 @@ class CascadeCalibrator:
         ref_model: str | None = None,
         max_rungs: int = 5,
         cv_folds: int = CV_FOLDS,
+        max_p95_ms: float | None = None,
     ) -> None:
         self.cv_folds = cv_folds
+        self.max_p95_ms = max_p95_ms
         self._folds: list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]] | None = None
         priced = train.priced_models()
         self.train = train
@@ -302,6 +321,10 @@ class CascadeCalibrator:
         self.searches = [
             ChainSearch(cascade_data(train, c, self.gate, [params[m] for m in c[:-1]]), self.ref) for c in chains
         ]
+        if max_p95_ms is not None:  # the latency constraint (tierwise.lab.latency): recorded or token-modelled
+            lm = LatencyModel(train)
+            for s in self.searches:
+                s.lat, s.max_p95_ms = lm.matrix(s.data.ids, s.data.chain), max_p95_ms
 
     @property
     def q_ref(self) -> float:
@@ -332,7 +355,7 @@ class CascadeCalibrator:
         i, thr, tot, ok = self._choose(self.searches, con)
         if not ok and con.mode == "quality" and con.tau <= 1.0:
             for j, s in enumerate(self.searches):
-                if list(s.data.chain) == [self.ref_model]:
+                if list(s.data.chain) == [self.ref_model] and s.admissible(np.zeros(0)):
                     return j, np.zeros(0), s.totals(np.zeros(0)), False
         return i, thr, tot, ok
 
@@ -343,6 +366,8 @@ class CascadeCalibrator:
         best: tuple[tuple[float, ...], int, np.ndarray, np.ndarray, bool] | None = None
         for i, s in enumerate(searches):
             thr, tot, ok = s.fit(con)
+            if not s.admissible(thr):
+                continue
             n = s.data.n
             if con.mode == "quality":
                 key = (0.0, tot[_F_C] / n, -tot[_F_Q] / n) if ok else (1.0, -float(_slack(tot, n, con)), 0.0)
@@ -350,7 +375,10 @@ class CascadeCalibrator:
                 key = (0.0, -tot[_F_Q] / n, tot[_F_C] / n) if ok else (1.0, tot[_F_C] / n, 0.0)
             if best is None or key < best[0]:
                 best = (key, i, thr, tot, ok)
-        assert best is not None
+        if best is None:
+            fastest = min(p95(s.lat[:, 0]) for s in searches if s.lat is not None)
+            raise ValueError(f"no candidate point has a train p95 latency <= {searches[0].max_p95_ms:g} ms "
+                             f"(the fastest first rung alone: {fastest:.0f} ms)")
         return best[1], best[2], best[3], best[4]
 
     def guarded(self, con: Constraint) -> Constraint:
@@ -372,18 +400,22 @@ class CascadeCalibrator:
         drops = []
         plain = replace(con, z=0.0, offset=0.0)
         for tr, ho, searches in self._fold_searches():
-            i, thr, _, _ = self._choose(searches, on(con, tr))
+            try:
+                i, thr, _, _ = self._choose(searches, on(con, tr))
+            except ValueError:  # no point meets the latency cap on this fold's rows: it measures nothing
+                continue
             d = self.searches[i].data
             fitted, held = simulate(d.rows(tr), thr), simulate(d.rows(ho), thr)
             drops.append(on(plain, tr).slack_of(fitted.cost, fitted.quality)
                          - on(plain, ho).slack_of(held.cost, held.quality))
-        return max(0.0, float(np.mean(drops)))
+        return max(0.0, float(np.mean(drops))) if drops else 0.0
 
     def _fold_searches(self) -> list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]]:
         """Per fold: (fit rows, held-out rows, every search rebuilt on the fit rows), built once."""
         if self._folds is None:
             n = self.searches[0].data.n
-            self._folds = [(tr, ho, [type(s)(s.data.rows(tr), None if s.ref is None else s.ref[tr])
+            self._folds = [(tr, ho, [type(s)(s.data.rows(tr), None if s.ref is None else s.ref[tr],
+                                             lat=None if s.lat is None else s.lat[tr], max_p95_ms=s.max_p95_ms)
                                      for s in self.searches])
                            for tr, ho in kfold_indices(n, self.cv_folds, CV_SEED)]
         return self._folds

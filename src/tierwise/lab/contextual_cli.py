@@ -184,6 +184,7 @@ def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: f
         tau_row = Row(f"{label} ours-τ (τ read on test)", evaluate_curve(pts, base), pts,
                       calibrated=Point(cal["cost"], cal["quality"]),
                       per_prompt=PerPrompt.from_runs([r["results"] for r in fam]))
+        tau_row.calibrated_runs = cal.get("results")
         if two:
             pct = [100 * float(np.mean([base.best in r.models_called for r in x["results"]])) for x in fam]
             xs = [0.0, *pct, 100.0]

@@ -84,9 +84,17 @@ def _calibrator(oset: OutcomeSet, args: argparse.Namespace) -> CascadeCalibrator
     if ref:
         check_models(oset, [ref], "--relative-to")
     try:
-        return CascadeCalibrator(train, gate=args.gate, chain=chain, ref_model=ref, cv_folds=args.cv_folds)
+        return CascadeCalibrator(train, gate=args.gate, chain=chain, ref_model=ref, cv_folds=args.cv_folds,
+                                 max_p95_ms=_latency_cap(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _latency_cap(args: argparse.Namespace) -> float | None:
+    cap = getattr(args, "max_p95_latency_ms", None)
+    if cap is not None and not cap > 0:
+        raise UsageError(f"--max-p95-latency-ms {cap:g}: give a positive number of milliseconds")
+    return cap
 
 
 # ------------------------------------------------------------------------------------------------- calibrate
@@ -153,6 +161,9 @@ def _calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet) -> int:
     if args.chain not in (None, "auto") or args.gate:
         raise UsageError("--kind contextual searches every sub-chain and gates on what each rung recorded: "
                          "--chain and --gate are for --kind cascade")
+    if _latency_cap(args) is not None:
+        raise UsageError("--max-p95-latency-ms is for --kind cascade (the contextual search has no latency "
+                         "constraint yet)")
     if args.relative_to != "best":
         raise UsageError("--kind contextual targets the best train model's quality (--relative-to best)")
     if args.config and not args.tier:
@@ -198,8 +209,28 @@ def describe(res: CalibrationResult, oset: OutcomeSet, z: float) -> str:
         f"{h.quality_ci[1]:.4f}], cost ${h.cost:.6g}/req [{h.cost_ci[0]:.6g}, {h.cost_ci[1]:.6g}] "
         f"= {100 * h.cost / cref:.1f}% of {res.ref_model}",
         f"  test target {res.target_test:.4f}: {'met' if res.met_on_test else 'NOT met'}",
+        *latency_lines(res, oset),
     ]
     return "\n".join(lines)
+
+
+def latency_lines(res: CalibrationResult, oset: OutcomeSet) -> list[str]:
+    """p50/p95 latency and streaming TTFT of the calibrated point on train (the simulator's served rungs) and on
+    test (the engine's runs), with where the numbers come from (:mod:`tierwise.lab.latency`)."""
+    from tierwise.lab.cascade_sim import cascade_data, simulate
+    from tierwise.lab.evaluate import PromptResult
+    from tierwise.lab.latency import LatencyModel
+
+    c, test, train = res.cal, oset.split("test"), oset.split("train")
+    runs: list[PromptResult] = []
+    if c.gate in ("logprob", "vote"):  # the contextual gate is not in the simulator: test numbers only
+        sim = simulate(cascade_data(train, c.chain, c.gate, c.params), c.thresholds)
+        runs = [PromptResult(p.id, list(c.chain[: int(k) + 1]), c.chain[int(k)], 0.0, 0.0)
+                for p, k in zip(train.prompts, sim.served, strict=True)]
+    lm_test = LatencyModel(test)
+    return [*([f"  latency train: {LatencyModel(train).stats(runs, {c.chain[-1]}).text()}"] if runs else []),
+            f"  latency test:  {lm_test.stats(res.held.results, {c.chain[-1]}).text()}",
+            f"  ({lm_test.provenance(c.chain)}; TTFT when streamed: a gated rung's answer is released after its gate)"]
 
 
 def result_json(res: CalibrationResult, oset: OutcomeSet) -> dict[str, Any]:
@@ -212,7 +243,15 @@ def result_json(res: CalibrationResult, oset: OutcomeSet) -> dict[str, Any]:
         "test": {"quality": h.quality, "quality_ci95": h.quality_ci, "cost": h.cost, "cost_ci95": h.cost_ci,
                  "n": len(h.results), "target": res.target_test, "met": res.met_on_test},
         "tier": c.tier(),
+        "latency": _latency_json(res, oset),
     }
+
+
+def _latency_json(res: CalibrationResult, oset: OutcomeSet) -> dict[str, Any]:
+    from tierwise.lab.latency import LatencyModel
+
+    lm = LatencyModel(oset.split("test"))
+    return {"test": lm.stats(res.held.results, {res.cal.chain[-1]}).to_json(), "source": lm.provenance(res.cal.chain)}
 
 
 # ------------------------------------------------------------------------------------------------------ eval
@@ -257,7 +296,8 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         honest = next(r for r in curve if r.knob == args.target_quality)
         row = Row(f"cascade:{calib.gate} (τ family)", evaluate_curve(pts, base), pts,
                   calibrated=Point(honest.held.cost, honest.held.quality),
-                  per_prompt=PerPrompt.from_runs([r.held.results for r in curve]))
+                  per_prompt=PerPrompt.from_runs([r.held.results for r in curve]),
+                  calibrated_runs=honest.held.results, ungated=(honest.cal.chain[-1],))
         if two:
             pcts = [100 * float(np.mean([strong in pr.models_called for pr in r.held.results])) for r in curve]
             quals = [r.held.quality for r in curve]
@@ -284,6 +324,7 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         cal = calibrated_run(test, arg)
         if cal is not None:
             row.calibrated = Point(*means(cal[1]))
+            row.calibrated_runs = list(cal[1])
         rows.append(row)
     elif kind == "contextual":
         from tierwise.lab.contextual_cli import ROUTER_KINDS, contextual_rows
@@ -337,6 +378,7 @@ def _knn_row(oset: OutcomeSet, models: list[str], base: Baselines, two: bool, em
         return Row("knn", None, note=f"unavailable: {type(exc).__name__}: {str(exc)[:80]}")
     row = _learned_row(f"knn ({embedder}, λ sweep)", runs, models, base, two, dump, oset.name)
     row.calibrated = Point(*means(cal))
+    row.calibrated_runs = list(cal)
     return row
 
 
@@ -385,8 +427,13 @@ def _dump_rows(name: str, knob: float | None, results: list[Any]) -> list[dict[s
 
 def _table(oset: OutcomeSet, args: argparse.Namespace, dump: list[dict[str, Any]] | None
            ) -> tuple[str, list[Row], Baselines]:
+    from tierwise.lab.latency import section
+
     rows, base, two = evaluate(oset, args.router, args, dump)
     table = metrics_table(rows, base, two)
+    test = oset.split("test")
+    table += "\n\n" + section(test, [(f"{r.name}: calibrated", r.calibrated_runs, r.ungated) for r in rows
+                                      if r.calibrated_runs], test.priced_models())
     if args.bootstrap > 0:
         test = oset.split("test")
         models = test.priced_models()

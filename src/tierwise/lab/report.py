@@ -11,6 +11,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tierwise.lab.curve_bootstrap import PerPrompt
 from tierwise.lab.metrics import Baselines, CurveReport, Point
@@ -30,6 +31,8 @@ class Row:
     note: str = ""
     calibrated: Point | None = None  # the train-fitted point, drawn apart from the hindsight hull
     per_prompt: PerPrompt | None = None  # per-prompt cost/quality of each point: for the paired bootstrap
+    calibrated_runs: list[Any] | None = None  # the calibrated point's per-prompt runs: for its latency
+    ungated: tuple[str, ...] | None = None  # models whose answers stream ungated in those runs (None: all)
 
 
 def _f(v: float | None, fmt: str) -> str:

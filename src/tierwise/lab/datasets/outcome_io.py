@@ -216,7 +216,7 @@ class _RowChecker:
             v = obj[key]
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 raise self.fail(n, f"{path}.{key}", f"must be a non-negative integer or null, got {v!r}")
-        for key in ("cost_usd", "latency_ms"):
+        for key in ("cost_usd", "latency_ms", "ttft_ms"):
             v = obj.get(key)
             if v is not None and (not _is_number(v) or v < 0):
                 raise self.fail(n, f"{path}.{key}", f"must be a non-negative number or null, got {v!r}")
@@ -237,6 +237,7 @@ class _RowChecker:
             confidence=None if conf is None else float(conf),
             samples=samples,
             latency_ms=None if obj.get("latency_ms") is None else float(obj["latency_ms"]),
+            ttft_ms=None if obj.get("ttft_ms") is None else float(obj["ttft_ms"]),
         )
 
     def _check_sample_count(self, model: str, k: int, n: int, path: str) -> None:
