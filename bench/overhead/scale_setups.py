@@ -17,6 +17,7 @@ fresh schema per setup, dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -221,20 +222,27 @@ def start(spec: Spec, tmp: Path, upstream: str, redis_url: str, pg_dsn: str) -> 
         cfg = local / "tierwise.yaml"
         cfg.write_text(BASE.format(port=port, upstream=upstream) + extra)
         cfgs.append((cfg, port))
-    d.bearer = governance_key(cfgs[0][0])
     t0 = time.time()
-    for i, (cfg, port) in enumerate(cfgs):
-        cmd = [sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)]
-        if spec.workers > 1:
-            cmd += ["--workers", str(spec.workers)]
-        server = procs.Server(f"gateway{i}", cmd, d.tmp / f"replica{i}" / "serve.log", cwd=str(cfg.parent), port=port)
-        d.servers.append(server)
-        server.wait_ready("/healthz")
-    d.startup_s = time.time() - t0
-    for url in d.urls:  # lazy initialisation off the clock; each is one more ledger row
-        for _ in range(2 * spec.workers):
-            first_request(url, d.bearer)
-            d.warm_requests += 1
+    try:
+        d.bearer = governance_key(cfgs[0][0])
+        for i, (cfg, port) in enumerate(cfgs):
+            cmd = [sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)]
+            if spec.workers > 1:
+                cmd += ["--workers", str(spec.workers)]
+            server = procs.Server(f"gateway{i}", cmd, d.tmp / f"replica{i}" / "serve.log", cwd=str(cfg.parent),
+                                  port=port)
+            d.servers.append(server)
+            server.wait_ready("/healthz")
+        d.startup_s = time.time() - t0
+        for url in d.urls:  # lazy initialisation off the clock; each is one more ledger row
+            for _ in range(2 * spec.workers):
+                first_request(url, d.bearer)
+                d.warm_requests += 1
+    except BaseException:  # a setup that cannot start leaves no process, schema or Redis keys behind
+        d.stop()
+        with contextlib.suppress(Exception):  # the original error is the one to see
+            cleanup(d, pg_dsn, redis_url)
+        raise
     return d
 
 
