@@ -175,6 +175,12 @@ class CascadeConfig(_Strict):
         default=False,
         description="streaming requests: stream rung 1 live with no gate (fast) instead of streaming the gated answer",
     )
+    hedge_after_ms: float | None = Field(
+        default=None, gt=0,
+        description="when a rung has not answered within this many ms, start the next rung too; the first answer that "
+                    "passes its gate is served (the last rung's passes by definition), the other is cancelled and "
+                    "both are booked (tierwise.routing.hedge)",
+    )
 
 
 class TierConfig(_Strict):

@@ -36,6 +36,10 @@ def gates_for(ex: CascadeHost, cascade: CascadeConfig) -> list[Gate | None]:
 
 async def run_cascade(ex: CascadeHost, call: Call, start_rung: int = 0) -> Completion:
     assert call.cascade is not None
+    if call.cascade.hedge_after_ms is not None:  # the next rung may start before this one answers
+        from tierwise.routing.hedge import run_hedged
+
+        return await run_hedged(ex, call, start_rung, call.cascade.hedge_after_ms)
     rungs = call.cascade.rungs
     gates = gates_for(ex, call.cascade)
     rec = call.record

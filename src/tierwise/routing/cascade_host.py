@@ -36,6 +36,10 @@ class CascadeHost(Protocol):
         """``model``'s answer is the one served: book the success on the record and the model's health."""
         ...
 
+    def book_cancelled(self, call: Call, model: str, latency_ms: float, why: str) -> Attempt:
+        """Book a call abandoned in flight (a hedge's loser) at its estimated cost."""
+        ...
+
     def empty_length(self, call: Call, model: str, att: Attempt) -> UpstreamError:
         """Book an empty, length-truncated answer as a failure; the error to report."""
         ...

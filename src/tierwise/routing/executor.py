@@ -86,7 +86,7 @@ def apply_completion_floor(body: JSON, floor: int) -> str | None:
     return None
 
 
-_NOT_A_FAILURE = frozenset({"ok", "escalated", "verifier"})
+_NOT_A_FAILURE = frozenset({"ok", "escalated", "verifier", "hedge_cancelled", "hedge_unused"})
 
 
 def count_fallbacks(attempts: list[Attempt], served: str | None) -> int:
@@ -140,6 +140,17 @@ class Executor:
 
     def serve(self, call: Call, model: str, latency_ms: float | None) -> None:
         self._succeed(call, model, latency_ms)
+
+    def book_cancelled(self, call: Call, model: str, latency_ms: float, why: str) -> Attempt:
+        """A call abandoned in flight (a hedged cascade served another rung first): the upstream may bill it anyway,
+        and no usage came back, so it is booked at tierwise's pre-call estimate, marked as an estimate."""
+        usage = self.prices.estimator(call.body, call.record.tier).usage(model)
+        est = self.prices.cost(model, usage).total_usd
+        att = Attempt(model, "hedge_cancelled", None, f"{why}; cost booked at tierwise's pre-call estimate",
+                      latency_ms, 0, usage, est)
+        call.record.attempts.append(att)
+        call.record.cost = call.record.cost + Cost(estimated_usd=est)
+        return att
 
     # -- shared pieces ---------------------------------------------------------------------------------------------
     def _prepare(self, call: Call, model: str) -> JSON:

@@ -50,7 +50,8 @@ STATUSES = frozenset({"ok", "error", "client_cancelled", "rejected"})
 #: attempt outcomes the executor and cascades write (types.Attempt, ErrorKind); anything else is 'other'
 OUTCOMES = frozenset({
     "ok", "escalated", "verifier", "skipped_cooldown", "client_cancelled", "gate_failed", "rate_limit", "server",
-    "timeout", "connection", "bad_response", "auth", "not_found", "client", "empty_length",
+    "timeout", "connection", "bad_response", "auth", "not_found", "client", "empty_length", "hedge_cancelled",
+    "hedge_unused",
 })
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 

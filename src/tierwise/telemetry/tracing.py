@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tierwise.telemetry")
 
 _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "llamacpp": "llama_cpp", "replay": "tierwise.replay"}
-_NOT_FAILED = frozenset({"ok", "escalated", "verifier", "skipped_cooldown"})
+_NOT_FAILED = frozenset({"ok", "escalated", "verifier", "skipped_cooldown", "hedge_cancelled", "hedge_unused"})
 MAX_NOTES = 20
 
 
