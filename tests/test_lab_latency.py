@@ -121,3 +121,16 @@ def test_eval_prints_latency_of_each_point(tmp_path: Path, capsys: pytest.Captur
     assert [float(x) for x in single_s.split()[1:]] == [100, 100, 20, 20]
     casc = next(ln for ln in lines if "cascade:logprob (τ family): calibrated" in ln)
     assert [float(x) for x in casc.split()[-4:]] == [100, 1100, 100, 150]
+
+
+def test_partly_recorded_latency_is_used_where_present_and_said(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Ledger-like data: some outcomes carry a latency, others not; the recorded ones are used as they are."""
+    from tierwise.lab.latency import LatencyModel
+
+    prompts = [PromptOutcomes(f"p{i}", "test", "q", {
+        "s": ModelOutcome("a", 1.0, 10, 5, 1e-5, latency_ms=77.0 if i < 3 else None)}) for i in range(5)]
+    lm = LatencyModel(OutcomeSet("part", ["s"], prompts))
+    assert [lm.latency(f"p{i}", "s") for i in range(5)] == [77.0] * 3 + [300 + 10 * 0.2 + 5 * 20.0] * 2
+    assert lm.ttft("p0", "s") == 77.0  # the modelled TTFT (302 ms) capped at the recorded latency
+    assert "partly recorded" in lm.provenance() and "s 3/5" in lm.provenance()

@@ -114,9 +114,10 @@ class LatencyModel:
         src = "the set's meta latency_model" if self.from_meta else "tierwise's defaults (no latency_model in meta)"
         how = (_rate_text(next(iter(rates.values()))) if same
                else "; ".join(f"{m}: {_rate_text(r)}" for m, r in rates.items()))
-        part = "" if len(rec) == 0 else f" (recorded for {', '.join(rec)})"
-        return (f"latencies MODELLED from tokens for {', '.join(modelled)}{part}, not measured: {how} "
-                f"[{src}]")
+        part = "" if len(rec) == 0 else f"; recorded for {', '.join(rec)}"
+        some = [f"{m} {self.recorded[m]}/{self.total[m]}" for m in modelled if self.recorded[m]]
+        part += f"; partly recorded, used where present: {', '.join(some)}" if some else ""
+        return (f"latencies MODELLED from tokens for {', '.join(modelled)}, not measured: {how} [{src}{part}]")
 
     def stats(self, runs: Sequence[Any], ungated: Collection[str] | None = None) -> LatencyStats:
         """Percentiles of a run (objects with ``prompt_id``, ``models_called``, ``served``): see the module text.
