@@ -115,7 +115,7 @@ def sweep_lines(cfg: TierwiseConfig, rows: list[dict]) -> list[str]:
     at held-out data)."""
     grid = (0.0, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4, 0.45, 0.475, 0.5, 0.6)
     out = ["", "Dev-split accuracy vs `classifier.threshold` (aggregate top2; the held-out split is not swept):", "",
-           "| embedder | " + " | ".join(f"{t:.2f}" for t in grid) + " |", "|---|" + "---|" * len(grid)]
+           "| embedder | " + " | ".join(f"{t:.3f}" for t in grid) + " |", "|---|" + "---|" * len(grid)]
     labels = [r["tier"] for r in rows]
     for name in EMBEDDERS:
         clf = SemanticClassifier(cfg, get_embedder(name))
