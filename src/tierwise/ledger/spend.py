@@ -43,6 +43,8 @@ from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from typing import Any
 
+from tierwise.ledger.window import ts_window
+
 #: ``--by`` keys: name -> ledger column (None: computed from ``ts`` or ``tags``).
 SPEND_KEYS: dict[str, str | None] = {
     "customer": "customer",
@@ -231,13 +233,7 @@ def sqlite_spend(conn: sqlite3.Connection, query: SpendQuery) -> SpendReport:
     """Run ``query`` on an SQLite ledger connection (the ``requests`` table): one ``GROUP BY``; when the groups do
     not partition the rows, the totals too, in the same read transaction (one snapshot, even while a writer
     appends)."""
-    where, args = [], []
-    if query.since is not None:
-        where.append("ts >= ?")
-        args.append(float(query.since))
-    if query.until is not None:
-        where.append("ts < ?")
-        args.append(float(query.until))
+    where, args = ts_window(query.since, query.until)
     where_sql = f" WHERE {' AND '.join(where)}" if where else ""
     exprs, group_args, join = [], [], ""
     for key in query.by:

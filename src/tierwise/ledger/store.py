@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from tierwise.ledger.spend import SpendQuery, SpendReport, memory_spend, sqlite_spend
+from tierwise.ledger.window import ts_window
 from tierwise.sqlite_schema import Layout, Refusal, ensure_layout, rollback
 
 Row = dict[str, Any]
@@ -319,13 +320,7 @@ class SQLiteLedgerStore:
 
     def iter_rows(self, since: float | None = None, until: float | None = None) -> Iterator[Row]:
         self._check_open()
-        where, args = [], []
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("ts < ?")
-            args.append(until)
+        where, args = ts_window(since, until)
         sql = self._SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY ts, rowid"
         conn = self._connect(read_only=True)
         try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tierwise.ledger.spend import ESTIMATE_STATUSES
+from tierwise.ledger.window import ts_window
 
 if TYPE_CHECKING:
     from tierwise.config.schema import LedgerConfig
@@ -84,13 +85,7 @@ class BilledModel:
 
 
 def _sqlite_window(since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    where, args = [], []
-    if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        args.append(until)
+    where, args = ts_window(since, until)
     return (" AND ".join(where) or "1"), args
 
 
@@ -216,13 +211,7 @@ def _pg(cfg: LedgerConfig, build: Any) -> list[tuple[Any, ...]]:
 
 
 def _pg_window(since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    where, args = [], []
-    if since is not None:
-        where.append("ts >= %s")
-        args.append(since)
-    if until is not None:
-        where.append("ts < %s")
-        args.append(until)
+    where, args = ts_window(since, until, "%s")
     return (" AND ".join(where) or "true"), args
 
 

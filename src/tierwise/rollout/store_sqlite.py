@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from tierwise.ledger.window import ts_window
 from tierwise.rollout.records import Captured, Feedback
 from tierwise.sqlite_schema import Layout, Refusal, ensure_layout, rollback
 
@@ -163,12 +164,4 @@ class SQLiteRolloutStore:
 
 
 def _window(since: float | None, until: float | None) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if since is not None:
-        where.append("ts >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        args.append(until)
-    return where, args
+    return ts_window(since, until)
