@@ -202,3 +202,50 @@ def test_failed_calls_score_zero_and_are_retried_on_resume(captured: Path, upstr
     c = json.loads((out / "trial.json").read_text())["tiers"]["chat"]["candidates"]["small"]
     even = sum(int(r["prompt"].split()[-1]) % 2 == 0 for r in lines(labels))  # small is right on even questions
     assert c["errors"] == 0 and c["n"] == 4 and c["quality"] == even / 4
+
+
+def judge_reply(body: dict) -> str:
+    """The fb judge grades 'Answer k.' (the incumbent's form) 9/10; one answer it cannot grade; else the base reply."""
+    msgs = body["messages"]
+    if msgs[0]["role"] == "system" and "SCORE" in msgs[0]["content"]:
+        if "question 3\n" in msgs[1]["content"]:
+            return "I cannot tell."
+        return "Looks right.\nSCORE: 9"
+    return reply(body)
+
+
+def test_judge_labels_a_reproducible_sample_of_live_answers_as_feedback(captured: Path, upstream: FakeUpstream,
+                                                                        capsys) -> None:
+    """tierwise judge: a seeded sample of the answered captures, graded by the judge model through the real
+    provider path, stored as feedback from 'judge:<model>' (what calibrate --from-ledger and canary reports read),
+    each call's cost on record; a re-run pays for nothing already judged; bad options are one line."""
+    from tierwise.rollout.capture import feedback_scores
+    from tierwise.rollout.judge_live import sampled
+
+    upstream.set(reply=judge_reply)
+    cfg = load_config(captured)
+    out = captured.parent / "judge-run"
+    before = upstream.calls
+    code, text = run(capsys, "judge", "-c", str(captured), "--model", "fb", "--rate", "0.5", "--seed", "s1",
+                     "--tiers", "label", "--budget-usd", "1", "--out", str(out))
+    assert code == 0, text
+    ids = lines(out / "judge-labels.jsonl")
+    assert ids and upstream.calls - before == len(ids) <= N
+    assert all(sampled(c["id"], 0.5, "s1") and c["tier"] == "label" and c["cost_usd"] > 0 for c in ids)
+    graded = [c for c in ids if "SCORE" in (c["answer"] or "")]
+    scores = feedback_scores(cfg, sources=["judge:fb"])
+    assert set(scores) == {c["id"] for c in graded} and all(v == pytest.approx(0.9) for v in scores.values())
+    assert f"{len(graded)} labelled now" in text and f"{len(ids) - len(graded)} without a grade" in text
+    spent = sum(c["cost_usd"] for c in ids)
+    assert f"${spent:.6f}" in text
+    code, text = run(capsys, "judge", "-c", str(captured), "--model", "fb", "--rate", "0.5", "--seed", "s1",
+                     "--tiers", "label", "--budget-usd", "1", "--out", str(out))
+    assert code == 0 and f"{len(graded)} already labelled" in text  # graded ones are not paid for twice
+    assert upstream.calls - before == len(ids) + (len(ids) - len(graded))  # only the ungraded are asked again
+    for argv, words in ((["--model", "nope"], "not in the config's models"), (["--model", "fb", "--rate", "0"],
+                        "--rate"), (["--model", "fb", "--budget-usd", "0"], "--budget-usd")):
+        args = ["judge", "-c", str(captured), "--out", str(out), *argv]
+        if "--budget-usd" not in argv:
+            args += ["--budget-usd", "1"]
+        code, text = run(capsys, *args)
+        assert code == 2 and words in text

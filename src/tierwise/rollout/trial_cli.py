@@ -61,6 +61,32 @@ def _plan(cfg: Any, rows: list[Any], models: str | None, per_tier: list[str]) ->
     return plan
 
 
+def cmd_judge(args: Any) -> int:
+    from tierwise.ledger.spend_cli import parse_when
+    from tierwise.rollout.judge_live import JUDGE_RUBRIC, judge_captured
+
+    cfg = _config(args.config)
+    if args.model not in cfg.models:
+        raise SystemExit(f"tierwise: judge model '{args.model}' is not in the config's models: "
+                         f"{', '.join(sorted(cfg.models))}")
+    if not 0 < args.rate <= 1:
+        raise SystemExit(f"tierwise: --rate is a share of requests in (0, 1], got {args.rate}")
+    if args.budget_usd <= 0:
+        raise SystemExit("tierwise: --budget-usd must be > 0 (the judge calls a real provider)")
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        raise SystemExit(f"tierwise: {exc}") from None
+    rubric = Path(args.rubric).read_text(encoding="utf-8") if args.rubric else JUDGE_RUBRIC
+    report = asyncio.run(judge_captured(
+        cfg, args.model, args.out, rate=args.rate, seed=args.seed, budget_usd=args.budget_usd, since=since,
+        until=until, tiers=args.tiers.split(",") if args.tiers else None, rubric=rubric,
+        concurrency=args.concurrency))
+    print("\n".join(report.lines(args.model)))
+    return 3 if report.stopped_by_budget else 0
+
+
 def cmd_trial(args: Any) -> int:
     from tierwise.rollout.trial import Progress, TrialInputError, TrialRunner, read_labels
     from tierwise.rollout.trial_judge import DEFAULT_RUBRIC, parse_judge
@@ -106,6 +132,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tiers", help="comma-separated tiers (default: every tier captured)")
     p.add_argument("--seed", default="0", help="sampling seed (same seed, same captures: same sample)")
     p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("judge", help="label a sample of captured live answers with an LLM judge (stored as feedback)")
+    p.add_argument("--config", "-c", default=default_cfg)
+    p.add_argument("--model", required=True, help="the judge model (a model of the config)")
+    p.add_argument("--rate", type=float, default=0.05, help="share of the window's answered captures (default 0.05)")
+    p.add_argument("--since", help="start of the window (ISO-8601, unix seconds, or a span back such as 1d)")
+    p.add_argument("--until", help="end of the window (exclusive)")
+    p.add_argument("--tiers", help="comma-separated tiers (default: every tier captured)")
+    p.add_argument("--seed", default="0", help="sampling seed (same seed: same sample; a re-run judges only new ones)")
+    p.add_argument("--rubric", help="a file with the rubric (system prompt); it must ask for a 'SCORE: N' line 0-10")
+    p.add_argument("--budget-usd", type=float, required=True, help="this run's judge budget")
+    p.add_argument("--concurrency", type=int, default=4, help="calls at once (default 4)")
+    p.add_argument("--out", "-o", required=True, help="directory: judge-labels.jsonl (every judge call, its cost)")
+    p.set_defaults(fn=cmd_judge)
 
     p = sub.add_parser("trial", help="run candidate models on a labelling file and judge them against the incumbent")
     p.add_argument("--config", "-c", default=default_cfg)
