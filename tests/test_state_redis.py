@@ -395,7 +395,10 @@ def replicas(up: FakeUpstream, tmp: Path, prefix: str, n: int, principals: dict[
              on_unavailable: str = "closed") -> Iterator[tuple[list[GatewayServer], dict[str, dict[str, str]]]]:
     """``n`` real gateways (each its own service, event loop and ledger) on one Redis and one governance store
     (virtual keys: a key of each of ``principals``, whose Authorization headers come back by name); stopped
-    afterwards (their queued settlements are sent then)."""
+    afterwards (their queued settlements are sent then). The replicas share this test process's GIL with each other
+    and the client threads, so against the real Redis their calls get a 5 s timeout instead of the default 0.5 s:
+    these tests are about budgets and pins, and a call stalled by the test's own contention is not an outage."""
+    timeout_s = 5.0 if url == REDIS_URL else 0.5
     env = GovEnv("sqlite", tmp)
     store = env.store()
     try:
@@ -409,7 +412,7 @@ def replicas(up: FakeUpstream, tmp: Path, prefix: str, n: int, principals: dict[
             d = tmp / f"replica{i}"
             d.mkdir()
             cfg = gateway_config(up.base_url, d, env, extra=f'state: {{backend: redis, url: "{url}", prefix: '
-                                 f'"{prefix}", on_unavailable: {on_unavailable}}}\n')
+                                 f'"{prefix}", on_unavailable: {on_unavailable}, timeout_s: {timeout_s}}}\n')
             if budgets is not None:
                 cfg.budgets = BudgetsConfig.model_validate(budgets)
             gws.append(GatewayServer(cfg).start())
