@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import __version__ as aiohttp_version
@@ -39,6 +39,8 @@ from tierwise.routing.executor import Call, count_fallbacks
 from tierwise.sanitize import clean_optional, clean_text
 from tierwise.service import Tierwise
 from tierwise.types import JSON, LedgerRecord
+
+T = TypeVar("T")
 
 log = logging.getLogger("tierwise.gateway")
 
@@ -259,24 +261,32 @@ class Gateway:
             raise err from None
         return parse_json_body(raw)
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        principal: Principal | None = None
-        body: JSON | None = None
+    def route_of(self, request: web.Request) -> RouteRequest:
+        """What the request's URL and headers say about its routing (tier endpoint, X-Task, X-Session-Id)."""
         tier = request.match_info.get("tier")
-        route = RouteRequest(
+        return RouteRequest(
             requested_model=None,
             task_header=_header(request, "X-Task"),
             endpoint_tier=None if tier is None else clean_text(tier, MAX_NAME_CHARS),
             session_id=_header(request, "X-Session-Id"),
         )
+
+    async def admit(self, request: web.Request, route: RouteRequest,
+                    start: Callable[[Principal, JSON], Awaitable[T]],
+                    respond: Callable[[APIError, str | None], web.StreamResponse],
+                    api: str = "chat") -> tuple[T, JSON] | web.StreamResponse:
+        """Authenticate, read the body and ``start`` the request (translate, tag, route, admit) for any client API:
+        ``(what start returned, the raw body)``, or the answer to a request refused before routing, in ``respond``'s
+        shape (``respond(error, request id)``). Every refusal, hang-up and bug here still gets one ledger record."""
+        principal: Principal | None = None
+        raw: JSON | None = None
         try:
             principal = await self._principal(request)
-            body = await self._body(request)
-            route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))  # metadata + X-Tierwise-Tags
-            call = await self.svc.begin(body, route, principal)
+            raw = await self._body(request)
+            started = await start(principal, raw)
         except APIError as err:
             # Refused before routing: still one ledger record, so abuse and client bugs show up in the books.
-            resp = _error(err, self.svc.reject(err, principal, body, route))
+            resp = respond(err, self.svc.reject(err, principal, raw, route))
             if isinstance(err, _BodyNotRead):
                 resp.force_close()
                 if err.broken and request.protocol is not None:
@@ -286,12 +296,25 @@ class Gateway:
             return resp
         except asyncio.CancelledError:  # the client hung up before routing finished
             self.svc.reject(APIError(499, "client disconnected before the request was routed", code="client_cancelled"),
-                            principal, body, route, status="client_cancelled")
+                            principal, raw, route, status="client_cancelled")
             raise
-        except Exception as exc:  # a bug before routing: a 500 in OpenAI's shape, and still one ledger record
-            log.error("internal error before routing: %s", type(exc).__name__, exc_info=exc)
+        except Exception as exc:  # a bug before routing: a 500 in the API's error shape, and still one ledger record
+            log.error("internal error before routing (%s): %s", api, type(exc).__name__, exc_info=exc)
             bug = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
-            return _error(bug, self.svc.reject(bug, principal, body, route, status="error"))
+            return respond(bug, self.svc.reject(bug, principal, raw, route, status="error"))
+        return started, raw
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        route = self.route_of(request)
+
+        async def start(principal: Principal, body: JSON) -> Call:
+            route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))  # metadata + X-Tierwise-Tags
+            return await self.svc.begin(body, route, principal)
+
+        admitted = await self.admit(request, route, start, _error)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        call, body = admitted
         if body.get("stream"):
             return await self._stream(request, call)
         try:

@@ -9,19 +9,16 @@ the shapes differ, so a Claude SDK and an OpenAI SDK see the same tiers, prices 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from tierwise.errors import APIError
-from tierwise.gateway.app import _BatchedSSE, _BodyNotRead, _has_content, _header, _json, _route_headers
+from tierwise.gateway.app import _BatchedSSE, _has_content, _json, _route_headers
 from tierwise.governance import Principal
-from tierwise.requests import MAX_NAME_CHARS, TAGS_HEADER, take_tags
-from tierwise.routing.engine import RouteRequest
+from tierwise.requests import TAGS_HEADER, take_tags
 from tierwise.routing.executor import Call
-from tierwise.sanitize import clean_text
 from tierwise.service import ChatResult
 from tierwise.types import JSON, LedgerRecord, Usage
 
@@ -75,41 +72,20 @@ def _id_header(rid: str | None) -> dict[str, str] | None:
 
 
 async def serve(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
-    """Answer one request of ``dialect``'s API (the counterpart of ``Gateway.chat``)."""
+    """Answer one request of ``dialect``'s API (the counterpart of ``Gateway.chat``, through the same admission)."""
     svc = gw.svc
-    principal: Principal | None = None
-    raw: JSON | None = None
-    body: JSON | None = None
-    tier = request.match_info.get("tier")
-    route = RouteRequest(
-        requested_model=None,
-        task_header=_header(request, "X-Task"),
-        endpoint_tier=None if tier is None else clean_text(tier, MAX_NAME_CHARS),
-        session_id=_header(request, "X-Session-Id"),
-    )
-    try:
-        principal = await gw._principal(request)
-        raw = await gw._body(request)
+    route = gw.route_of(request)
+
+    async def start(principal: Principal, raw: JSON) -> tuple[Call, JSON]:
         body = dialect.to_internal(raw)
         route.tags = take_tags(body, request.headers.getall(TAGS_HEADER, None))
-        call = await svc.begin(body, route, principal)
-    except APIError as err:
-        resp = dialect.error(err, _id_header(svc.reject(err, principal, raw, route)))
-        if isinstance(err, _BodyNotRead):
-            resp.force_close()
-            if err.broken and request.protocol is not None:
-                await resp.prepare(request)
-                await resp.write_eof()
-                request.protocol.force_close()
-        return resp
-    except asyncio.CancelledError:
-        svc.reject(APIError(499, "client disconnected before the request was routed", code="client_cancelled"),
-                   principal, raw, route, status="client_cancelled")
-        raise
-    except Exception as exc:  # a bug before routing: a 500 in the dialect's shape, and still one ledger record
-        log.error("internal error before routing (%s): %s", dialect.name, type(exc).__name__, exc_info=exc)
-        bug = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
-        return dialect.error(bug, _id_header(svc.reject(bug, principal, raw, route, status="error")))
+        return await svc.begin(body, route, principal), body
+
+    admitted = await gw.admit(request, route, start, lambda err, rid: dialect.error(err, _id_header(rid)),
+                              dialect.name)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    (call, body), raw = admitted
     call.record.notes.append(f"api: {dialect.name}")
     if body.get("stream"):
         return await _stream(gw, request, dialect, call, raw)

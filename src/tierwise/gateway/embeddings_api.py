@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tierwise.apis.embeddings import EmbeddingEstimate, EmbeddingRequest, parse_embeddings
 from tierwise.errors import APIError
-from tierwise.gateway.app import _BodyNotRead, _error, _header, _json, _route_headers
+from tierwise.gateway.app import _error, _header, _json, _route_headers
 from tierwise.governance import Principal
 from tierwise.governance.access import check_tier
 from tierwise.providers.errors import bad_response
@@ -105,27 +105,16 @@ async def _call(svc: Tierwise, call: Call, req: EmbeddingRequest) -> JSON:
 
 async def embeddings(gw: Gateway, request: web.Request) -> web.StreamResponse:
     svc = gw.svc
-    principal: Principal | None = None
-    raw: JSON | None = None
     route = RouteRequest(requested_model=None, session_id=_header(request, "X-Session-Id"))
-    try:
-        principal = await gw._principal(request)
-        raw = await gw._body(request)
+
+    async def start(principal: Principal, raw: JSON) -> tuple[Call, EmbeddingRequest]:
         route.tags = take_tags(raw, request.headers.getall(TAGS_HEADER, None))
-        call, req = await _begin(svc, principal, raw, route)
-    except APIError as err:
-        resp = _error(err, svc.reject(err, principal, raw, route))
-        if isinstance(err, _BodyNotRead):
-            resp.force_close()
-        return resp
-    except asyncio.CancelledError:
-        svc.reject(APIError(499, "client disconnected before the request was routed", code="client_cancelled"),
-                   principal, raw, route, status="client_cancelled")
-        raise
-    except Exception as exc:
-        log.error("internal error before the embeddings call: %s", type(exc).__name__, exc_info=exc)
-        bug = APIError(500, f"internal error ({type(exc).__name__})", type="server_error", code="internal_error")
-        return _error(bug, svc.reject(bug, principal, raw, route, status="error"))
+        return await _begin(svc, principal, raw, route)
+
+    admitted = await gw.admit(request, route, start, _error, "embeddings")
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    (call, req), _ = admitted
     try:
         body = await _call(svc, call, req)
     except asyncio.CancelledError:
