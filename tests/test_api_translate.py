@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from tierwise.apis.embeddings import parse_embeddings
 from tierwise.apis.embeddings_config import EmbeddingsConfig
-from tierwise.apis.messages import MessageEvents, chat_to_message, messages_to_chat
-from tierwise.apis.responses import ResponseEvents, responses_to_chat
+from tierwise.apis.message_events import MessageEvents
+from tierwise.apis.messages import chat_to_message, messages_to_chat
+from tierwise.apis.response_events import ResponseEvents
+from tierwise.apis.responses import responses_to_chat
 from tierwise.errors import APIError
 from tierwise.providers.anthropic_translate import HINTS, strip_hints, to_anthropic_request
 from tierwise.types import Usage

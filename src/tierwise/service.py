@@ -391,6 +391,7 @@ class ChatStream:
         self.svc, self.call, self.model = svc, call, model
         self.record = call.record
         self._first, self._rest = first, rest
+        self.prompt_usage = first.prompt_usage  # the prompt's tokens as the upstream reported them at its start
         self._started, self._attempt_started = started, attempt_started
         opts = call.body.get("stream_options") or {}
         self._client_wants_usage = bool(opts.get("include_usage"))

@@ -168,6 +168,8 @@ class StreamChunk:
     usage: Usage | None = None
     text: str = ""  # content delta of the first choice
     finish_reason: str | None = None
+    # the prompt's usage as the upstream reported it before the answer (Anthropic's message_start), output 0
+    prompt_usage: Usage | None = None
 
 
 @dataclass(slots=True)

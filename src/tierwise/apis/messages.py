@@ -23,18 +23,27 @@ Answers: content -> a text block, tool calls -> ``tool_use`` blocks, ``finish_re
 the usage split into ``input_tokens`` / ``cache_read_input_tokens`` / ``cache_creation_input_tokens`` /
 ``output_tokens`` from the booked usage (never re-derived from the OpenAI-shaped body, which merges cache writes
 into the prompt count).
+
+``stop_sequence`` (:func:`matched_stop`): ``stop_reason: "stop_sequence"`` and the sequence when the model stopped on
+one of the request's ``stop_sequences`` *and the upstream said which*: an Anthropic upstream's ``stop_sequence``, or
+the ``stop_reason`` string vLLM/SGLang put on an OpenAI-shaped choice. An upstream that only says
+``finish_reason: "stop"`` (OpenAI itself) strips the sequence from the text and does not say whether it or the
+model's own end of turn stopped it, so that answer is ``end_turn`` with ``stop_sequence: null``: tierwise does not
+guess (a text that happens to end like a stop sequence proves nothing).
+
+Streams: :mod:`tierwise.apis.message_events`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
-
-import orjson
 
 from tierwise.errors import APIError, invalid
 from tierwise.providers.anthropic_translate import (
     FINISH_REASONS,
     HINTS,
+    MATCHED_STOP,
     TOOL_CHOICES,
     image_url,
     tool_call,
@@ -362,8 +371,27 @@ def _tool_use(call: JSON) -> JSON:
                 "input": {"value": fn.get("arguments")}}
 
 
-def chat_to_message(chat: JSON, usage: Usage, model: str, msg_id: str) -> JSON:
-    """A ``chat.completion`` (first choice) as a Messages ``message`` with the given (booked) usage."""
+def matched_stop(choice: JSON, stop_sequences: Sequence[str]) -> str | None:
+    """The request's stop sequence that ended this (finished) choice, when the upstream named it (see the module
+    docstring); None when it did not, or named something the request did not ask for."""
+    seq = choice.get(MATCHED_STOP)
+    if choice.get("finish_reason") != "stop" or not isinstance(seq, str) or seq not in stop_sequences:
+        return None
+    return seq
+
+
+def stop_reason(finish: str | None, tool_calls: bool, stop_seq: str | None) -> str:
+    """Messages' ``stop_reason`` for a chat ``finish_reason`` (a matched stop sequence wins; a plain stop with tool
+    calls is ``tool_use``)."""
+    if stop_seq is not None:
+        return "stop_sequence"
+    stop = FINISH_REASONS.get(finish or "stop", "end_turn")
+    return "tool_use" if tool_calls and stop == "end_turn" else stop
+
+
+def chat_to_message(chat: JSON, usage: Usage, model: str, msg_id: str, stop_sequences: Sequence[str] = ()) -> JSON:
+    """A ``chat.completion`` (first choice) as a Messages ``message`` with the given (booked) usage;
+    ``stop_sequences``: the request's, for ``stop_sequence``."""
     choices = chat.get("choices") or [{}]
     first = choices[0] if isinstance(choices[0], dict) else {}
     message = first.get("message") or {}
@@ -373,89 +401,7 @@ def chat_to_message(chat: JSON, usage: Usage, model: str, msg_id: str) -> JSON:
         content.append({"type": "text", "text": text})
     calls = message.get("tool_calls") or []
     content.extend(_tool_use(c) for c in calls if isinstance(c, dict))
-    finish = first.get("finish_reason")
-    stop = FINISH_REASONS.get(finish or "stop", "end_turn")
-    if calls and stop == "end_turn":
-        stop = "tool_use"
+    seq = matched_stop(first, stop_sequences)
     return {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop, "stop_sequence": None, "usage": usage_json(usage)}
-
-
-def _event(name: str, data: JSON) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-class MessageEvents:
-    """OpenAI chat chunks of one stream -> Messages stream events (pure; one instance per stream).
-
-    Text deltas open a text block, each new tool call closes the open block and opens a ``tool_use`` block whose
-    argument fragments become ``input_json_delta`` events. Usage is only final at the end of a stream, so
-    ``message_start`` reports zeros and ``message_delta`` the booked counts (cumulative, as Anthropic's do)."""
-
-    def __init__(self, msg_id: str, model: str) -> None:
-        self.msg_id, self.model = msg_id, model
-        self.index = -1  # current content block
-        self.open: str | None = None  # "text" | "tool" | None
-        self.tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index -> content block index
-        self.finish: str | None = None
-
-    def start(self) -> bytes:
-        message: JSON = {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": usage_json(Usage())}
-        return _event("message_start", {"type": "message_start", "message": message}) + _event("ping", {"type": "ping"})
-
-    def _close(self) -> bytes:
-        if self.open is None:
-            return b""
-        self.open = None
-        return _event("content_block_stop", {"type": "content_block_stop", "index": self.index})
-
-    def _begin(self, kind: str, block: JSON) -> bytes:
-        out = self._close()
-        self.index += 1
-        self.open = kind
-        return out + _event("content_block_start", {"type": "content_block_start", "index": self.index,
-                                                    "content_block": block})
-
-    def feed(self, chunk: JSON) -> bytes:
-        choices = chunk.get("choices") or ()
-        if not choices:
-            return b""
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        out = b""
-        text = delta.get("content") or delta.get("refusal")
-        if isinstance(text, str) and text:
-            if self.open != "text":
-                out += self._begin("text", {"type": "text", "text": ""})
-            out += _event("content_block_delta", {"type": "content_block_delta", "index": self.index,
-                                                  "delta": {"type": "text_delta", "text": text}})
-        for tc in delta.get("tool_calls") or ():
-            if not isinstance(tc, dict):
-                continue
-            fn = tc.get("function") or {}
-            i = tc.get("index", 0)
-            if i not in self.tool_blocks:
-                out += self._begin("tool", {"type": "tool_use", "id": tc.get("id") or f"toolu_{self.msg_id}_{i}",
-                                            "name": fn.get("name") or "", "input": {}})
-                self.tool_blocks[i] = self.index
-            args = fn.get("arguments")
-            if isinstance(args, str) and args:
-                out += _event("content_block_delta", {"type": "content_block_delta", "index": self.tool_blocks[i],
-                                                      "delta": {"type": "input_json_delta", "partial_json": args}})
-        if choice.get("finish_reason"):
-            self.finish = choice["finish_reason"]
-        return out
-
-    def end(self, usage: Usage, error: APIError | None) -> bytes:
-        """The closing events: the open block's stop, then ``message_delta`` + ``message_stop``, or an ``error``
-        event when the upstream failed mid-stream (as Anthropic's API ends such a stream)."""
-        out = self._close()
-        if error is not None:
-            return out + _event("error", error_body(error))
-        stop = FINISH_REASONS.get(self.finish or "stop", "end_turn")
-        if self.tool_blocks and stop == "end_turn":
-            stop = "tool_use"
-        out += _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                        "usage": usage_json(usage)})
-        return out + _event("message_stop", {"type": "message_stop"})
+            "stop_reason": stop_reason(first.get("finish_reason"), bool(calls), seq), "stop_sequence": seq,
+            "usage": usage_json(usage)}

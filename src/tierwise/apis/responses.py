@@ -18,7 +18,8 @@ conversation in ``input``. Request (platform.openai.com/docs/api-reference/respo
 
 Answers: text -> one ``message`` output item, tool calls -> ``function_call`` items, ``finish_reason: length`` ->
 ``status: incomplete`` (``max_output_tokens``). Streams emit ``response.created``, ``response.in_progress``, the
-item / content-part / delta / done events, and ``response.completed`` (or ``response.failed``) with the usage.
+item / content-part / delta / done events, and ``response.completed`` (or ``response.failed``) with the usage
+(:mod:`tierwise.apis.response_events`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from tierwise.apis.messages import clip
-from tierwise.errors import APIError, invalid
+from tierwise.errors import invalid
 from tierwise.requests import MAX_NAME_CHARS
 from tierwise.types import JSON, Usage
 
@@ -306,99 +305,3 @@ def chat_to_response(chat: JSON, usage: Usage, model: str, resp_id: str, raw: JS
     _finish(resp, first.get("finish_reason"))
     resp["usage"] = usage_json(usage)
     return resp
-
-
-class ResponseEvents:
-    """OpenAI chat chunks of one stream -> Responses stream events (pure; one instance per stream)."""
-
-    def __init__(self, resp_id: str, model: str, raw: JSON) -> None:
-        self.resp = _shell(raw, resp_id, model, int(time.time()), "in_progress")
-        self.key = resp_id[5:]
-        self.seq = 0
-        self.items: list[JSON] = []  # finished output items
-        self.open: JSON | None = None  # the item being streamed
-        self.text: list[str] = []
-        self.calls: dict[int, int] = {}  # OpenAI tool_calls index -> output index
-        self.finish: str | None = None
-
-    def _event(self, etype: str, **fields: Any) -> bytes:
-        data = {"type": etype, "sequence_number": self.seq, **fields}
-        self.seq += 1
-        return b"event: " + etype.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-    def start(self) -> bytes:
-        return (self._event("response.created", response=self.resp)
-                + self._event("response.in_progress", response=self.resp))
-
-    def _close(self) -> bytes:
-        item, self.open = self.open, None
-        if item is None:
-            return b""
-        index = len(self.items)
-        if item["type"] == "message":
-            text = "".join(self.text)
-            self.text = []
-            part = {"type": "output_text", "text": text, "annotations": []}
-            done = _message_item(item["id"], text)
-            out = (self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                               content_index=0, text=text, logprobs=[])
-                   + self._event("response.content_part.done", item_id=item["id"], output_index=index,
-                                 content_index=0, part=part))
-        else:
-            done = {**item, "status": "completed"}
-            out = self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                              name=item["name"], arguments=item["arguments"])
-        self.items.append(done)
-        return out + self._event("response.output_item.done", output_index=index, item=done)
-
-    def feed(self, chunk: JSON) -> bytes:
-        choices = chunk.get("choices") or ()
-        if not choices:
-            return b""
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        out = b""
-        text = delta.get("content")
-        if isinstance(text, str) and text:
-            if self.open is None or self.open["type"] != "message":
-                out += self._close()
-                self.open = _message_item(f"msg_{self.key}_{len(self.items)}", "", "in_progress")
-                index = len(self.items)
-                out += self._event("response.output_item.added", output_index=index, item=self.open)
-                out += self._event("response.content_part.added", item_id=self.open["id"], output_index=index,
-                                   content_index=0, part={"type": "output_text", "text": "", "annotations": []})
-            self.text.append(text)
-            out += self._event("response.output_text.delta", item_id=self.open["id"], output_index=len(self.items),
-                               content_index=0, delta=text, logprobs=[])
-        for tc in delta.get("tool_calls") or ():
-            if not isinstance(tc, dict):
-                continue
-            fn = tc.get("function") or {}
-            i = tc.get("index", 0)
-            if i not in self.calls:
-                out += self._close()
-                n = len(self.items)
-                self.open = _call_item(f"fc_{self.key}_{n}", tc.get("id") or f"call_{self.key}_{n}",
-                                       fn.get("name") or "", "", "in_progress")
-                self.calls[i] = n
-                out += self._event("response.output_item.added", output_index=n, item=dict(self.open))
-            args = fn.get("arguments")
-            if isinstance(args, str) and args and self.open is not None and self.calls[i] == len(self.items):
-                self.open["arguments"] += args
-                out += self._event("response.function_call_arguments.delta", item_id=self.open["id"],
-                                   output_index=len(self.items), delta=args)
-        if choice.get("finish_reason"):
-            self.finish = choice["finish_reason"]
-        return out
-
-    def end(self, usage: Usage, error: APIError | None) -> bytes:
-        out = self._close()
-        self.resp["output"] = self.items
-        self.resp["usage"] = usage_json(usage)
-        if error is not None:
-            self.resp["status"] = "failed"
-            self.resp["error"] = {"code": "server_error", "message": error.message}
-            return out + self._event("response.failed", response=self.resp)
-        _finish(self.resp, self.finish)
-        name = "response.completed" if self.resp["status"] == "completed" else "response.incomplete"
-        return out + self._event(name, response=self.resp)

@@ -19,7 +19,7 @@ from tierwise.gateway.app import _BatchedSSE, _has_content, _json, _route_header
 from tierwise.governance import Principal
 from tierwise.requests import TAGS_HEADER, take_tags
 from tierwise.routing.executor import Call
-from tierwise.service import ChatResult
+from tierwise.service import ChatResult, ChatStream
 from tierwise.types import JSON, LedgerRecord, Usage
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ class Dialect(Protocol):
         """The non-streaming answer (``usage``: what the served model used, from the booked record)."""
         ...
 
-    def events(self, record: LedgerRecord, raw: JSON) -> StreamEvents:
+    def events(self, stream: ChatStream, raw: JSON) -> StreamEvents:
+        """The event writer of one stream (opened: its model and first chunk are known)."""
         ...
 
 
@@ -107,7 +108,7 @@ async def _stream(gw: Gateway, request: web.Request, dialect: Dialect, call: Cal
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                  **_route_headers(stream.record, final=False, budget=call.budget)},
     )
-    events = dialect.events(stream.record, raw)
+    events = dialect.events(stream, raw)
     gen = stream.chunks()
     out = _BatchedSSE(resp)
     try:

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tierwise.apis.responses import ResponseEvents, chat_to_response, responses_to_chat
+from tierwise.apis.response_events import ResponseEvents
+from tierwise.apis.responses import chat_to_response, responses_to_chat
 from tierwise.errors import APIError
 from tierwise.gateway.app import _error
 from tierwise.gateway.dialects import serve
-from tierwise.service import ChatResult
+from tierwise.service import ChatResult, ChatStream
 from tierwise.types import JSON, LedgerRecord, Usage
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ class ResponsesDialect:
     def answer(self, result: ChatResult, raw: JSON, usage: Usage) -> JSON:
         return chat_to_response(result.body, usage, result.record.model or "", _resp_id(result.record), raw)
 
-    def events(self, record: LedgerRecord, raw: JSON) -> ResponseEvents:
-        return ResponseEvents(_resp_id(record), record.model or "", raw)
+    def events(self, stream: ChatStream, raw: JSON) -> ResponseEvents:
+        return ResponseEvents(_resp_id(stream.record), stream.record.model or "", raw)
 
 
 def register(app: web.Application, gw: Gateway) -> None:

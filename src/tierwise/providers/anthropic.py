@@ -3,10 +3,12 @@
 Translation of bodies lives in :mod:`tierwise.providers.anthropic_translate`; this module does the HTTP call and
 turns the Messages event stream into OpenAI chunks:
 
-``message_start``            -> first chunk, ``delta: {role: assistant, content: ""}`` (input-side usage recorded)
+``message_start``            -> first chunk, ``delta: {role: assistant, content: ""}``; its input-side usage is
+                                kept for the final count and set on that chunk as ``prompt_usage``
 ``content_block_start``      -> for ``tool_use``: a tool-call delta with index / id / type / name / ``arguments: ""``
 ``content_block_delta``      -> ``text_delta`` -> content delta; ``input_json_delta`` -> tool-call arguments delta
 ``message_delta``            -> chunk with ``finish_reason`` (usage counts are cumulative: they replace, not add)
+                                and the matched ``stop_sequence`` as the choice's ``stop_reason`` (vLLM's field)
 ``message_stop``             -> final usage-only chunk (``choices: []``), then the stream ends
 ``ping`` / unknown events    -> ignored; ``error`` -> :class:`UpstreamError` of the kind its ``type`` says
 """
@@ -20,13 +22,18 @@ from typing import Any
 import orjson
 
 from tierwise.config.schema import ProviderConfig
-from tierwise.cost.usage import usage_from_anthropic_stream
-from tierwise.providers.anthropic_translate import STOP_REASONS, from_anthropic_response, to_anthropic_request
+from tierwise.cost.usage import usage_from_anthropic, usage_from_anthropic_stream
+from tierwise.providers.anthropic_translate import (
+    MATCHED_STOP,
+    STOP_REASONS,
+    from_anthropic_response,
+    to_anthropic_request,
+)
 from tierwise.providers.errors import bad_response, stream_cut, stream_error
 from tierwise.providers.http import HttpProvider, resolve_api_key
 from tierwise.providers.normalize import new_id
 from tierwise.providers.sse import SSEParser
-from tierwise.types import JSON, Completion, StreamChunk
+from tierwise.types import JSON, Completion, StreamChunk, Usage
 
 
 class StreamTranslator:
@@ -58,7 +65,12 @@ class StreamTranslator:
         if self.started:
             return []
         self.started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
+        first = self._chunk({"role": "assistant", "content": ""})
+        if isinstance(self.start_usage, dict):
+            u = usage_from_anthropic(self.start_usage)  # its output_tokens is provisional: the prompt side only
+            first.prompt_usage = Usage(input_tokens=u.input_tokens, cache_read_tokens=u.cache_read_tokens,
+                                       cache_write_tokens=u.cache_write_tokens)
+        return [first]
 
     def feed(self, event: Any) -> list[StreamChunk]:
         """Chunks for one decoded event (``data`` of an SSE event; its ``type`` names the event)."""
@@ -113,7 +125,10 @@ class StreamTranslator:
                 return []
             self.finished = True
             finish = STOP_REASONS.get(reason, "tool_calls" if self.tool_index else "stop")
-            return [*self._first(), self._chunk({}, finish_reason=finish)]
+            last = self._chunk({}, finish_reason=finish)
+            if reason == "stop_sequence" and isinstance(delta.get("stop_sequence"), str):
+                last.body["choices"][0][MATCHED_STOP] = delta["stop_sequence"]
+            return [*self._first(), last]
         if etype == "message_stop":
             self.done = True
             usage = usage_from_anthropic_stream(self.start_usage, *self.delta_usages)

@@ -22,7 +22,9 @@ Request (OpenAI -> Anthropic, docs.anthropic.com/en/api/messages):
 
 Response: text blocks joined into ``content``; ``tool_use`` -> ``tool_calls``; ``stop_reason`` end_turn /
 stop_sequence / pause_turn -> stop, max_tokens / model_context_window_exceeded -> length, tool_use -> tool_calls,
-refusal -> content_filter. ``thinking`` blocks are not part of the OpenAI message and are dropped.
+refusal -> content_filter. ``thinking`` blocks are not part of the OpenAI message and are dropped. The stop sequence
+that ended an answer (``stop_sequence``) is kept as the choice's ``stop_reason``, the field vLLM and SGLang use for
+it in OpenAI-shaped answers (:data:`MATCHED_STOP`), so ``/v1/messages`` can report it back.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ STOP_REASONS = {
 }
 #: The reverse of STOP_REASONS, for answers translated back into Messages (``/v1/messages`` served from any model).
 FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+#: The choice field naming the stop string that ended an answer (vLLM's and SGLang's extension of OpenAI's choice;
+#: tierwise's Anthropic adapter fills it from ``stop_sequence``); a token id (int) there names no stop sequence.
+MATCHED_STOP = "stop_reason"
 #: OpenAI string ``tool_choice`` values and their Messages ``tool_choice.type`` (used in both directions).
 TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 _PASS_THROUGH = ("top_k", "thinking", "cache_control")  # Anthropic-only: automatic caching is top-level
@@ -358,12 +363,15 @@ def from_anthropic_response(resp: Any, model: str) -> Completion:
     if calls:
         message["tool_calls"] = calls
     usage: Usage = usage_from_anthropic(resp.get("usage"))
+    choice: JSON = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    if stop_reason == "stop_sequence" and isinstance(resp.get("stop_sequence"), str):
+        choice[MATCHED_STOP] = resp["stop_sequence"]
     body: JSON = {
         "id": resp["id"] if isinstance(resp.get("id"), str) else new_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": resp["model"] if isinstance(resp.get("model"), str) else model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [choice],
         "usage": usage.to_openai(),
     }
     return Completion(body=body, usage=usage, finish_reason=finish, text=text, logprobs=None)

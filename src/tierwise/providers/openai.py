@@ -70,8 +70,10 @@ def completion_as_chunks(body: JSON) -> list[StreamChunk]:
         idx = choice["index"]
         out.append(chunk_from_body({**base, "choices": [
             {"index": idx, "delta": delta, "logprobs": choice.get("logprobs"), "finish_reason": None}]}))
-        out.append(chunk_from_body({**base, "choices": [
-            {"index": idx, "delta": {}, "finish_reason": choice["finish_reason"]}]}))
+        last: JSON = {"index": idx, "delta": {}, "finish_reason": choice["finish_reason"]}
+        if "stop_reason" in choice:  # vLLM's matched stop string or token id
+            last["stop_reason"] = choice["stop_reason"]
+        out.append(chunk_from_body({**base, "choices": [last]}))
     if "usage" in body:
         out.append(chunk_from_body({**base, "choices": [], "usage": body["usage"]}))
     return out

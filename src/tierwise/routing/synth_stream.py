@@ -35,6 +35,8 @@ def completion_chunks(c: Completion, piece_chars: int = 48) -> list[StreamChunk]
         calls = [{"index": i, **tc} for i, tc in enumerate(message["tool_calls"])]
         out.append(chunk({"tool_calls": calls}))
     out.append(chunk({}, finish=c.finish_reason or "stop"))
+    if isinstance(choice.get("stop_reason"), str):  # the stop sequence that ended it (vLLM's field), for /v1/messages
+        out[-1].body["choices"][0]["stop_reason"] = choice["stop_reason"]
     usage_body = dict(base)
     usage_body["choices"] = []
     usage_body["usage"] = c.usage.to_openai()
