@@ -1,7 +1,9 @@
 """Wiring: the service's record hook, the ``/metrics`` route, start-up checks.
 
 :func:`install` is called once by :func:`tierwise.gateway.app.create_app`. It appends the metrics' and tracing's
-``observe`` to ``svc.observers`` (called once per ledger record) and serves ``GET /metrics`` (path configurable):
+``observe`` to ``svc.observers`` (called once per ledger record), with tracing on a middleware that hands the
+caller's trace context to the spans (:mod:`tierwise.telemetry.trace_context`), and serves ``GET /metrics`` (path
+configurable):
 
 - where: ``telemetry.metrics.listener`` — ``auto`` puts it on the admin listener when the admin API has its own,
   else on the main one; ``main`` / ``admin`` force it.
@@ -204,6 +206,10 @@ def install(app: web.Application, svc: Tierwise) -> Telemetry | None:
         return None
     tel = Telemetry(svc)
     app[TELEMETRY_KEY] = tel
+    if cfg.tracing.enabled:  # the caller's W3C trace context, for the request's spans
+        from tierwise.telemetry.trace_context import make_middleware
+
+        app.middlewares.append(make_middleware())
     if cfg.metrics.enabled and not tel.on_admin:
         tel.mount(app)
     app.on_startup.append(tel.on_startup)

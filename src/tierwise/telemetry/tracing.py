@@ -17,6 +17,13 @@ Attributes follow the OpenTelemetry GenAI semantic conventions — ``gen_ai.oper
 ``gen_ai.usage.cache_read.input_tokens``, ``gen_ai.usage.cache_creation.input_tokens``, ``error.type`` — plus
 ``tierwise.*``: tier, routing reason (``tier_source``) and notes, cost, escalations, fallbacks, status, principal
 and attribution. Never a prompt, an answer, a key or a session id.
+
+Joining the caller's trace: a request that carries W3C trace context (``traceparent``, ``tracestate``; any
+propagator ``OTEL_PROPAGATORS`` configures) gets its SERVER span as a child of the caller's span, in the caller's
+trace, with its ``tracestate`` (:mod:`tierwise.telemetry.trace_context`). Sampling is then the caller's, as OTel's
+default ``ParentBased`` sampler has it: a sampled parent's request is traced whatever ``sample_ratio`` says, an
+unsampled one's is not. Without context, or with a malformed one, the request starts a new trace, sampled by
+``sample_ratio``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from tierwise.config.schema import TierwiseConfig
 from tierwise.telemetry.config import TracingConfig
+from tierwise.telemetry.trace_context import incoming, parent_of
 from tierwise.types import Attempt, LedgerRecord, Usage
 
 if TYPE_CHECKING:
@@ -135,9 +143,15 @@ class Tracing:
 
     def _emit(self, rec: LedgerRecord) -> None:
         trace = self._trace
-        trace_id = self._ids.generate_trace_id()
-        if trace_id & 0xFFFFFFFFFFFFFFFF >= self._bound:  # (exporter none still makes them: benches, tests)
-            return
+        parent = parent_of(incoming())
+        if parent is not None:  # the caller's trace, the caller's sampling decision (ParentBased)
+            if not parent.trace_flags.sampled:
+                return
+            trace_id, state = parent.trace_id, parent.trace_state
+        else:
+            trace_id, state = self._ids.generate_trace_id(), None
+            if trace_id & 0xFFFFFFFFFFFFFFFF >= self._bound:  # (exporter none still makes them: benches, tests)
+                return
         start = _ns(rec.ts)
         end = max(start, start + _ns(rec.latency_ms / 1000.0))
         attrs: dict[str, Any] = {
@@ -177,11 +191,11 @@ class Tracing:
         if rec.status != "ok":
             attrs["error.type"] = str(rec.http_status) if rec.status == "error" else rec.status
             error = rec.error or rec.status
-        root = trace.SpanContext(trace_id, self._ids.generate_span_id(), False, self._flags)
+        root = trace.SpanContext(trace_id, self._ids.generate_span_id(), False, self._flags, state)
         cursor = start
         for i, a in enumerate(rec.attempts):
             cursor = self._attempt(a, i, root, cursor)
-        self._finish(f"chat {requested}", root, None, trace.SpanKind.SERVER, attrs, start, end, error)
+        self._finish(f"chat {requested}", root, parent, trace.SpanKind.SERVER, attrs, start, end, error)
 
     def _attempt(self, a: Attempt, index: int, root: Any, at: int) -> int:
         trace = self._trace
@@ -209,7 +223,7 @@ class Tracing:
             attrs["error.type"] = a.outcome
             error = a.error or a.outcome
         end = at + _ns(a.latency_ms / 1000.0)
-        ctx = trace.SpanContext(root.trace_id, self._ids.generate_span_id(), False, self._flags)
+        ctx = trace.SpanContext(root.trace_id, self._ids.generate_span_id(), False, self._flags, root.trace_state)
         self._finish(f"chat {a.model}", ctx, root, trace.SpanKind.CLIENT, attrs, at, end, error)
         return end
 
