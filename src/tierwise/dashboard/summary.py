@@ -2,8 +2,8 @@
 
 Only small results reach Python (a few hundred groups at most); the work here is arithmetic on them: rates,
 shares, percentiles read off the latency histograms, the flagship counterfactual (linear in the token sums, so
-pricing the sums is pricing every row), and the budget status with the same monthly projection the budgets use
-(:func:`tierwise.governance.budgets.project_month`).
+pricing the sums is pricing every row), and the ledger's side of the budget panel (:func:`build_budgets`; the
+panel itself is :mod:`tierwise.dashboard.budgets`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tierwise.config.schema import TierwiseConfig
+from tierwise.config.schema import BudgetCap, TierwiseConfig
 from tierwise.cost.prices import ResolvedPrice
 from tierwise.dashboard import sql
 from tierwise.dashboard.query import DashboardQuery
-from tierwise.governance.budgets import project_month
 from tierwise.rollout.pricefile import flagship_of as report_flagship
 from tierwise.rollout.pricefile import usage_cost
+from tierwise.state.backend import Usage as StateUsage
 
 PERCENTILES = (50, 90, 95, 99)
 NONE_LABEL = "(none)"
@@ -189,9 +189,12 @@ def month_start(now: float) -> float:
     return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
 
 
-def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 5) -> list[dict[str, Any]]:
-    """Each configured cap (``budgets.caps``; ``kind:*`` for its top members): today's and this month's settled
-    spend from the ledger, the consumption level and the month's projection. Independent of the page's filters."""
+def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float) -> list[tuple[str, BudgetCap, StateUsage]]:
+    """Each configured cap (``budgets.caps``; ``kind:*`` for each member with spend this month) and its settled spend
+    by the ledger: today, this month and this month's earlier days (``past_days``, for the projection), in the state
+    backend's :class:`~tierwise.state.backend.Usage` shape (nothing reserved: the ledger knows no reservations).
+    The budget panel (:mod:`tierwise.dashboard.budgets`) takes its list of budgets from here and their live
+    consumption from the governance state. Independent of the page's filters."""
     caps = cfg.budgets.caps
     if not caps:
         return []
@@ -200,8 +203,10 @@ def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 5)
     sql.plan(s, DashboardQuery("month", start, now + 1, 86400))  # most of the month: a table scan in SQLite
     days_seen = sorted({int(d) for d, _, _ in sql.budget_days(s, start, None, None) if d is not None and
                         int(d) < today})
-    out: list[dict[str, Any]] = []
+    out: list[tuple[str, BudgetCap, StateUsage]] = []
     for scope, cap in sorted(caps.items()):
+        if cap.daily_usd is None and cap.monthly_usd is None:
+            continue
         kind, _, name = scope.partition(":")
         if scope == "global":
             rows = sql.budget_days(s, start, None, None)
@@ -214,27 +219,11 @@ def build_budgets(s: sql.Session, cfg: TierwiseConfig, now: float, top: int = 5)
             per_member[member][int(d)] = float(cost)
         if name != "*" and not per_member:
             per_member[name if scope != "global" else None] = {}
-        entries: list[dict[str, Any]] = []
         for member, days in per_member.items():
-            month = sum(days.values())
-            day = days.get(today, 0.0)
-            past = [days.get(d, 0.0) for d in days_seen]
-            projected = project_month(month, past, now, cfg.budgets.projection_min_days)
             label = scope if name != "*" else f"{kind}:{member}"
-            levels = [v for v in ((day / cap.daily_usd) if cap.daily_usd else None,
-                                  (month / cap.monthly_usd) if cap.monthly_usd else None) if v is not None]
-            level = max(levels) if levels else 0.0
-            step: str | None = None
-            for st in cfg.budgets.steps:
-                if level >= st.at:
-                    step = st.action
-            if level >= 1.0:
-                step = "refused"
-            entries.append({"scope": label, "daily_usd": cap.daily_usd, "monthly_usd": cap.monthly_usd,
-                            "spent_today_usd": day, "spent_month_usd": month, "projected_month_usd": projected,
-                            "over_projection": bool(projected is not None and cap.monthly_usd
-                                                    and projected > cap.monthly_usd),
-                            "level": level, "step": step})
-        entries.sort(key=lambda e: (-e["level"], e["scope"]))
-        out.extend(entries[:top])
+            if name == "*" and label in caps:
+                continue  # a member with a cap of its own: that cap is listed under its own name
+            month = sum(days.values())
+            out.append((label, cap, StateUsage(daily_spent=days.get(today, 0.0), monthly_spent=month,
+                                               past_days=tuple(days.get(d, 0.0) for d in days_seen))))
     return out

@@ -17,7 +17,8 @@ API (GET, JSON; errors in OpenAI's shape with ``param`` naming the bad filter):
 
 ====================================  ==========================================================================
 ``/dashboard/api/config``             tiers, refresh intervals, flagship model (for the page's controls)
-``/dashboard/api/summary``            ``?window=1h&tier=&principal=``: every panel (see :mod:`.summary`)
+``/dashboard/api/summary``            ``?window=1h&tier=&principal=``: every panel (see :mod:`.summary`; the
+                                      budgets, live from the governance state: :mod:`.budgets`)
 ``/dashboard/api/recent``             ``?window=&tier=&principal=&limit=25``: the newest requests, newest first
 ====================================  ==========================================================================
 
@@ -41,6 +42,7 @@ import orjson
 from aiohttp import web
 
 from tierwise.dashboard import sql
+from tierwise.dashboard.budgets import BudgetPanel
 from tierwise.dashboard.query import (
     RECENT_PARAMS,
     SUMMARY_PARAMS,
@@ -50,7 +52,7 @@ from tierwise.dashboard.query import (
     parse_query,
 )
 from tierwise.dashboard.reader import LedgerReader, LedgerUnavailable
-from tierwise.dashboard.summary import build_budgets, build_summary, flagship_of
+from tierwise.dashboard.summary import build_summary, flagship_of
 
 if TYPE_CHECKING:
     from tierwise.service import Tierwise
@@ -134,6 +136,8 @@ class Dashboard:
         self.reader = LedgerReader(svc.cfg.ledger, svc.ledger.store, self.dcfg.query_threads)
         self._tiers = frozenset(svc.cfg.tiers)
         self._cache: dict[Any, tuple[float, asyncio.Future[Any]]] = {}
+        self.budgets = BudgetPanel(svc, self._query, max(BUDGET_CACHE_S, self.dcfg.cache_ms / 1000),
+                                   self.dcfg.cache_ms / 1000)
 
     async def close(self, app: web.Application | None = None) -> None:
         await asyncio.to_thread(self.reader.close)
@@ -227,12 +231,11 @@ class Dashboard:
         cfg, prices = self.cfg, self.svc.prices.prices
         body = await self._query(("summary", q.key), self.dcfg.cache_ms / 1000,
                                  lambda s: build_summary(s, q, cfg, prices))
-        now = time.time()
-        budgets = await self._query(("budgets",), max(BUDGET_CACHE_S, self.dcfg.cache_ms / 1000),
-                                    lambda s: build_budgets(s, cfg, now))
+        budgets, budget_state = await self.budgets.status()
         alerts = [a.as_dict() for a in list(self.svc.anomalies.alerts)
                   if a.ts >= q.since and (q.principal is None or a.principal == q.principal)]
-        return _json(200, {**body, "budgets": budgets, "anomalies": alerts[-50:], "generated_at": time.time()})
+        return _json(200, {**body, "budgets": budgets, "budget_state": budget_state, "anomalies": alerts[-50:],
+                           "generated_at": time.time()})
 
     async def recent(self, request: web.Request) -> web.Response:
         q = self._parse(request, RECENT_PARAMS)

@@ -94,8 +94,10 @@ class StateBackend(Protocol):
         """Replace the request's reservation by its real cost; idempotent per request id. Never blocks."""
         ...
 
-    async def read_usage(self, scopes: Sequence[str]) -> dict[str, Usage]:
-        """Each scope's current consumption, reserving and counting nothing (metrics read it at scrape time)."""
+    async def read_usage(self, scopes: Sequence[str], *, past_days: bool = False) -> dict[str, Usage]:
+        """Each scope's current consumption, reserving and counting nothing (metrics read it at scrape time, the
+        dashboard's budget panel when it refreshes); with ``past_days`` the ``past_days`` of each usage are filled
+        (the monthly projection needs them; a backend may fill them regardless)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -104,8 +104,9 @@ class MemoryStateBackend:
                 self._days_seen.add(res.day)
                 self._past = ("", ())  # recomputed on the next admit
 
-    async def read_usage(self, scopes: Sequence[str]) -> dict[str, Usage]:
-        """Each scope's consumption in the current day and month, reserving nothing (metrics at scrape time)."""
+    async def read_usage(self, scopes: Sequence[str], *, past_days: bool = False) -> dict[str, Usage]:
+        """Each scope's consumption in the current day and month, reserving nothing (metrics at scrape time, the
+        dashboard); this month's past days are always there (they cost nothing to read here)."""
         with self._lock:
             now = self._clock()
             day, month = self._periods(now)

@@ -613,20 +613,29 @@ class RedisStateBackend:
         finally:
             await pool.release(conn)
 
-    async def read_usage(self, scopes: Sequence[str]) -> dict[str, Usage]:
+    async def read_usage(self, scopes: Sequence[str], *, past_days: bool = False) -> dict[str, Usage]:
         """Each scope's settled and reserved spend in the current day and month (Redis's clock), reserving nothing:
-        for metrics at scrape time (two round trips: TIME, MGET), never on the request path. Raises when Redis is
-        unreachable. ``past_days`` is left empty."""
+        for metrics at scrape time and the dashboard (two round trips: TIME, MGET), never on the request path.
+        Raises when Redis is unreachable. ``past_days``: also the settled spend of this month's earlier days with
+        any spend (the projection's input, as admission reads it; one more round trip, SMEMBERS), else empty."""
         if self._clock is not None:
             now = self._clock()
         else:
             sec, usec = await self._client.time()
             now = int(sec) + int(usec) / 1e6
-        periods = (day_of(now), month_of(now))
+        day, month = day_of(now), month_of(now)
+        periods = (day, month)
+        past: list[str] = []
+        if past_days and scopes:
+            seen = await self._client.smembers(f"{self.base}:days:{month}")
+            past = sorted(d for d in (m.decode() if isinstance(m, bytes) else str(m) for m in seen) if d < day)
         keys = [f"{self.base}:{kind}:{s}:{p}" for s in scopes for kind in ("sp", "rv") for p in periods]
+        keys += [f"{self.base}:sp:{s}:{d}" for s in scopes for d in past]
         vals = await self._client.mget(keys) if keys else []
         nano = [int(v or 0) / NANO for v in vals]
-        return {s: Usage(nano[4 * i], nano[4 * i + 2], nano[4 * i + 1], nano[4 * i + 3]) for i, s in enumerate(scopes)}
+        at, n = 4 * len(scopes), len(past)
+        return {s: Usage(nano[4 * i], nano[4 * i + 2], nano[4 * i + 1], nano[4 * i + 3],
+                         tuple(nano[at + n * i: at + n * (i + 1)])) for i, s in enumerate(scopes)}
 
     async def share_pin(self, session_id: str, model: str) -> bool:
         """Store a session's new pin now (one round trip), for a request that just (re)pinned it: its settlement

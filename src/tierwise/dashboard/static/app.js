@@ -217,26 +217,57 @@ function renderSummary(d) {
     tr.appendChild(el('td', null, num(v.count))); lt.appendChild(tr);
   }
   $('latency-note').textContent = 'Percentiles of answered requests, ' + d.latency.precision + '.';
-  const bb = $('budgets'); clear(bb);
-  if (!d.budgets.length) bb.appendChild(el('p', 'empty', 'no budget caps configured (budgets.caps)'));
-  for (const b of d.budgets) {
-    const div = el('div', 'budget'); div.dataset.scope = b.scope;
-    const cap = b.monthly_usd ? 'month ' + usd(b.spent_month_usd) + ' of ' + usd(b.monthly_usd) : '';
-    const day = b.daily_usd ? 'today ' + usd(b.spent_today_usd) + ' of ' + usd(b.daily_usd) : '';
-    div.appendChild(el('div', null, b.scope + ' — ' + [day, cap].filter(Boolean).join(' · ')
-      + (b.step ? ' — ' + b.step : '')));
-    const track = el('div', 'track'); const fill = el('div', 'fill ' + (b.step || ''));
-    fill.style.width = Math.min(100, b.level * 100).toFixed(1) + '%'; track.appendChild(fill); div.appendChild(track);
-    div.appendChild(el('div', 'note', b.projected_month_usd === null ? 'projection: too few days of history yet'
-      : 'projected month: ' + usd(b.projected_month_usd) + (b.over_projection ? ' — over the cap' : '')));
-    bb.appendChild(div);
-  }
+  renderBudgets(d.budgets, d.budget_state || {});
   const an = $('anomalies'); clear(an);
   if (!d.anomalies.length) an.appendChild(el('li', 'empty', 'none in this window'));
   for (const a of d.anomalies.slice().reverse()) {
     an.appendChild(el('li', null, new Date(a.ts * 1000).toISOString().slice(0, 19).replace('T', ' ') + ' ' + a.principal
       + ' on ' + a.model + ': ' + usd(a.bucket_spend_usd) + ' in a bucket (threshold ' + usd(a.threshold_usd) + ', '
       + a.action + ')'));
+  }
+}
+
+// A figure as text with its raw value in data-value (what the browser test reads).
+function figure(cls, text, raw) {
+  const e = el('span', cls, text); e.dataset.value = raw === null || raw === undefined ? '' : String(raw); return e;
+}
+
+function renderBudgets(budgets, state) {
+  const bb = $('budgets'); clear(bb);
+  const src = $('budget-source');
+  src.dataset.source = state.source || '';
+  src.className = 'note' + (state.error ? ' error' : '');
+  src.textContent = state.error ? state.error : 'Live from the ' + (state.backend || '') + ' state, what admission '
+    + 'enforces: settled spend, + reserved by requests in flight. The ledger\'s settled spend is shown for comparison.';
+  if (!budgets.length) bb.appendChild(el('p', 'empty', 'no budget caps configured (budgets.caps)'));
+  for (const b of budgets) {
+    const div = el('div', 'budget'); div.dataset.scope = b.scope; div.dataset.step = b.step || '';
+    div.dataset.level = String(b.level);
+    const head = el('div', 'head');
+    head.append(el('strong', null, b.scope), el('span', 'step ' + (b.step || 'none'), b.step ? b.step : 'no step'));
+    div.appendChild(head);
+    for (const [label, cap, spent, reserved, ledger, key] of [
+      ['today', b.daily_usd, b.spent_today_usd, b.reserved_today_usd, b.ledger_today_usd, 'today'],
+      ['month', b.monthly_usd, b.spent_month_usd, b.reserved_month_usd, b.ledger_month_usd, 'month']]) {
+      const line = el('div', 'period ' + key);
+      line.append(el('span', 'label', label + ' '), figure('spent', usd(spent), spent));
+      if (reserved) line.append(el('span', null, ' + '), figure('reserved', usd(reserved) + ' reserved', reserved));
+      else line.append(figure('reserved', '', reserved));
+      line.append(el('span', null, ' of '), figure('cap', cap ? usd(cap) : 'no cap', cap));
+      if (cap) line.append(el('span', 'pct', ' (' + pct((spent + reserved) / cap) + ')'));
+      line.append(el('span', 'note', ' · ledger '), figure('ledger note', usd(ledger), ledger));
+      div.appendChild(line);
+    }
+    const track = el('div', 'track'); const fill = el('div', 'fill ' + (b.step || ''));
+    fill.style.width = Math.min(100, b.level * 100).toFixed(1) + '%'; track.appendChild(fill); div.appendChild(track);
+    const proj = el('div', 'note projection');
+    if (b.projected_month_usd === null) proj.append(figure('projected', 'projection: too few days of history yet',
+      null));
+    else proj.append(el('span', null, 'projected month: '), figure('projected', usd(b.projected_month_usd),
+      b.projected_month_usd), el('span', null, b.over_projection ? ' — over the cap' : ''));
+    div.appendChild(proj);
+    if (b.why) div.appendChild(el('div', 'note why', b.why));
+    bb.appendChild(div);
   }
 }
 
