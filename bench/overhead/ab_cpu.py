@@ -44,7 +44,7 @@ def export(rev: str, into: Path) -> Path:
 
 
 def start_gateway(name: str, src: Path, tmp: Path, upstream: str, governance: bool) -> procs.Server:
-    d = tmp / name
+    d = tmp / f"{name}-run"  # tmp/<name> holds that version's source
     d.mkdir()
     port = procs.free_port()
     cfg = d / "tierwise.yaml"

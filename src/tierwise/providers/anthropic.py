@@ -185,7 +185,7 @@ class AnthropicProvider(HttpProvider):
         translator = StreamTranslator(self.name, body.get("model") or "")
         async with self._post("/messages", orjson.dumps(request), timeout_s=timeout_s, streaming=True) as resp:
             parser = SSEParser()
-            async for data in resp.content.iter_any():
+            async for data in resp.iter_chunks():
                 for event in parser.feed(data):
                     for chunk in self._translate(translator, event.data):
                         yield chunk

@@ -20,9 +20,15 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
+from tierwise.providers.wire import (
+    WireCannotConnect,
+    WireCutOff,
+    WireDisconnected,
+    WireMalformed,
+    WireTimeout,
+)
 from tierwise.types import JSON, ErrorKind, UpstreamError
 
 # Anthropic's error ``type`` values (docs.anthropic.com/en/api/errors) and the ones OpenAI-compatible servers put in
@@ -72,7 +78,7 @@ _DETAIL_DENY_RE = re.compile(
 def parse_retry_after(headers: Any) -> float | None:
     """Seconds to wait from ``retry-after-ms`` (OpenAI, Anthropic) or ``Retry-After`` (seconds or HTTP date).
 
-    ``headers`` is any case-insensitive mapping (aiohttp's ``CIMultiDictProxy``). Negative or unparseable values
+    ``headers`` maps lower-cased names to values (:class:`~tierwise.providers.wire.WireResponse` headers). Negative or unparseable values
     give ``None`` rather than a guess: the executor then uses its own backoff.
     """
     ms = headers.get("retry-after-ms")
@@ -227,18 +233,18 @@ def bad_response(provider: str, what: str, *, status: int | None = 200) -> Upstr
 
 
 def transport_error(provider: str, exc: BaseException) -> UpstreamError:
-    """aiohttp/asyncio exception -> kind. Timeouts are checked first: aiohttp's timeout errors are also ClientErrors."""
+    """Transport exception (:mod:`tierwise.providers.wire`, asyncio, OS) -> kind. Timeouts first."""
     if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError on 3.11
-        what = "connect timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read timeout"
+        what = "connect timeout" if isinstance(exc, WireTimeout) and exc.phase == "connect" else "read timeout"
         return UpstreamError(ErrorKind.TIMEOUT, f"{provider}: {what}")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamError(ErrorKind.CONNECTION, f"{provider}: response cut off ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, WireCutOff):
+        return UpstreamError(ErrorKind.CONNECTION, f"{provider}: response cut off")
+    if isinstance(exc, WireDisconnected):
         return UpstreamError(ErrorKind.CONNECTION, f"{provider}: server disconnected")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, WireCannotConnect):
         return UpstreamError(ErrorKind.CONNECTION, f"{provider}: cannot connect ({exc.os_error.__class__.__name__})")
-    if isinstance(exc, aiohttp.ClientResponseError):  # malformed status line / headers
-        return UpstreamError(ErrorKind.BAD_RESPONSE, f"{provider}: malformed HTTP response ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ClientError | OSError):
+    if isinstance(exc, WireMalformed):
+        return UpstreamError(ErrorKind.BAD_RESPONSE, f"{provider}: malformed HTTP response ({exc})")
+    if isinstance(exc, OSError):
         return UpstreamError(ErrorKind.CONNECTION, f"{provider}: connection error ({type(exc).__name__})")
     return UpstreamError(ErrorKind.CONNECTION, f"{provider}: {type(exc).__name__}")

@@ -1,8 +1,8 @@
-"""Pooled aiohttp plumbing shared by the HTTP adapters: one session per provider, errors mapped at one place.
+"""Pooled HTTP plumbing shared by the HTTP adapters: one keep-alive pool per provider, errors mapped at one place.
 
-The session is created lazily inside the running loop (an ``aiohttp.ClientSession`` is bound to the loop it was made
-in, and providers are built from config before the server's loop exists). Keep-alive matters more than anything else
-for overhead: a fresh TCP (or TLS) handshake per request costs more than the whole gateway.
+The pool (:class:`tierwise.providers.wire.Origin`) opens connections lazily inside the running loop, since providers
+are built from config before the server's loop exists. Keep-alive matters more than anything else for overhead: a
+fresh TCP (or TLS) handshake per request costs more than the whole gateway.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import orjson
 
 from tierwise.config.schema import ProviderConfig
 from tierwise.providers.errors import bad_response, status_error, transport_error
+from tierwise.providers.wire import Origin, WireError, WireResponse
 from tierwise.types import UpstreamError
 
-_KEEPALIVE_S = 30.0
+_ACCEPT = {False: b"Accept: application/json\r\n", True: b"Accept: text/event-stream\r\n"}
 
 
 def resolve_api_key(name: str, cfg: ProviderConfig) -> str | None:
@@ -45,73 +45,43 @@ class HttpProvider:
         self.name = name
         self.cfg = cfg
         self._base_url = (cfg.base_url or "").rstrip("/")
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json", **headers, **cfg.headers}
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, bool], aiohttp.ClientTimeout] = {}
+        fixed = {"Content-Type": "application/json", **headers, **cfg.headers}
+        # an operator's own Accept header wins; else JSON, or SSE for streams
+        self._accept = {False: b"", True: b""} if any(k.lower() == "accept" for k in fixed) else _ACCEPT
+        self._origin = Origin(self._base_url, fixed, max_connections=cfg.max_connections,
+                              connect_timeout_s=cfg.connect_timeout_s)
 
     def __repr__(self) -> str:  # never show headers: they hold the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self._base_url!r})"
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.cfg.max_connections,
-                limit_per_host=self.cfg.max_connections,
-                keepalive_timeout=_KEEPALIVE_S,
-                ttl_dns_cache=300,
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                skip_auto_headers=("User-Agent",),
-                auto_decompress=True,
-            )
-            self._session = session
-        return session
-
-    def _timeout(self, timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
-        """Non-streaming: ``timeout_s`` bounds the whole call. Streaming: it bounds each read (the wait per chunk)."""
-        key = (timeout_s, streaming)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            if len(self._timeouts) > 64:  # deadline-derived values vary; keep the cache bounded
-                self._timeouts.clear()
-            connect = min(self.cfg.connect_timeout_s, timeout_s)
-            if streaming:
-                timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=timeout_s)
-            else:  # no sock_read: it could never fire before ``total``, and re-arming it on every read cost ~1 %
-                timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect)
-            self._timeouts[key] = timeout
-        return timeout
-
     @asynccontextmanager
     async def _post(self, path: str, data: bytes, *, timeout_s: float, streaming: bool) -> AsyncIterator[
-        aiohttp.ClientResponse
+        WireResponse
     ]:
         """POST and yield a 2xx response; non-2xx and transport failures raise :class:`UpstreamError`.
 
-        Exceptions raised while the caller reads the body inside the ``async with`` (mid-stream disconnects, read
-        timeouts) are mapped too, so adapters only ever see ``UpstreamError``.
+        Non-streaming, ``timeout_s`` bounds the whole call; streaming, each wait for data. Exceptions raised while the
+        caller reads the body inside the ``async with`` (mid-stream disconnects, read timeouts) are mapped too, so
+        adapters only ever see ``UpstreamError``. The connection goes back to the pool only if the body was read to
+        the end.
         """
-        session = self._get_session()
+        conn = None
         try:
-            async with session.post(
-                self._base_url + path,
-                data=data,
-                timeout=self._timeout(timeout_s, streaming),
-                headers={"Accept": "text/event-stream"} if streaming else None,
-            ) as resp:
-                if resp.status >= 300:
-                    body = await resp.read()
-                    raise status_error(self.name, resp.status, resp.headers, body)
-                yield resp
+            conn, resp = await self._origin.post(path, data, timeout_s=timeout_s, streaming=streaming,
+                                                 extra_headers=self._accept[streaming])
+            if resp.status >= 300:
+                body = await resp.read()
+                raise status_error(self.name, resp.status, resp.headers, body)
+            yield resp
         except UpstreamError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (WireError, TimeoutError, OSError) as exc:
             raise transport_error(self.name, exc) from exc
+        finally:
+            if conn is not None:
+                self._origin.release(conn)
 
-    async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
+    async def _read_json(self, resp: WireResponse) -> Any:
         """The whole response body parsed as JSON; a body that is not JSON is a ``bad_response`` naming the provider.
         Call it inside :meth:`_post`'s ``async with``, so read failures are mapped too."""
         raw = await resp.read()
@@ -121,6 +91,4 @@ class HttpProvider:
             raise bad_response(self.name, "response body is not JSON", status=resp.status) from None
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        await self._origin.aclose()

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-import aiohttp
 import orjson
 
 from tierwise.config.schema import ProviderConfig
@@ -24,6 +23,7 @@ from tierwise.providers.errors import bad_response, stream_cut, stream_error
 from tierwise.providers.http import HttpProvider, resolve_api_key
 from tierwise.providers.normalize import first_logprobs, normalize_chunk, normalize_completion
 from tierwise.providers.sse import SSEParser
+from tierwise.providers.wire import WireResponse
 from tierwise.types import JSON, Completion, StreamChunk, Usage
 
 _DONE = b"[DONE]"
@@ -135,7 +135,7 @@ class OpenAIProvider(HttpProvider):
                 return
             finished = seen = False
             parser = SSEParser()  # fed inline: one async-generator layer per event instead of two
-            async for data in resp.content.iter_any():
+            async for data in resp.iter_chunks():
                 for event in parser.feed(data):
                     if event.data == _DONE:
                         return
@@ -168,7 +168,7 @@ class OpenAIProvider(HttpProvider):
         except ValueError as exc:
             raise bad_response(self.name, f"malformed stream chunk: {exc}") from None
 
-    async def _json_instead_of_stream(self, resp: aiohttp.ClientResponse, model: str) -> list[StreamChunk]:
+    async def _json_instead_of_stream(self, resp: WireResponse, model: str) -> list[StreamChunk]:
         parsed = await self._read_json(resp)
         if isinstance(parsed, dict) and "error" in parsed and "choices" not in parsed:
             raise stream_error(self.name, parsed["error"])
