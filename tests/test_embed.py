@@ -89,3 +89,52 @@ def test_missing_runtime_names_the_pip_command(monkeypatch, module: str, backend
 def test_missing_asset_is_a_clear_error() -> None:
     with pytest.raises(EmbedderUnavailable, match="build-embedders.py"):
         asset_path("no-such-model.onnx")
+
+
+@pytest.mark.parametrize("name", EMBEDDERS)
+def test_with_max_tokens_reads_only_the_head_and_shares_the_model(name: str) -> None:
+    base = get_embedder(name)
+    short = base.with_max_tokens(16)  # type: ignore[attr-defined]
+    assert base.with_max_tokens(base.max_tokens) is base  # type: ignore[attr-defined]
+    head = "Classify the sentiment of this customer review as positive, negative or neutral, answer with one word"
+    texts = [head + " and then write a sorting function in Rust.", head + " ok thanks, that is all for today."]
+    a, b = short.embed(texts)
+    np.testing.assert_array_equal(a, b)  # the tails lie beyond the 16-token budget
+    full_a, full_b = base.embed(texts)
+    assert float(full_a @ full_b) < 0.9999
+    if name == "minilm-onnx":
+        assert short._session is base._session  # noqa: SLF001 - one ORT session, two token budgets
+
+
+def test_fingerprint_names_the_shipped_model() -> None:
+    from tierwise.embed import fingerprint
+    from tierwise.embed.onnx_minilm import MODEL_FILE
+    from tierwise.routing.learned.embed_cache import EmbeddingCache
+
+    manifest = json.loads(asset_path("MANIFEST.json").read_text())
+    assert fingerprint("minilm-onnx") == manifest["files"][MODEL_FILE]["sha256"][:12]
+    assert fingerprint("minilm-static") != fingerprint("minilm-onnx")
+    with pytest.raises(ValueError, match="minilm-onnx"):
+        fingerprint("bert-large")
+    # cached vectors of another build of the model are never mixed with this one's
+    assert EmbeddingCache("minilm-onnx", root=Path("/nonexistent")).folder.name == f"minilm-onnx-{fingerprint('minilm-onnx')}"
+
+
+def test_fused_graph_masks_padding() -> None:
+    """QAttention gets one valid length per row and the pooling divides by the mask: a right-padded text embeds close
+    to the same text alone (not equal: int8 activation scales are per call and see the padding rows), and much
+    closer than when the padding is (wrongly) attended to."""
+    emb = get_embedder("minilm-onnx")
+    ids = emb._tokenizer.encode("short one").ids  # noqa: SLF001
+    padded = np.array([ids + [0] * 20], dtype=np.int64)
+    run = emb._session.run  # noqa: SLF001
+
+    def vec(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        v = run(None, {"input_ids": x, "attention_mask": mask, "token_type_ids": np.zeros_like(x)})[0][0]
+        return v / np.linalg.norm(v)
+
+    alone = vec(np.array([ids], dtype=np.int64), np.ones((1, len(ids)), dtype=np.int64))
+    masked = vec(padded, (padded != 0).astype(np.int64))
+    unmasked = vec(padded, np.ones_like(padded))
+    assert float(alone @ masked) > 0.97
+    assert float(alone @ masked) > float(alone @ unmasked) + 0.05

@@ -167,3 +167,23 @@ def test_overlap_explicit_threshold() -> None:
     found = tier_overlaps(make_config(), get_embedder("minilm-onnx"), threshold=0.0)
     assert len(found) == 6  # every pair of the 4 tiers
     assert [o.similarity for o in found] == sorted((o.similarity for o in found), reverse=True)
+
+
+@pytest.mark.parametrize("name", EMBEDDERS)
+def test_token_budget_is_the_dev_chosen_default_or_the_configured_one(name: str) -> None:
+    """The classifier reads ``DEFAULT_MAX_TOKENS`` of a prompt (64 for the transformer, chosen on the dev split),
+    ``classifier.max_tokens`` when the config sets it; the shared embedder itself keeps its own budget."""
+    from tierwise.routing.signals.semantic import DEFAULT_MAX_TOKENS
+
+    base = get_embedder(name)
+    default = SemanticClassifier(make_config(), base)
+    assert default.embedder.max_tokens == DEFAULT_MAX_TOKENS.get(name, base.max_tokens)  # type: ignore[attr-defined]
+    assert SemanticClassifier(make_config(max_tokens=24), base).embedder.max_tokens == 24  # type: ignore[attr-defined]
+    assert get_embedder(name) is base and base.max_tokens in (96, 512)  # type: ignore[attr-defined]
+
+
+def test_max_tokens_is_validated() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        make_config(max_tokens=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        make_config(max_tokens=4096)

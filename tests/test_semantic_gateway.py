@@ -61,3 +61,27 @@ fallback_model: m
     assert r.returncode == 1
     assert "tiers 'support' and 'help' overlap" in r.stderr
     assert "'code'" not in r.stderr
+
+
+def test_classifier_max_tokens_reads_only_the_head_of_the_prompt(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """``classifier.max_tokens`` is how much of the prompt the transformer reads: with 12 tokens only the opening
+    question counts, while the same classifier reading 128 tokens is swayed by the long code-laden tail."""
+    from tierwise.embed import get_embedder
+    from tierwise.routing.signals.semantic import SemanticClassifier
+
+    head = "Is this review positive or negative?"
+    tail = " Write a Python function that reverses a list, then fix this JavaScript bug in the sort." * 6
+    body = {"model": "auto", "messages": [{"role": "user", "content": head + tail}]}
+    cfg = config_for(upstream.base_url, tmp_path, extra=SEMANTIC.replace("threshold: 0.35", "threshold: 0.35, max_tokens: 12"))
+    gw = GatewayServer(cfg).start()
+    try:
+        c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        raw = c.chat.completions.with_raw_response.create(model="auto", messages=body["messages"])
+        assert (raw.headers["x-tierwise-tier"], raw.headers["x-tierwise-tier-source"]) == ("sentiment", "classifier")
+    finally:
+        gw.stop()
+    wide = cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update={"max_tokens": 128})})
+    clf = SemanticClassifier(wide, get_embedder("minilm-onnx"))
+    assert clf.embedder.max_tokens == 128
+    routed = clf.classify(body)
+    assert routed is not None and routed[0] == "code"

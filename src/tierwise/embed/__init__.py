@@ -7,9 +7,10 @@ are used from the single classifier thread).
 
 from __future__ import annotations
 
+import json
 import threading
 
-from tierwise.embed.base import Embedder, EmbedderUnavailable, l2_normalise
+from tierwise.embed.base import Embedder, EmbedderUnavailable, asset_path, l2_normalise
 
 EMBEDDERS = ("minilm-onnx", "minilm-static")
 
@@ -28,6 +29,20 @@ def get_embedder(name: str) -> Embedder:
         return _cache[name]
 
 
+# The shipped file whose bytes decide each embedder's vectors.
+_ASSETS = {"minilm-onnx": "minilm-l6-int8-fused.onnx", "minilm-static": "minilm-static-256.npz"}
+
+
+def fingerprint(name: str) -> str:
+    """Short id of the vectors embedder ``name`` gives with this package's assets (sha256 prefix of its model file,
+    from ``MANIFEST.json``). Stores of vectors key on it, so vectors of a rebuilt or rewritten model never mix with
+    the old model's."""
+    if name not in _ASSETS:
+        raise ValueError(f"unknown embedder '{name}'; choose one of {', '.join(EMBEDDERS)}")
+    manifest = json.loads(asset_path("MANIFEST.json").read_text())
+    return str(manifest["files"][_ASSETS[name]]["sha256"])[:12]
+
+
 def _build(name: str) -> Embedder:
     if name == "minilm-onnx":
         from tierwise.embed.onnx_minilm import OnnxMiniLM
@@ -40,4 +55,4 @@ def _build(name: str) -> Embedder:
     raise ValueError(f"unknown embedder '{name}'; choose one of {', '.join(EMBEDDERS)}")
 
 
-__all__ = ["EMBEDDERS", "Embedder", "EmbedderUnavailable", "get_embedder", "l2_normalise"]
+__all__ = ["EMBEDDERS", "Embedder", "EmbedderUnavailable", "fingerprint", "get_embedder", "l2_normalise"]

@@ -1,19 +1,39 @@
 """``minilm-onnx``: all-MiniLM-L6-v2 as an int8 (per-channel) ONNX graph run by onnxruntime on one thread.
 
-The graph (built by ``scripts/build-embedders.py``) already ends in mean pooling and L2 normalisation, so the output
-is the sentence-transformers embedding up to quantisation error (cosine to fp32 ≈ 0.99). Cost grows linearly with
-tokens (≈ 4 ms for 64, 6.5 ms for 96, 9 ms for 128 tokens on one loaded AVX-512 core), so inputs are truncated to
-``max_tokens`` = 96 by default: on the bundled routing set 64, 96 and 128 tokens route identically (HumanEval code
-prompts: 79%, 80%, 81% to the code tier), and 96 keeps the decision inside the 10 ms p50 budget on a busy machine.
+The graph is the int8 export of ``scripts/build-embedders.py`` rewritten by ``scripts/fuse-embedder.py`` into fused
+onnxruntime kernels (one ``QAttention`` per layer, ``DynamicQuantizeMatMul`` with folded biases, mean pooling and L2
+normalisation at the end): the same int8 weights, ~20 % less time than the exported graph. The output is the
+sentence-transformers embedding up to quantisation error (cosine to fp32 ≈ 0.99).
+
+Cost grows linearly with tokens (on this project's 2-core AMD EPYC, AVX-512 VNNI, one thread: ≈ 4 ms for 32,
+7 ms for 64, 11 ms for 96 tokens; ``bench/results/routing_latency.md``), so inputs are truncated: ``max_tokens`` = 96
+by default (learned routers), and the semantic classifier reads fewer (:meth:`OnnxMiniLM.with_max_tokens`, its
+budget chosen on the dev split).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from tierwise.embed.base import asset_path, l2_normalise, load_tokenizer, require
 
-MODEL_FILE = "minilm-l6-int8.onnx"
+MODEL_FILE = "minilm-l6-int8-fused.onnx"
+# onnxruntime 1.32 fuses Add + LayerNormalization into SkipLayerNormalization, which measured 5x slower than the
+# two kernels it replaces on this CPU (0.19 vs 0.035 ms at 96x384); the graph keeps them apart on purpose.
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def session_options(ort: Any) -> Any:
+    """One thread, sequential, no spinning: the gateway's event loop and upstream clients share the 2 cores."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # never burn the shared core
+    return opts
 
 
 class OnnxMiniLM:
@@ -22,18 +42,22 @@ class OnnxMiniLM:
     name = "minilm-onnx"
     dim = 384
 
-    def __init__(self, max_tokens: int = 96, batch_size: int = 1) -> None:
-        ort = require("onnxruntime", "onnxruntime")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # never burn the shared core
-        self._session = ort.InferenceSession(str(asset_path(MODEL_FILE)), opts, providers=["CPUExecutionProvider"])
+    def __init__(self, max_tokens: int = 96, batch_size: int = 1, session: Any = None) -> None:
+        if session is None:
+            ort = require("onnxruntime", "onnxruntime")
+            session = ort.InferenceSession(str(asset_path(MODEL_FILE)), session_options(ort),
+                                           providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+        self._session = session
         self._tokenizer = load_tokenizer(max_tokens, padding=True)
         self.max_tokens = max_tokens
         self._batch_size = batch_size
+
+    def with_max_tokens(self, max_tokens: int) -> OnnxMiniLM:
+        """The same model reading at most ``max_tokens`` WordPiece tokens (special tokens included); shares this
+        one's ORT session (``run`` is thread-safe), so a second budget costs a tokenizer, not a model."""
+        if max_tokens == self.max_tokens:
+            return self
+        return OnnxMiniLM(max_tokens, self._batch_size, session=self._session)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed one text per ORT call by default: dynamic int8 quantisation picks activation scales per call, so

@@ -33,6 +33,16 @@ class StaticMiniLM:
         self._tokenizer = load_tokenizer(max_tokens, padding=False)
         self.max_tokens = max_tokens
 
+    def with_max_tokens(self, max_tokens: int) -> StaticMiniLM:
+        """The same table reading at most ``max_tokens`` tokens of a text (shares the arrays, not a copy)."""
+        if max_tokens == self.max_tokens:
+            return self
+        other = object.__new__(StaticMiniLM)
+        other.__dict__.update(self.__dict__)
+        other._tokenizer = load_tokenizer(max_tokens, padding=False)
+        other.max_tokens = max_tokens
+        return other
+
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):

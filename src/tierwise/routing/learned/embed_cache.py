@@ -3,13 +3,13 @@
 Why a cache: training and benchmarking embed tens of thousands of dataset prompts, minutes of one core with the
 transformer embedder, and the same prompts recur across sets (one benchmark, several model chains) and across runs.
 
-Layout: ``<root>/<embedder>/shard-*.npz``, each shard holding ``keys`` (n×20 uint8 sha1 digests) and ``vecs``
+Layout: ``<root>/<embedder>-<fingerprint>/shard-*.npz``, each shard holding ``keys`` (n×20 uint8 sha1 digests) and ``vecs``
 (n×dim float32). New vectors are flushed as a shard after every batch (so an interrupted run keeps its progress) and
 written atomically (temp file + rename), so a crashed writer never leaves a half shard. Shards are merged when there
 are many of them. The root is ``$TIERWISE_CACHE_DIR/embeddings`` (default ``~/.cache/tierwise/lab/embeddings``).
 
 :func:`routing_text` is the one text transform shared by training and serving: the embedders truncate from the start
-(128 tokens for the transformer), while few-shot prompts put the actual question at the end, so a long prompt is
+(96 tokens for the transformer), while few-shot prompts put the actual question at the end, so a long prompt is
 represented by its tail.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tierwise.embed import get_embedder
+from tierwise.embed import fingerprint, get_embedder
 
 TAIL_CHARS = 640  # ≈ 128–160 WordPiece tokens of English: what the transformer embedder actually reads
 _MERGE_AT = 32  # shards before a merge into one
@@ -56,7 +56,8 @@ class EmbeddingCache:
 
     def __init__(self, embedder_name: str, root: Path | None = None) -> None:
         self.embedder_name = embedder_name
-        self.folder = (root or cache_root()) / embedder_name
+        # Keyed by the model's fingerprint too: vectors of a rebuilt or rewritten model never mix with the old ones.
+        self.folder = (root or cache_root()) / f"{embedder_name}-{fingerprint(embedder_name)}"
         self._index: dict[bytes, int] = {}
         self._vecs: list[np.ndarray] = []
         self._load()

@@ -34,6 +34,21 @@ Aggregate = Literal["max", "top2"]
 # 0.10 and 0.40, were read off a sweep that included the held-out split.)
 DEFAULT_THRESHOLDS = {"minilm-onnx": 0.0, "minilm-static": 0.475}
 
+# How much of the prompt's head the transformer reads when classifying: its cost is linear in tokens (≈ 7 ms at 64,
+# 11 ms at 96 on one AVX-512 core of this project's machine) against a 10 ms end-to-end budget. Chosen on the dev
+# split only (bench/routing_latency.py: the smallest of 32/48/64/96/128 whose dev accuracy equals the best; 48
+# loses a dev prompt, 64/96/128 tie); the held-out split and the external sets are only reported. The static
+# embedder's cost barely depends on length, so it keeps its own 512.
+DEFAULT_MAX_TOKENS = {"minilm-onnx": 64}
+
+
+def classifier_embedder(cfg: TierwiseConfig, embedder: Embedder) -> Embedder:
+    """``embedder`` reading ``classifier.max_tokens`` tokens if set, else the embedder's classification default;
+    an embedder without a token budget (no ``with_max_tokens``) is used as it is."""
+    budget = cfg.classifier.max_tokens or DEFAULT_MAX_TOKENS.get(getattr(embedder, "name", ""))
+    with_max_tokens = getattr(embedder, "with_max_tokens", None)
+    return with_max_tokens(budget) if budget and with_max_tokens is not None else embedder
+
 
 def default_threshold(cfg: TierwiseConfig, embedder: Embedder) -> float:
     """``classifier.threshold`` if the config sets it, else the embedder's measured default."""
@@ -60,6 +75,7 @@ class SemanticClassifier:
     def __init__(self, cfg: TierwiseConfig, embedder: Embedder, aggregate: Aggregate = "top2") -> None:
         if aggregate not in ("max", "top2"):
             raise ValueError(f"aggregate must be 'max' or 'top2', not {aggregate!r}")
+        embedder = classifier_embedder(cfg, embedder)
         self.embedder = embedder
         self.aggregate = aggregate
         self.max_chars = cfg.classifier.max_prompt_chars
