@@ -61,6 +61,7 @@ from redis import exceptions as rx
 from tierwise.errors import APIError
 from tierwise.state.backend import Admission, Cap, RateLimit, Settlement, Usage
 from tierwise.state.memory_backend import day_of, month_of, seconds_to_next_day, seconds_to_next_month
+from tierwise.state.resp import RespConnection
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -364,6 +365,11 @@ class RedisStateBackend:
         self.batch_max = batch_max
         self._clock = clock
         self._client = client if client is not None else self._connect(url, timeout_s)
+        pool = self._client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        call_timeout = kwargs.get("socket_timeout") or timeout_s
+        self._resp = RespConnection(kwargs, call_timeout) if RespConnection.usable(pool.connection_class, kwargs) \
+            else None
         self._res_key = self.base + ":res"
         self._consts = [self.base, "", str(_KEEP_DAY_MS), str(_KEEP_MONTH_MS)]
         self._sha: dict[str, str] = {}
@@ -574,6 +580,8 @@ class RedisStateBackend:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker
+        if self._resp is not None:
+            await self._resp.aclose()
         await self._client.aclose()
 
     # -- Redis calls -----------------------------------------------------------------------------------------------
@@ -586,7 +594,7 @@ class RedisStateBackend:
             try:
                 if sha is None:
                     self.round_trips["script_load"] += 1
-                    sha = self._sha[kind] = await self._client.script_load(script)
+                    sha = self._sha[kind] = await self._script_load(script)
                 self.round_trips[kind] += 1
                 return await self._evalsha(sha, args)
             except rx.NoScriptError:
@@ -598,10 +606,20 @@ class RedisStateBackend:
                     raise
         raise AssertionError("unreachable")
 
+    async def _script_load(self, script: str) -> str:
+        """SCRIPT LOAD on the connection the script will run on (a pooled redis-py connection a Redis restart left
+        dead would fail the load that follows a NOSCRIPT)."""
+        if self._resp is not None:
+            return str(await self._resp.call("SCRIPT", "LOAD", script))
+        return str(await self._client.script_load(script))
+
     async def _evalsha(self, sha: str, args: list[Any]) -> Any:
-        """One EVALSHA on a pooled connection, without the client's per-command machinery (a third of the CPU of a
-        call: command lookup, retry wrapper, observability hooks). A connection interrupted mid-call — timeout,
-        cancellation — is closed, never reused with a reply still unread."""
+        """One EVALSHA: on the pipelined connection of :mod:`tierwise.state.resp` where it can stand in for redis-py's
+        (plain TCP or unix socket), else on a pooled redis-py connection without the client's per-command machinery.
+        A redis-py connection interrupted mid-call — timeout, cancellation — is closed, never reused with a reply
+        still unread."""
+        if self._resp is not None:
+            return await self._resp.call("EVALSHA", sha, 1, self._res_key, *args)
         pool = self._client.connection_pool
         conn = await pool.get_connection()
         try:
