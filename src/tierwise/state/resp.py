@@ -6,9 +6,10 @@ project's machine against 11 µs here (``python bench/state_resp.py`` → ``benc
 admission makes one call per request.
 Everything else (script loading, ``TIME``, ``MGET``, pins, start-up checks) still goes through redis-py.
 
-Commands are pipelined on a single connection: each call writes its command at once and waits for its reply in
-order (Redis answers in order, and both scripts are atomic), so concurrent requests never wait for a free connection
-and a busy loop sends several commands per write. Replies are parsed by hiredis (the C parser redis-py itself uses).
+Commands are pipelined on a single connection: each call queues its command and waits for its reply in order (Redis
+answers in order, and both scripts are atomic), so concurrent requests never wait for a free connection; the
+commands queued during one event-loop iteration go out in one write at its end (a socket write to a Redis that has to
+be woken costs more CPU than the call's own work, so a busy gateway sends several admissions per syscall). Replies are parsed by hiredis (the C parser redis-py itself uses).
 The connection is opened lazily, authenticated (``AUTH``) and switched to its database (``SELECT``) as redis-py
 would, from the same connection settings. A call that gets no reply within ``timeout_s`` fails with
 ``redis.exceptions.TimeoutError`` and closes the connection (every call waiting on it fails with
@@ -56,7 +57,13 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(encoding="utf-8", replyError=rx.ResponseError)
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.outbox: list[bytes] = []  # commands of this loop iteration, not yet written
         self.closed = False
+
+    def flush(self) -> None:
+        out, self.outbox = self.outbox, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -131,7 +138,9 @@ class RespConnection:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         proto.waiting.append(fut)
-        proto.transport.write(command)  # type: ignore[union-attr]
+        if not proto.outbox:  # the first command of this loop iteration: write them all at its end, in one syscall
+            loop.call_soon(proto.flush)
+        proto.outbox.append(command)
         timer = loop.call_later(self._timeout, self._expire, proto, fut)
         try:
             return await fut
