@@ -140,3 +140,44 @@ def test_the_journal_replay_at_start_charges_what_a_killed_replica_never_settled
         assert asyncio.run(usage()) == (pytest.approx(1.1), 0.0)
     finally:
         gw.stop()
+
+
+def test_an_interrupted_request_charges_the_model_it_was_planned_on(tmp_path: Path) -> None:
+    """The journal's begin line names the model the request goes to first, so replaying an interrupted request
+    charges that model's cap too (it had no attempts to say which model it was on)."""
+    import contextlib
+    import threading
+
+    import httpx
+    import orjson
+
+    from tests.fakes.upstream import FakeUpstream
+    from tierwise.governance.recovery import settlements
+    from tierwise.ledger.journal import _interrupted
+
+    with FakeUpstream() as up:
+        up.set(latency_s=3.0)
+        gw = GatewayServer(config_for(up.base_url, tmp_path)).start()
+        try:
+            sent = threading.Thread(target=lambda: httpx.post(
+                gw.base_url + "/chat/completions", json={"model": "label", "messages": MSG}, timeout=10))
+            sent.start()
+            begin = None
+            deadline = time.time() + 5
+            while begin is None and time.time() < deadline:
+                for seg in (tmp_path / "ledger.db.journal").glob("*"):
+                    for line in seg.read_bytes().splitlines():
+                        with contextlib.suppress(orjson.JSONDecodeError):  # a line being written
+                            row = orjson.loads(line)
+                            if isinstance(row, dict) and row.get("status") == IN_FLIGHT:
+                                begin = row
+                time.sleep(0.02)
+            assert begin is not None and begin["model"] == "small"
+            row = _interrupted(begin)
+            assert row["model"] == "small" and row["status"] == "interrupted"
+            (s,) = settlements([row])
+            assert s.models == {"small": pytest.approx(row["cost_usd"])} and s.cost_usd > 0
+        finally:
+            up.set(latency_s=0.0)
+            sent.join()
+            gw.stop()

@@ -258,17 +258,18 @@ class Tierwise:
             call.start_rung = engine.start_rung(decision.tier, route.predicted)  # type: ignore[arg-type]
             if call.start_rung:
                 record.notes.append(f"start router: began at rung {call.start_rung} ({cascade.rungs[call.start_rung].model})")
-        self._journal_begin(record)
+        self._journal_begin(record, decision.candidates[0])
         if self.shadow is not None:
             self.shadow.observe(route, body, call)  # schedules the candidate's decision; never raises, never waits
         return call
 
-    def _journal_begin(self, record: LedgerRecord) -> None:
-        """Put the request in the crash journal before any upstream call. When the journal cannot be written
+    def _journal_begin(self, record: LedgerRecord, model: str | None = None) -> None:
+        """Put the request in the crash journal before any upstream call (``model``: the one it is planned to go to
+        first, which an interrupted row names). When the journal cannot be written
         (disk full, read-only), refuse the request (``ledger.on_unwritable: refuse``): serving it would spend money
         no record could show."""
         try:
-            self.ledger.begin(record)
+            self.ledger.begin(record, model)
         except JournalError as exc:
             if self.cfg.ledger.on_unwritable == "serve":
                 record.notes.append("not crash-safe: the ledger journal could not be written")

@@ -30,7 +30,9 @@ Row = dict[str, Any]
 
 def settlements(rows: Iterable[Row]) -> list[Settlement]:
     """One settlement per replayed row that may hold a reservation (a request refused before routing holds none):
-    its booked cost, its tokens and its cost per model (for model caps)."""
+    its booked cost, its tokens and its cost per model (for model caps). An ``interrupted`` row has no attempts
+    (its process died mid-call): its estimate is charged to the model it was planned to go to first, which the row
+    names — the model it was most likely on (a fallback in progress would have been on a later one)."""
     out = []
     for row in rows:
         if row.get("status") == "rejected" or not isinstance(row.get("id"), str):
@@ -39,6 +41,8 @@ def settlements(rows: Iterable[Row]) -> list[Settlement]:
         for a in row.get("attempts") or ():
             if isinstance(a, dict) and isinstance(a.get("model"), str):
                 per_model[a["model"]] = per_model.get(a["model"], 0.0) + float(a.get("cost_usd") or 0.0)
+        if not per_model and row.get("status") == "interrupted" and isinstance(row.get("model"), str):
+            per_model[row["model"]] = float(row.get("cost_usd") or 0.0)
         tokens = int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
         out.append(Settlement(row["id"], float(row.get("cost_usd") or 0.0), tokens, per_model))
     return out

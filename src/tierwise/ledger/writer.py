@@ -169,10 +169,11 @@ class LedgerWriter:
             # (while the store fails the thread retries on its own schedule; waking it per submit would spin)
             self._wake.set()
 
-    def begin(self, record: LedgerRecord) -> None:
+    def begin(self, record: LedgerRecord, model: str | None = None) -> None:
         """Journal a request before its first upstream call, so a crash mid-request still leaves a row (booked as
-        ``interrupted`` at its estimate on replay). Raises :class:`JournalError` when the journal cannot be written;
-        a no-op without a journal."""
+        ``interrupted`` at its estimate on replay, naming ``model``, the model it was planned to go to first, whose
+        budget the replay charges). Raises :class:`JournalError` when the journal cannot be written; a no-op
+        without a journal."""
         if self.journal is None or self._closed:
             return
         row = {  # what an interrupted row needs; replay fills in the rest (a full as_row() here cost ~3x more)
@@ -184,6 +185,7 @@ class LedgerWriter:
             "key_id": record.key_id, "customer": record.customer, "department": record.department,
             "project": record.project, "tags": record.tags,
             "arm": record.arm,  # an interrupted canary request still counts against its arm
+            "model": model or record.model,
         }
         row, data = encode_row(row)
         self.journal.begin(record.id, data)
