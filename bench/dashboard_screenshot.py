@@ -4,7 +4,8 @@
 
 Seeds an SQLite ledger with ``--rows`` synthetic requests over the last 24 hours (bench/dashboard_data.py, fixed
 seed), starts a gateway on it (an open gateway on loopback, so the dashboard needs no key; budget caps configured so
-the budget panel has something to show), opens ``/dashboard?window=24h`` in Debian's headless chromium
+the budget panel has something to show; today's seeded requests admitted and settled on its budget state, as serving
+them would have), opens ``/dashboard?window=24h`` in Debian's headless chromium
 (``/usr/bin/chromium``, driven by Playwright; nothing is downloaded) and saves a full-page screenshot.
 """
 
@@ -26,15 +27,18 @@ from aiohttp import web  # noqa: E402
 
 from tierwise.config import load_config_text  # noqa: E402
 from tierwise.gateway.app import create_app  # noqa: E402
+from tierwise.governance.budgets import caps_for  # noqa: E402
+from tierwise.governance.principal import Principal  # noqa: E402
 from tierwise.ledger import SQLiteLedgerStore  # noqa: E402
 from tierwise.service import Tierwise  # noqa: E402
+from tierwise.state.backend import Settlement  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 BUDGETS = ("budgets: {caps: {global: {daily_usd: 60, monthly_usd: 1500}, 'customer:*': {monthly_usd: 150}, "
            "'model:gpt-4o': {daily_usd: 25}}}\n")
 
 
-def seed(path: Path, n: int) -> None:
+def seed(path: Path, n: int) -> list[dict]:
     store = SQLiteLedgerStore(path)
     try:
         rows = list(dashboard_data.rows(n, end=time.time() - 5, days=1.0))
@@ -42,22 +46,41 @@ def seed(path: Path, n: int) -> None:
             store.write_batch(rows[i:i + 5000])
     finally:
         store.close()
+    return rows
 
 
-def serve(cfg_text: str) -> tuple[asyncio.AbstractEventLoop, web.AppRunner, int, threading.Thread]:
+async def charge(svc: Tierwise, rows: list[dict]) -> None:
+    """Admit and settle every seeded request of today on the gateway's budget state, as serving them would have, so
+    the budget panel's live figures (read from the state) match the ledger's."""
+    state, today = svc.governor.state, time.strftime("%Y-%m-%d", time.gmtime())
+    for r in rows:
+        if time.strftime("%Y-%m-%d", time.gmtime(r["ts"])) != today or r.get("status") == "rejected":
+            continue
+        who = Principal(r.get("principal") or "anonymous", customer=r.get("customer"),
+                        department=r.get("department"), project=r.get("project"))
+        models = [r["model"]] if r.get("model") else []
+        caps = caps_for(who, svc.cfg.budgets, models)
+        await state.admit(r["id"], caps, [], 0.0, 0, {}, 60.0)
+        cost = float(r.get("cost_usd") or 0.0)
+        state.settle(Settlement(r["id"], cost, 0, {r["model"]: cost} if r.get("model") else {}))
+
+
+def serve(cfg_text: str) -> tuple[asyncio.AbstractEventLoop, web.AppRunner, int, threading.Thread, Tierwise]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
+    svc = Tierwise(load_config_text(cfg_text, env={}))
+
     async def up() -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(create_app(Tierwise(load_config_text(cfg_text, env={}))), access_log=None)
+        runner = web.AppRunner(create_app(svc), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     runner, port = asyncio.run_coroutine_threadsafe(up(), loop).result(60)
-    return loop, runner, port, thread
+    return loop, runner, port, thread, svc
 
 
 def shoot(url: str, out: Path, width: int = 1440) -> None:
@@ -84,9 +107,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Path(tmp) / "ledger.db"
-        seed(ledger, args.rows)
-        loop, runner, port, thread = serve(dashboard_data.config_text(str(ledger), extra=BUDGETS))
+        rows = seed(ledger, args.rows)
+        loop, runner, port, thread, svc = serve(dashboard_data.config_text(str(ledger), extra=BUDGETS))
         try:
+            asyncio.run_coroutine_threadsafe(charge(svc, rows), loop).result(120)
             shoot(f"http://127.0.0.1:{port}/dashboard?window=24h", args.out)
         finally:
             asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
