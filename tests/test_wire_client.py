@@ -321,3 +321,18 @@ def test_corrupt_compressed_body_is_malformed() -> None:
                     await call(origin)
                 await origin.aclose()
     run(main())
+
+
+def test_waiting_for_a_free_connection_is_bounded_for_streams_too() -> None:
+    async def main() -> None:
+        _, server, origin = await serve(lambda req, n: [0.6, ok(b"{}")], max_connections=1)
+        async with server:
+            first = asyncio.ensure_future(call(origin, streaming=True, timeout_s=2.0))
+            await asyncio.sleep(0.05)
+            with pytest.raises(WireTimeout) as err:
+                await call(origin, streaming=True, timeout_s=0.2)
+            assert err.value.phase == "connect"
+            assert (await first)[0] == 200
+            assert (await call(origin))[0] == 200  # the slot is free again
+            await origin.aclose()
+    run(main())

@@ -438,7 +438,8 @@ class Origin:
         loop = asyncio.get_running_loop()
         payload = self.request_bytes(path, body, extra_headers)
         deadline = None if streaming else loop.time() + timeout_s
-        conn = await self._acquire(loop, deadline)
+        # a stream's timeout bounds each wait, the wait for a free connection included
+        conn = await self._acquire(loop, deadline if deadline is not None else loop.time() + timeout_s)
         head = conn.send(payload, loop)
         timer = loop.call_at(deadline, _expire, head) if deadline is not None else loop.call_later(
             timeout_s, _expire, head)
@@ -488,7 +489,7 @@ class Origin:
                 waiter.set_result(None)
                 return
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> _Conn:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn:
         while True:
             now = time.monotonic()
             while self._idle:
@@ -510,17 +511,18 @@ class Origin:
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
             try:
-                if deadline is None:
-                    await waiter
-                else:
-                    await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.0))
-            except TimeoutError:
-                raise WireTimeout("connect") from None
+                await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.0))
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken as we gave up: pass the free slot on
+                if isinstance(exc, TimeoutError):
+                    raise WireTimeout("connect") from None
+                raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> _Conn:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn:
         if self._tls and self._ssl is None:
             self._ssl = ssl.create_default_context()
-        limit = self._connect_timeout if deadline is None else min(self._connect_timeout, deadline - loop.time())
+        limit = min(self._connect_timeout, deadline - loop.time())
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_Conn, self._host, self._port, ssl=self._ssl if self._tls else None,
