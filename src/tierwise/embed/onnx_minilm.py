@@ -1,9 +1,10 @@
-"""``minilm-onnx``: all-MiniLM-L6-v2 as an int8 (per-channel) ONNX graph run by onnxruntime on one thread.
+"""``minilm-onnx``: all-MiniLM-L6-v2 as a per-channel quantised ONNX graph run by onnxruntime on one thread.
 
 The graph is the int8 export of ``scripts/build-embedders.py`` rewritten by ``scripts/fuse-embedder.py`` into fused
 onnxruntime kernels (one ``QAttention`` per layer, ``DynamicQuantizeMatMul`` with folded biases, mean pooling and L2
-normalisation at the end): the same int8 weights, ~20 % less time than the exported graph. The output is the
-sentence-transformers embedding up to quantisation error (cosine to fp32 ≈ 0.99).
+normalisation at the end), its matrix weights narrowed to 7 bits so that CPUs without VNNI compute the same integer
+products as those with it (``bench/results/embed_spread.md``). The output is the sentence-transformers embedding up
+to quantisation error (cosine to fp32 ≈ 0.99).
 
 Cost grows linearly with tokens (on this project's 2-core AMD EPYC, AVX-512 VNNI, one thread: ≈ 4 ms for 32,
 7 ms for 64, 11 ms for 96 tokens; ``bench/results/routing_latency.md``), so inputs are truncated: ``max_tokens`` = 96
@@ -20,8 +21,8 @@ import numpy as np
 from tierwise.embed.base import asset_path, l2_normalise, load_tokenizer, require
 
 MODEL_FILE = "minilm-l6-int8-fused.onnx"
-# onnxruntime 1.32 fuses Add + LayerNormalization into SkipLayerNormalization, which measured 5x slower than the
-# two kernels it replaces on this CPU (0.19 vs 0.035 ms at 96x384); the graph keeps them apart on purpose.
+# onnxruntime 1.32 fuses Add + LayerNormalization into SkipLayerNormalization, which is slower than the two kernels
+# it replaces on this CPU (bench/results/embed_spread.md, "exported graph" rows); the graph keeps them apart.
 DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
