@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Rewrite the int8 MiniLM ONNX export into a graph of fused onnxruntime kernels (no re-quantisation).
+"""Rewrite the int8 MiniLM ONNX export into a graph of fused onnxruntime kernels with 7-bit weights.
 
-Why: on the 2-core AMD EPYC machine (AVX-512 VNNI) the exported graph spent ~40 % of its time outside the int8
-matrix products: the SDPA export's attention (Reshape/Transpose/Where/IsNaN around a float MatMul, 3 separate Q/K/V
-products) and ORT's own ``SkipLayerNormalization`` fusion, which in onnxruntime 1.32 takes 0.19 ms per call where
-the ``Add`` + ``LayerNormalization`` it replaces take 0.035 ms (96×384 activations; ``bench/embed_spread.py`` and
-``bench/results/routing_latency.md`` carry the measurements). This script keeps every int8 weight, scale, zero point,
-bias and LayerNorm parameter byte for byte (but see :data:`WEIGHT_BITS`) and changes the graph around them:
+Why: on the 2-core AMD EPYC machine (AVX-512 VNNI) much of the exported graph's time was outside the int8 matrix
+products: the SDPA export's attention (Reshape/Transpose/Where/IsNaN around a float MatMul, 3 separate Q/K/V
+products) and ORT's own ``SkipLayerNormalization`` fusion, slower in onnxruntime 1.32 than the ``Add`` +
+``LayerNormalization`` it replaces (``bench/results/embed_spread.md`` has the per-op and per-graph timings). This
+script keeps every scale, zero point, bias and LayerNorm parameter byte for byte, narrows the matrix weights
+(:data:`WEIGHT_BITS`) and changes the graph around them:
 
 * the three Q/K/V projections become one ``com.microsoft.QAttention`` (weights concatenated per column, so the
   per-channel scales are the same numbers), with the mask as one valid length per row (right padding);

@@ -6,7 +6,7 @@ paired per round (gateway and its reference measured seconds apart in the same b
 
 from __future__ import annotations
 
-import re
+import sys
 from pathlib import Path
 
 from report import cell
@@ -15,7 +15,6 @@ from stats import added, max_sustained_rps, metric, scalar, spread
 TARGET_ADDED_P50_MS = 2.0  # issue 9 item 10, keys + budgets + rate limits on, one client
 TARGET_CPU_RATIO = 3.0  # gateway CPU per request at max throughput ÷ the bare proxy's, same run
 TARGET_RPS = 2000  # with the ledger on
-README_BEGIN, README_END = "<!-- scale:begin -->", "<!-- scale:end -->"
 
 
 def _paired(runs: list[dict], key: str, conc: int, fn) -> dict:  # type: ignore[no-untyped-def]
@@ -175,10 +174,8 @@ def render(data: dict) -> str:
 
 def update_readme(path: Path, data: dict, results_file: str) -> None:
     """Replace the block between the README's scale markers with this run's summary table."""
-    text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{path}: no {README_BEGIN} … {README_END} block to update")
-    block = "\n".join([README_BEGIN, "", *header(data), f"Full report: `{results_file}`.", "",
-                       *summary_table(data), "", *_scaling(data), "", README_END])
-    path.write_text(re.sub(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), lambda _: block, text,
-                           flags=re.S))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: the README-block helper
+    from readme_block import replace_block
+
+    replace_block(path, "scale", ["", *header(data), f"Full report: `{results_file}`.", "", *summary_table(data), "",
+                                  *_scaling(data), ""])
