@@ -48,6 +48,8 @@ def test_cli_lab_defaults_match_their_owners() -> None:
 
     assert cli_lab.CV_FOLDS == calibrate.CV_FOLDS
     assert cli_lab.ROUTER_KINDS == contextual_cli.ROUTER_KINDS
+    assert (cli_lab.PROCEDURES, cli_lab.DEFAULT_PROCEDURE) == (contextual_cli.PROCEDURES,
+                                                              contextual_cli.DEFAULT_PROCEDURE)
     assert (cli_lab.DEFAULT_ROUTER, cli_lab.DEFAULT_EMBEDDER) == (contextual_cli.DEFAULT_ROUTER,
                                                                   contextual_cli.DEFAULT_EMBEDDER)
     assert set(cli_lab.FITTER_KINDS) == set(train.FITTERS) and cli_lab.DEFAULT_KIND == train.DEFAULT_KIND

@@ -17,6 +17,7 @@ from typing import Any
 CV_FOLDS = 5  # tierwise.lab.calibrate.CV_FOLDS
 ROUTER_KINDS = ("ensemble", "knn", "logreg", "none")  # tierwise.lab.contextual_cli.ROUTER_KINDS
 DEFAULT_ROUTER, DEFAULT_EMBEDDER = "ensemble", "minilm-onnx"  # tierwise.lab.contextual_cli
+PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "guard"  # tierwise.lab.crossfit
 FITTER_KINDS, DEFAULT_KIND = ("ensemble", "knn", "logreg"), "ensemble"  # tierwise.routing.learned.train
 EMBEDDERS = ("minilm-onnx", "minilm-static")  # tierwise.embed.EMBEDDERS
 ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "
@@ -59,6 +60,13 @@ def _router_args(p: argparse.ArgumentParser) -> None:
                         "none = gates without priors, no start router)")
     p.add_argument("--router-embedder", default=DEFAULT_EMBEDDER,
                    help=f"contextual: the router's embedder (default {DEFAULT_EMBEDDER}, as train-router)")
+    p.add_argument("--procedure", choices=PROCEDURES, default=DEFAULT_PROCEDURE,
+                   help="contextual: how the point for the target is certified on train (default "
+                        f"{DEFAULT_PROCEDURE}): guard = every candidate with the cross-validated selection optimism "
+                        "as a margin; families = that guard per family of candidates (one cheap rung before the "
+                        "reference model, ..., everything), the cheapest guarded point; crossfit = the cheapest "
+                        "(family, internal target) whose out-of-fold results on every train prompt clear the "
+                        "target's paired bound; none = the train fit with the z margin only (eval's τ family)")
 
 
 def add_eval_parsers(sub: Any) -> None:
@@ -77,6 +85,9 @@ def add_eval_parsers(sub: Any) -> None:
                    help="cascade: thresholds on the rungs' own log-prob/vote confidence; contextual: trained "
                         "contextual gates (confidence, agreement with earlier rungs, router priors) and a start "
                         "router, fitted on train (the README's 'ours')")
+    p.add_argument("--pool", default="all",
+                   help="--kind contextual: the models the search may chain: all (default), auto (the sub-pool "
+                        "with the best cross-validated train AUC: eval's ours-CV reading) or m1,m2,...")
     p.add_argument("--out", default="tierwise-contextual",
                    help="--kind contextual: directory for the gate and router artifacts and calibration.json "
                         "(default: ./tierwise-contextual)")

@@ -197,8 +197,12 @@ class Tierwise:
         route.revenue_usd = principal.revenue_per_request_usd
         if route.predicted is None and tier in predictors:
             text = prompt_text(body, 1 << 30)  # the router takes the part it was trained on (its tail)
-            loop = asyncio.get_running_loop()
-            route.predicted = await loop.run_in_executor(self._classify_pool, predictors[tier], text)
+            predict = predictors[tier]
+            if getattr(predict, "inline", False):  # a lookup of precomputed predictions (offline replay)
+                route.predicted = predict(text)
+            else:
+                loop = asyncio.get_running_loop()
+                route.predicted = await loop.run_in_executor(self._classify_pool, predict, text)
         record = LedgerRecord(
             id=_next_request_id(),
             ts=time.time(),

@@ -363,23 +363,7 @@ class CascadeCalibrator:
     def _choose(searches: Sequence[ChainSearch], con: Constraint) -> tuple[int, np.ndarray, np.ndarray, bool]:
         """(index, thresholds, feature sums, feasible) of the best search for ``con``: the cheapest feasible point
         (quality mode) or the best-quality one (cost mode); when none is feasible, the closest to feasibility."""
-        best: tuple[tuple[float, ...], int, np.ndarray, np.ndarray, bool] | None = None
-        for i, s in enumerate(searches):
-            thr, tot, ok = s.fit(con)
-            if not s.admissible(thr):
-                continue
-            n = s.data.n
-            if con.mode == "quality":
-                key = (0.0, tot[_F_C] / n, -tot[_F_Q] / n) if ok else (1.0, -float(_slack(tot, n, con)), 0.0)
-            else:
-                key = (0.0, -tot[_F_Q] / n, tot[_F_C] / n) if ok else (1.0, tot[_F_C] / n, 0.0)
-            if best is None or key < best[0]:
-                best = (key, i, thr, tot, ok)
-        if best is None:
-            fastest = min(p95(s.lat[:, 0]) for s in searches if s.lat is not None)
-            raise ValueError(f"no candidate point has a train p95 latency <= {searches[0].max_p95_ms:g} ms "
-                             f"(the fastest first rung alone: {fastest:.0f} ms)")
-        return best[1], best[2], best[3], best[4]
+        return best_of(searches, [(i, *s.fit(con)) for i, s in enumerate(searches)], con)
 
     def guarded(self, con: Constraint) -> Constraint:
         """``con`` with its offset raised by :meth:`optimism`."""
@@ -419,6 +403,30 @@ class CascadeCalibrator:
                                      for s in self.searches])
                            for tr, ho in kfold_indices(n, self.cv_folds, CV_SEED)]
         return self._folds
+
+
+def best_of(searches: Sequence[ChainSearch], fits: Sequence[tuple[int, np.ndarray, np.ndarray, bool]],
+            con: Constraint) -> tuple[int, np.ndarray, np.ndarray, bool]:
+    """The search's choice rule over fitted candidates ``(index into searches, thresholds, sums, feasible)``: the
+    cheapest feasible (quality mode) or best-quality feasible (cost mode) point; when none is feasible, the closest
+    to feasibility. Shared by :meth:`CascadeCalibrator.pick` and the cross-fitting of :mod:`tierwise.lab.crossfit`."""
+    best: tuple[tuple[float, ...], int, np.ndarray, np.ndarray, bool] | None = None
+    for i, thr, tot, ok in fits:
+        s = searches[i]
+        if not s.admissible(thr):
+            continue
+        n = s.data.n
+        if con.mode == "quality":
+            key = (0.0, tot[_F_C] / n, -tot[_F_Q] / n) if ok else (1.0, -float(_slack(tot, n, con)), 0.0)
+        else:
+            key = (0.0, -tot[_F_Q] / n, tot[_F_C] / n) if ok else (1.0, tot[_F_C] / n, 0.0)
+        if best is None or key < best[0]:
+            best = (key, i, thr, tot, ok)
+    if best is None:
+        fastest = min(p95(s.lat[:, 0]) for s in searches if s.lat is not None)
+        raise ValueError(f"no candidate point has a train p95 latency <= {searches[0].max_p95_ms:g} ms "
+                         f"(the fastest first rung alone: {fastest:.0f} ms)")
+    return best[1], best[2], best[3], best[4]
 
 
 # ------------------------------------------------------------------------------------- held-out, via engine

@@ -52,7 +52,7 @@ from tierwise.lab.calibrate import (
 )
 from tierwise.lab.cascade_sim import CascadeData, simulate, vote_samples
 from tierwise.lab.datasets.format import ModelOutcome, OutcomeSet
-from tierwise.lab.evaluate import PromptResult, run_tier
+from tierwise.lab.evaluate import PromptResult, inline, run_tier
 from tierwise.lab.metrics import compute_baselines
 from tierwise.routing.gates.base import RungAnswer
 from tierwise.routing.gates.contextual import (
@@ -435,7 +435,7 @@ def prior_predictor(test: OutcomeSet, priors: np.ndarray, pool: Sequence[str], c
     """Replay ``predictors`` function: the replayed prompt text → the chain's precomputed priors for that prompt."""
     cols = [list(pool).index(m) for m in chain]
     by_text = {(p.prompt or p.id).strip(): [float(v) for v in priors[i, cols]] for i, p in enumerate(test.prompts)}
-    return lambda text: by_text[text.strip()]  # the service hands over prompt_text(): the last user message, stripped
+    return inline(lambda text: by_text[text.strip()])  # the service hands over prompt_text(): the last user message
 
 
 def run_contextual(model: ContextualModel, test: OutcomeSet, cal: Calibrated, priors: np.ndarray | None,

@@ -34,10 +34,12 @@ from tierwise.lab.contextual import (
     held_out_data,
     prior_predictor,
 )
+from tierwise.lab.crossfit import DEFAULT_PROCEDURE, PROCEDURES, Fitted, fit_target
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.evaluate import EVAL_TIER, PromptResult, run_tier
 
 ROUTER_KINDS = ("ensemble", "knn", "logreg", "none")
+__all__ = ["DEFAULT_PROCEDURE", "PROCEDURES"]  # re-exported for the CLI parser's check
 DEFAULT_ROUTER, DEFAULT_EMBEDDER = "ensemble", "minilm-onnx"  # as bench/routing_brain.py ("ours")
 
 
@@ -118,18 +120,41 @@ def check_simulator(fit: ContextualFit, test: OutcomeSet, cal: Calibrated, knob:
         raise AssertionError(f"{test.name}: simulator and engine disagree for {cal.chain} {cal.thresholds}")
 
 
+def choose_pool(fit: ContextualFit, spec: str, target: float, z: float) -> tuple[Any, str]:
+    """``--pool``: ``all`` (every sub-chain), ``auto`` (the sub-pool with the best cross-validated train AUC, as
+    ``eval``'s ours-CV reading) or ``m1,m2,...``. Returns the (restricted) calibrator and a description."""
+    calib = fit.model.calibrator
+    if spec == "all":
+        return calib, "every sub-chain of the priced models"
+    if spec == "auto":
+        from tierwise.lab.contextual_eval import cv_reading, family_taus
+
+        restricted, choice = cv_reading(fit.model, family_taus(calib, calib.train, target), z)
+        return restricted, f"pool {' > '.join(choice.pool)} (best cross-validated train AUC {choice.auc:.3f})"
+    pool = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in pool if m not in fit.model.pool]
+    if bad or not pool:
+        raise ValueError(f"--pool {spec}: unknown or unpriced model(s) {bad}; the priced models are "
+                         f"{', '.join(fit.model.pool)} (or give 'all' / 'auto')")
+    restricted = calib.restricted(pool)
+    if not restricted.searches:
+        raise ValueError(f"--pool {spec}: no sub-chain of these models can be gated (no confidence recorded)")
+    return restricted, f"pool {' > '.join(m for m in fit.model.pool if m in pool)} (given)"
+
+
 def calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet, budget: float | None
-                         ) -> tuple[CalibrationResult, float, dict[str, Any], ContextualFit]:
-    """Fit on train, pick the point for the target (or budget), install its artifacts into ``args.out``, run it on
-    test. Returns (result, start knob, tier, fit)."""
+                         ) -> tuple[CalibrationResult, Fitted, dict[str, Any], ContextualFit, str]:
+    """Fit on train, pick the point for the target (or budget) by ``args.procedure`` within ``args.pool``, install
+    its artifacts into ``args.out``, run it on test. Returns (result, fitted point, tier, fit, pool description)."""
     test = oset.split("test")
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="tierwise-contextual-") as tmp:
         fit = fit_on_train(oset, Path(tmp), args.router_kind, args.router_embedder, args.cv_folds, progress=True)
-        calib = fit.model.calibrator
+        calib, pool_text = choose_pool(fit, args.pool, args.target_quality, args.z)
         con = (calib.constraint_cost(budget, args.z) if budget is not None
                else calib.constraint_quality(args.target_quality, args.z))
-        cal, knob = calib.fit_start(con, guard=True)
+        fitted = fit_target(calib, con, args.procedure)
+        cal, knob = fitted.cal, fitted.start_knob
         tier = install(fit.model, cal, knob, out)
     results = run_point(fit, test, cal, tier)
     check_simulator(fit, test, cal, knob, results)
@@ -140,22 +165,25 @@ def calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet, budget: flo
     knob_value = budget if budget is not None else args.target_quality
     target_test = knob_value * test.mean_quality(calib.ref_model) if mode == "quality" else knob_value
     res = CalibrationResult(cal, held, knob_value, mode, calib.ref_model, con.value, target_test)  # type: ignore[arg-type]
-    return res, knob, tier, fit
+    return res, fitted, tier, fit, pool_text
 
 
-def describe_extra(fit: ContextualFit, knob: float, tier: dict[str, Any], out: Path) -> str:
+def describe_extra(fit: ContextualFit, fitted: Fitted, pool: str, out: Path) -> str:
     router = ("no router (gates on confidences and agreement only)" if fit.router_kind == "none"
               else f"{fit.router_kind} router on {fit.embedder}, out-of-fold priors")
+    knob = fitted.start_knob
     start = f"start router knob {knob:.6g}" if knob > 0 else "no start router"
-    return f"  contextual: {router}; {start}; artifacts in {out.resolve()}"
+    return (f"  contextual: {router}; {start}; artifacts in {out.resolve()}\n"
+            f"  searched: {pool}; procedure {fitted.procedure}: {fitted.detail}")
 
 
-def write_report(path: Path, res: CalibrationResult, knob: float, tier: dict[str, Any], fit: ContextualFit,
-                 name: str) -> None:
+def write_report(path: Path, res: CalibrationResult, fitted: Fitted, tier: dict[str, Any], fit: ContextualFit,
+                 name: str, pool: str) -> None:
     c, h = res.cal, res.held
     doc = {"data": name, "kind": "contextual", "mode": res.mode, "knob": res.knob, "ref_model": res.ref_model,
            "router_kind": fit.router_kind, "embedder": fit.embedder if fit.router_kind != "none" else None,
-           "chain": c.chain, "thresholds": c.thresholds, "start_knob": knob,
+           "chain": c.chain, "thresholds": c.thresholds, "start_knob": fitted.start_knob,
+           "searched": pool, "procedure": fitted.procedure, "procedure_detail": fitted.detail,
            "train": {"quality": c.train_quality, "cost": c.train_cost, "feasible": c.feasible,
                      "selection_guard": c.guard},
            "test": {"quality": h.quality, "quality_ci95": h.quality_ci, "cost": h.cost, "cost_ci95": h.cost_ci,
@@ -165,45 +193,67 @@ def write_report(path: Path, res: CalibrationResult, knob: float, tier: dict[str
 
 
 def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: float, z: float, cv_folds: int,
-                    base: Any, two: bool, dump: list[dict[str, Any]] | None, bar: Any) -> list[Any]:
-    """``eval --router contextual[:KIND]``: the rows ours-τ (with the calibrated point), ours-H and ours-G, each
-    computed by :mod:`tierwise.lab.contextual_eval` exactly as ``bench/routing_brain.py`` computes them."""
-    from tierwise.lab.contextual_eval import contextual_curve, family_taus, grid_protocol, hindsight_chain
+                    base: Any, two: bool, dump: list[dict[str, Any]] | None, bar: Any,
+                    procedure: str = DEFAULT_PROCEDURE) -> list[Any]:
+    """``eval --router contextual[:KIND]``: the rows ours-CV (the user-reachable reading, with the calibrated point),
+    ours-τ, ours-H and ours-G, each computed by :mod:`tierwise.lab.contextual_eval` exactly as
+    ``bench/routing_brain.py`` computes them."""
+    from tierwise.lab.contextual_eval import (
+        contextual_curve,
+        cv_reading,
+        family_taus,
+        grid_protocol,
+        hindsight_chain,
+    )
     from tierwise.lab.curve_bootstrap import PerPrompt
-    from tierwise.lab.metrics import Point, apgr, cpt, evaluate_curve
+    from tierwise.lab.eval_subset import apgr_of
+    from tierwise.lab.metrics import Point, evaluate_curve
     from tierwise.lab.report import Row
 
     test, train = oset.split("test"), oset.split("train")
     label = f"contextual:{router_kind}"
+
+    def row(name: str, fam: list[dict[str, Any]], pts: list[Point]) -> Row:
+        r = Row(name, evaluate_curve(pts, base), pts, per_prompt=PerPrompt.from_runs([x["results"] for x in fam]),
+                runs=[x["results"] for x in fam], apgr_ends=True)
+        if two:
+            r.apgr, r.cpt50 = apgr_of(r, base)
+        return r
+
     with tempfile.TemporaryDirectory(prefix="tierwise-contextual-") as tmp:
         fit = fit_on_train(oset, Path(tmp), router_kind, embedder, cv_folds, progress=True)
         model, P = fit.model, fit.priors_test
         taus = family_taus(model.calibrator, train, target)
-        pts, fam = contextual_curve(test, P, model, taus, z=z, progress=bar(f"{oset.name} {label} τ family"))
-        cal = contextual_curve(test, P, model, [target], guard=True, z=z)[1][0]
-        tau_row = Row(f"{label} ours-τ (τ read on test)", evaluate_curve(pts, base), pts,
-                      calibrated=Point(cal["cost"], cal["quality"]),
-                      per_prompt=PerPrompt.from_runs([r["results"] for r in fam]))
-        tau_row.calibrated_runs = cal.get("results")
-        if two:
-            pct = [100 * float(np.mean([base.best in r.models_called for r in x["results"]])) for x in fam]
-            xs = [0.0, *pct, 100.0]
-            ys = [base.cheapest_point.quality, *[x["quality"] for x in fam], base.best_point.quality]
-            w, s = base.cheapest_point.quality, base.best_point.quality
-            tau_row.apgr, tau_row.cpt50 = apgr(xs, ys, w, s), cpt(xs, ys, w, s, 0.5)
-        rows = [tau_row]
+        pts, fam = contextual_curve(test, P, model, taus, z=z, progress=bar(f"{oset.name} {label} ours-τ"))
+        rows = [row(f"{label} ours-τ (τ read on test)", fam, pts)]
+        families = {"ours-τ": fam}
+        if cv_folds >= 2:
+            calib, choice = cv_reading(model, taus, z)
+            if len(calib.searches) == len(model.calibrator.searches):
+                cpts, cfam = pts, fam
+            else:
+                cpts, cfam = contextual_curve(test, P, model, taus, calib, z=z,
+                                              progress=bar(f"{oset.name} {label} ours-CV"))
+            rows.insert(0, row(f"{label} ours-CV (pool {'>'.join(choice.pool)} by train CV; τ read on test)",
+                               cfam, cpts))
+            families["ours-CV"] = cfam
+        cal = contextual_curve(test, P, model, [target], z=z, procedure=procedure)[1][0]
+        rows[0].calibrated, rows[0].calibrated_runs = Point(cal["cost"], cal["quality"]), cal["results"]
+        rows[0].note = f"calibrated by {procedure}: {cal['detail']}"
         if dump is not None:
-            for x in fam:
-                dump.extend({"dataset": oset.name, "prompt_id": r.prompt_id, "knob": x["tau"],
-                             "models_called": r.models_called, "served": r.served, "cost": r.cost,
-                             "quality": r.quality} for r in x["results"])
+            for reading, f in families.items():
+                for x in f:
+                    dump.extend({"dataset": oset.name, "reading": reading, "prompt_id": r.prompt_id,
+                                 "knob": x["tau"], "models_called": r.models_called, "served": r.served,
+                                 "cost": r.cost, "quality": r.quality} for r in x["results"])
         hind = hindsight_chain(test, P, model, taus, base)
         if hind is not None:
             hpts, hfam = contextual_curve(test, P, model, taus, hind[2], z=z,
                                           progress=bar(f"{oset.name} {label} ours-H"))
             rows.append(Row(f"{label} ours-H (pool {'>'.join(hind[1])} read on test)", evaluate_curve(hpts, base),
-                            hpts, per_prompt=PerPrompt.from_runs([r["results"] for r in hfam])))
+                            hpts, per_prompt=PerPrompt.from_runs([r["results"] for r in hfam]),
+                            runs=[r["results"] for r in hfam]))
             rep, gchain, gpts, gruns = grid_protocol(test, P, model, fit.prior_oof, base)
             rows.append(Row(f"{label} ours-G (grid on {'>'.join(gchain)}, read on test)", rep, gpts,
-                            per_prompt=PerPrompt.from_runs(gruns)))
+                            per_prompt=PerPrompt.from_runs(gruns), runs=gruns))
     return rows

@@ -51,16 +51,27 @@ def family_taus(calib: CascadeCalibrator, train: OutcomeSet, target: float = 0.9
 
 def contextual_curve(test: OutcomeSet, P_te: np.ndarray | None, model: ContextualModel, taus: Sequence[float],
                      calib: ContextualCalibrator | None = None, guard: bool = False, z: float = 1.0,
-                     progress: Progress = None) -> tuple[list[Point], list[dict[str, Any]]]:
+                     progress: Progress = None, procedure: str | None = None
+                     ) -> tuple[list[Point], list[dict[str, Any]]]:
     """Each τ: fit on train, run on test through the engine; check the simulator agrees. (points, per-τ rows).
 
     ``guard``: the calibrator's cross-validated selection guard — on for the calibrated point; off for the τ
-    families read on the test hull, where it would only relabel which τ gives which point (and cost 5 searches)."""
+    families read on the test hull, where it would only relabel which τ gives which point (and cost 5 searches).
+    ``procedure`` (one of :data:`tierwise.lab.crossfit.PROCEDURES`) replaces ``guard`` when given: the calibrated
+    point's procedure, as ``calibrate --kind contextual --procedure`` fits it."""
+    from tierwise.lab.crossfit import fit_target
+
     calib = calib or model.calibrator
     cache: dict[str, tuple[float, float, list[PromptResult]]] = {}
     rows: list[dict[str, Any]] = []
     for i, tau in enumerate(taus):
-        cal, knob = calib.fit_start(calib.constraint_quality(float(tau), z), guard)
+        con = calib.constraint_quality(float(tau), z)
+        if procedure is None:
+            cal, knob = calib.fit_start(con, guard)
+            detail = "selection guard" if guard else "no selection guard"
+        else:
+            fitted = fit_target(calib, con, procedure)
+            cal, knob, detail = fitted.cal, fitted.start_knob, fitted.detail
         key = repr(model.tier(cal, knob))
         if key not in cache:
             res = run_contextual(model, test, cal, P_te, knob)
@@ -71,7 +82,7 @@ def contextual_curve(test: OutcomeSet, P_te: np.ndarray | None, model: Contextua
         c, q, res = cache[key]
         rows.append({"tau": float(tau), "chain": cal.chain, "start_knob": knob, "thresholds": cal.thresholds,
                      "train_cost": cal.train_cost, "train_quality": cal.train_quality, "feasible": cal.feasible,
-                     "guard": cal.guard, "cost": c, "quality": q, "results": res})
+                     "guard": cal.guard, "detail": detail, "cost": c, "quality": q, "results": res})
         if progress is not None:
             progress(i + 1, len(taus))
     return [Point(r["cost"], r["quality"]) for r in rows], rows
@@ -147,3 +158,13 @@ def grid_protocol(test: OutcomeSet, P_te: np.ndarray | None, model: ContextualMo
             raise AssertionError(f"{test.name}: ours-G: simulator and engine disagree for {chain} {thr} start {knob}")
         pts.append(Point(pc, pq))
     return evaluate_curve(pts, base), chain, pts, runs
+
+
+def cv_reading(model: ContextualModel, taus: Sequence[float], z: float = 1.0) -> tuple[ContextualCalibrator, Any]:
+    """**ours-CV**: the τ family restricted to the sub-pool with the best *cross-validated train* AUC
+    (:func:`tierwise.lab.crossfit.cv_pool`) — ours-H's pool choice without reading test. Returns the restricted
+    calibrator (its τ family is read by :func:`contextual_curve`) and the :class:`~tierwise.lab.crossfit.PoolChoice`."""
+    from tierwise.lab.crossfit import cv_pool
+
+    choice = cv_pool(model.calibrator, taus, z)
+    return model.calibrator.restricted(choice.pool), choice

@@ -36,15 +36,13 @@ from tierwise.lab.datasets import (
     SharedDataMissing,
 )
 from tierwise.lab.datasets.ledger import load_data
+from tierwise.lab.eval_subset import apgr_of, baseline_rows, restrict_rows
 from tierwise.lab.evaluate import run_tier, single_tier
 from tierwise.lab.metrics import (
     Baselines,
     Point,
-    apgr,
     compute_baselines,
-    cpt,
     evaluate_curve,
-    gap_to_recover,
 )
 from tierwise.lab.report import Row, metrics_table, plot_png, write_html
 
@@ -173,10 +171,10 @@ def _calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet) -> int:
                          f"test {oset.count('test')})")
     budget = parse_budget(args.max_cost) if args.max_cost is not None else None
     out = Path(args.out)
-    res, knob, tier, fit = calibrate_contextual(args, oset, budget)
+    res, fitted, tier, fit, pool = calibrate_contextual(args, oset, budget)
     print(describe(res, oset, args.z))
-    print(describe_extra(fit, knob, tier, out))
-    write_report(out / "calibration.json", res, knob, tier, fit, oset.name)
+    print(describe_extra(fit, fitted, pool, out))
+    write_report(out / "calibration.json", res, fitted, tier, fit, oset.name, pool)
     print(f"wrote {out / 'calibration.json'}")
     if args.config:
         from tierwise.lab.configwrite import ConfigWriteError, write_tier
@@ -268,15 +266,6 @@ def knn_choices(train: OutcomeSet, test: OutcomeSet, models: list[str], embedder
     return [k for k, _ in runs], chosen
 
 
-def _two_model_metrics(base: Baselines, pcts: list[float], quals: list[float]) -> tuple[float | None, float | None]:
-    """(APGR, CPT(50%)); both None (printed "none") when the best model is also the cheapest or no better than it:
-    there is no performance gap to recover, so the ratio is undefined (see :func:`tierwise.lab.metrics.apgr`)."""
-    weak, strong = base.cheapest_point.quality, base.best_point.quality
-    if base.best == base.cheapest or not gap_to_recover(weak, strong):
-        return None, None
-    return apgr(pcts, quals, weak, strong), cpt(pcts, quals, weak, strong, 0.5)
-
-
 def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[dict[str, Any]] | None) -> tuple[
         list[Row], Baselines, bool]:
     """Router ``spec`` and the baselines on the test split: table rows, baselines, two-model flag."""
@@ -284,7 +273,6 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
     models = test.priced_models()
     base = compute_baselines(test.quality_matrix(models), test.cost_matrix(models), models)
     two = len(models) == 2
-    strong = base.best
     rows: list[Row] = []
     kind, _, arg = spec.partition(":")
     if kind == "cascade":
@@ -297,12 +285,10 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         row = Row(f"cascade:{calib.gate} (τ family)", evaluate_curve(pts, base), pts,
                   calibrated=Point(honest.held.cost, honest.held.quality),
                   per_prompt=PerPrompt.from_runs([r.held.results for r in curve]),
-                  calibrated_runs=honest.held.results, ungated=(honest.cal.chain[-1],))
+                  calibrated_runs=honest.held.results, ungated=(honest.cal.chain[-1],),
+                  runs=[r.held.results for r in curve], apgr_ends=True)
         if two:
-            pcts = [100 * float(np.mean([strong in pr.models_called for pr in r.held.results])) for r in curve]
-            quals = [r.held.quality for r in curve]
-            row.apgr, row.cpt50 = _two_model_metrics(base, [0.0, *pcts, 100.0],
-                                                     [base.cheapest_point.quality, *quals, base.best_point.quality])
+            row.apgr, row.cpt50 = apgr_of(row, base)
         rows.append(row)
         if dump is not None:
             for r in curve:
@@ -311,20 +297,22 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         check_models(oset, [arg], "--router single:")
         res = run_tier(test, single_tier(arg))
         p = Point(float(np.mean([r.cost for r in res])), float(np.mean([r.quality for r in res])))
-        rows.append(Row(f"single:{arg}", evaluate_curve([p], base), [p], per_prompt=PerPrompt.from_runs([res])))
+        rows.append(Row(f"single:{arg}", evaluate_curve([p], base), [p], per_prompt=PerPrompt.from_runs([res]),
+                        runs=[res]))
         if dump is not None:
             dump.extend(_dump_rows(oset.name, None, res))
     elif kind == "learned":
         from tierwise.lab.evaluate import means
-        from tierwise.lab.learned_eval import calibrated_run, sweep_learned
+        from tierwise.lab.learned_eval import calibrated_knob, sweep_with
 
         check_artifact(arg, test)
-        runs = sweep_learned(test, arg, progress=progress_bar(f"{oset.name} learned:{Path(arg).name} λ sweep"))
+        knob = calibrated_knob(arg)
+        runs, cal = sweep_with(test, arg, "lambda", [] if knob is None else [knob],
+                               progress=progress_bar(f"{oset.name} learned:{Path(arg).name} λ sweep"))
         row = _learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name)
-        cal = calibrated_run(test, arg)
-        if cal is not None:
-            row.calibrated = Point(*means(cal[1]))
-            row.calibrated_runs = list(cal[1])
+        if cal:
+            row.calibrated = Point(*means(cal[0]))
+            row.calibrated_runs = list(cal[0])
         rows.append(row)
     elif kind == "contextual":
         from tierwise.lab.contextual_cli import ROUTER_KINDS, contextual_rows
@@ -333,16 +321,11 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         if rk not in ROUTER_KINDS:
             raise UsageError(f"--router contextual:{rk}: the router kind is one of {', '.join(ROUTER_KINDS)}")
         rows.extend(contextual_rows(oset, rk, args.router_embedder, args.target_quality, args.z, args.cv_folds,
-                                    base, two, dump, progress_bar))
+                                    base, two, dump, progress_bar, args.procedure))
     elif kind != "knn":
         raise UsageError(f"unknown router {spec!r}; use {ROUTERS}")
     rows.append(_knn_row(oset, models, base, two, args.embedder, dump if kind == "knn" else None))
-    for m, p in base.singles.items():
-        rows.append(Row(f"single:{m}", evaluate_curve([p], base)))
-    rows.append(Row("random mixing (cheapest↔best)", evaluate_curve([base.best_point], base),
-                    apgr=0.5 if two else None, cpt50=50.0 if two else None, note="AUC 0 by definition"))
-    rows.append(Row("oracle", evaluate_curve([base.oracle], base), note="limit, per-prompt hindsight"))
-    return rows, base, two
+    return rows + baseline_rows(base, two), base, two
 
 
 def check_artifact(arg: str, test: OutcomeSet) -> None:
@@ -387,10 +370,10 @@ def _learned_row(label: str, runs: list[tuple[float, list[Any]]], models: list[s
     from tierwise.lab.evaluate import means
 
     pts = [Point(*means(res)) for _, res in runs]
-    row = Row(label, evaluate_curve(pts, base), pts, per_prompt=PerPrompt.from_runs([res for _, res in runs]))
+    row = Row(label, evaluate_curve(pts, base), pts, per_prompt=PerPrompt.from_runs([res for _, res in runs]),
+              runs=[res for _, res in runs], apgr_ends=False)
     if two:
-        pcts = [100 * float(np.mean([r.served == base.best for r in res])) for _, res in runs]
-        row.apgr, row.cpt50 = _two_model_metrics(base, pcts, [p.quality for p in pts])
+        row.apgr, row.cpt50 = apgr_of(row, base)
     if dump is not None:
         for knob, res in runs:
             dump.extend(_dump_rows(name, knob, res))
@@ -426,38 +409,47 @@ def _dump_rows(name: str, knob: float | None, results: list[Any]) -> list[dict[s
 
 
 def _table(oset: OutcomeSet, args: argparse.Namespace, dump: list[dict[str, Any]] | None
-           ) -> tuple[str, list[Row], Baselines]:
+           ) -> tuple[str, list[Row], Baselines, bool]:
+    rows, base, two = evaluate(oset, args.router, args, dump)
+    return render(oset.split("test"), rows, base, two, args), rows, base, two
+
+
+def render(test: OutcomeSet, rows: list[Row], base: Baselines, two: bool, args: argparse.Namespace) -> str:
+    """The metrics table, the calibrated points' latency and (``--bootstrap``) the paired-bootstrap section."""
     from tierwise.lab.latency import section
 
-    rows, base, two = evaluate(oset, args.router, args, dump)
     table = metrics_table(rows, base, two)
-    test = oset.split("test")
     table += "\n\n" + section(test, [(f"{r.name}: calibrated", r.calibrated_runs, r.ungated) for r in rows
                                       if r.calibrated_runs], test.priced_models())
     if args.bootstrap > 0:
-        test = oset.split("test")
         models = test.priced_models()
         table += "\n\n" + bootstrap_lines(rows, test.quality_matrix(models), test.cost_matrix(models), models,
                                            args.bootstrap)
-    return table, rows, base
+    return table
 
 
-def leakage_section(oset: OutcomeSet, args: argparse.Namespace) -> str:
+def leakage_section(oset: OutcomeSet, args: argparse.Namespace, rows: list[Row], two: bool) -> str:
     """Test prompts also in train (:mod:`tierwise.lab.leakage`): a warning, and the whole table again without them
-    (printed, and returned for table.txt). Empty when there are none or ``--leakage ignore``."""
+    (printed, and returned for table.txt), re-read from the runs already made (:mod:`tierwise.lab.eval_subset`:
+    train is untouched, so every router and operating point is the same). Empty when there are none or
+    ``--leakage ignore``."""
     from tierwise.lab.leakage import find_leakage, without
 
     leak = find_leakage(oset)
     if not leak.ids or args.leakage == "ignore":
         return ""
     print(f"warning: {oset.name}: {leak.summary()}; the table above includes them", file=sys.stderr)
-    clean = without(oset, leak.ids)
-    head = (f"\n\nLeakage: {leak.summary()}. A router that saw them in train has memorised their answers.\n"
-            f"Without them (n={clean.count('test')}):")
-    if clean.count("test") == 0:
+    clean = without(oset, leak.ids).split("test")
+    head = (f"\n\nLeakage: {leak.summary()}. A router that saw them in train has memorised their answers. The same "
+            "routers at the same operating points, on the other test prompts.\n"
+            f"Without them (n={len(clean)}):")
+    if not clean.prompts:
         text = head + " no test prompt is left."
     else:
-        text = head + "\n" + _table(clean, args, None)[0]
+        keep = [i for i, p in enumerate(oset.split("test").prompts) if p.id not in leak.ids]
+        models = clean.priced_models()
+        base = compute_baselines(clean.quality_matrix(models), clean.cost_matrix(models), models)
+        text = head + "\n" + render(clean, restrict_rows(rows, keep, base, two), base, two, args)
     print(text.lstrip("\n"))
     return text
 
@@ -465,9 +457,9 @@ def leakage_section(oset: OutcomeSet, args: argparse.Namespace) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     oset = labelled(load_data(args.data), args)
     dump: list[dict[str, Any]] | None = [] if args.dump else None
-    table, rows, base = _table(oset, args, dump)
+    table, rows, base, two = _table(oset, args, dump)
     print(f"{oset.name}: router {args.router} on the test split (n={oset.count('test')})\n{table}")
-    table += leakage_section(oset, args)
+    table += leakage_section(oset, args, rows, two)
     if dump is not None:
         Path(args.dump).parent.mkdir(parents=True, exist_ok=True)
         with open(args.dump, "w", encoding="utf-8") as fh:

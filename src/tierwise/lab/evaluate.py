@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tierwise.config.schema import TierwiseConfig
+from tierwise.cost.tokens import reserve_count_cache
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.replay import REPLAY_KEY, ReplayProvider
 from tierwise.routing.engine import RouteRequest
@@ -66,19 +67,28 @@ async def arun_tier(
     svc = replay_service(oset, tier, **kwargs)
     results: list[PromptResult] = []
     try:
-        for i, p in enumerate(oset.prompts):
-            body = {"model": EVAL_TIER, "messages": [{"role": "user", "content": p.prompt or p.id}], REPLAY_KEY: p.id}
-            call = await svc.begin(body, RouteRequest())
-            rec = (await svc.complete(call)).record
-            served = rec.model
-            quality = p.models[served].quality if served is not None else 0.0
-            called = [a.model for a in rec.attempts]
-            results.append(PromptResult(p.id, called, served, rec.cost.total_usd, quality, rec.escalations))
-            if progress is not None and (i + 1) % 200 == 0:
-                progress(i + 1)
+        with reserve_count_cache(2 * len(oset.prompts) + 64):  # every pass re-estimates the same prompts' tokens
+            for i, p in enumerate(oset.prompts):
+                body = {"model": EVAL_TIER, "messages": [{"role": "user", "content": p.prompt or p.id}],
+                        REPLAY_KEY: p.id}
+                call = await svc.begin(body, RouteRequest())
+                rec = (await svc.complete(call)).record
+                served = rec.model
+                quality = p.models[served].quality if served is not None else 0.0
+                called = [a.model for a in rec.attempts]
+                results.append(PromptResult(p.id, called, served, rec.cost.total_usd, quality, rec.escalations))
+                if progress is not None and (i + 1) % 200 == 0:
+                    progress(i + 1)
     finally:
         await svc.aclose()
     return results
+
+
+def inline(predict: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Mark a replay predictor (a lookup of predictions computed beforehand) as cheap: the service calls it on the
+    event loop instead of handing it to its thread pool, whose hand-off was ~20 % of a replay pass. Same result."""
+    predict.inline = True  # type: ignore[attr-defined]
+    return predict
 
 
 def run_tier(oset: OutcomeSet, tier: dict[str, Any], **kwargs: Any) -> list[PromptResult]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tierwise.lab.datasets.format import OutcomeSet
-from tierwise.lab.evaluate import EVAL_TIER, PromptResult, run_tier
+from tierwise.lab.evaluate import EVAL_TIER, PromptResult, inline, run_tier
 from tierwise.lab.metrics import Point, upper_hull
 from tierwise.routing.learned.artifact import LearnedRouter, load_router, save_router
 from tierwise.routing.learned.choose import Rule, knob_grid, sweep
@@ -26,9 +26,10 @@ ENGINE_CHECKS = 6  # hull vertices per sweep re-run through the engine (plus bot
 def cached_predictor(router: LearnedRouter, oset: OutcomeSet) -> Callable[[str], np.ndarray]:
     """text -> the router's predictions, for every prompt of ``oset`` (the text the replay driver sends)."""
     texts = [p.prompt or p.id for p in oset.prompts]
-    pred = router.predict_embeddings(embed_prompts(router.embedder_name, texts))
+    pred = router.predict_embeddings(embed_prompts(router.embedder_name, texts, progress=True,
+                                                   label=f"{oset.name} ({router.embedder_name})"))
     by_text = {t.strip(): row for t, row in zip(texts, pred, strict=True)}
-    return lambda text: by_text[text.strip()]
+    return inline(lambda text: by_text[text.strip()])
 
 
 def learned_tier(models: Sequence[str], artifact: str | Path, rule: Rule, knob: float) -> dict:
@@ -47,11 +48,28 @@ def sweep_learned(
     knob and up to :data:`ENGINE_CHECKS` vertices of the cost–quality hull (evenly spread) are run through the
     engine, which must serve exactly the matrix's choice at exactly its cost (else AssertionError); their engine
     results are returned."""
+    return _sweep(test, artifact, rule, knobs, n, progress, ())[0]
+
+
+def sweep_with(
+    test: OutcomeSet, artifact: str | Path, rule: Rule, extra: Sequence[float], n: int = 41,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[tuple[float, list[PromptResult]]], list[list[PromptResult]]]:
+    """:func:`sweep_learned`, plus the engine's runs at the ``extra`` knobs (the calibrated one), from the same
+    predictions (the router is loaded and the prompts embedded and predicted once)."""
+    return _sweep(test, artifact, rule, None, n, progress, extra)
+
+
+def _sweep(
+    test: OutcomeSet, artifact: str | Path, rule: Rule, knobs: Sequence[float] | None, n: int,
+    progress: Callable[[int, int], None] | None, extra: Sequence[float],
+) -> tuple[list[tuple[float, list[PromptResult]]], list[list[PromptResult]]]:
     router = load_router(artifact)
     predict = cached_predictor(router, test)
     pred = np.stack([predict(p.prompt or p.id) for p in test.prompts])
     if knobs is None:
         knobs = [float(k) for k in knob_grid(pred, router.mean_cost, rule, n=n)]
+    knobs = [*knobs, *extra]  # the extra knobs ride along; they are split off at the end
     models = router.models
     Q, C = test.quality_matrix(models), test.cost_matrix(models)
     chosen = sweep(pred, router.mean_cost, rule, knobs)
@@ -60,12 +78,13 @@ def sweep_learned(
     out = [(float(k), [PromptResult(pid, [models[c]], models[c], float(C[i, c]), float(Q[i, c]))
                        for i, (pid, c) in enumerate(zip(ids, ch, strict=True))]) for k, ch in zip(knobs, chosen,
                                                                                              strict=True)]
-    pts = [(float(C[rows, ch].mean()), float(Q[rows, ch].mean())) for ch in chosen]
+    m = len(knobs) - len(extra)
+    pts = [(float(C[rows, ch].mean()), float(Q[rows, ch].mean())) for ch in chosen[:m]]
     hull = {(p.cost, p.quality) for p in upper_hull([Point(c, q) for c, q in pts])}
     vertices = [i for i, p in enumerate(pts) if p in hull]
     if len(vertices) > ENGINE_CHECKS:
         vertices = [vertices[round(j * (len(vertices) - 1) / (ENGINE_CHECKS - 1))] for j in range(ENGINE_CHECKS)]
-    check = sorted({0, len(knobs) - 1, *vertices})
+    check = sorted({0, m - 1, *vertices, *range(m, len(knobs))})
     for done, i in enumerate(check):
         k = knobs[i]
         eng = run_tier(test, learned_tier(models, artifact, rule, k), predictors={EVAL_TIER: predict})
@@ -77,7 +96,7 @@ def sweep_learned(
         out[i] = (float(k), eng)
         if progress is not None:
             progress(done + 1, len(check))
-    return out
+    return out[:m], [res for _, res in out[m:]]
 
 
 def train_and_sweep(
@@ -98,17 +117,21 @@ def train_sweep_calibrated(
     res = train_router(oset, kind=kind, embedder=embedder, models=list(models))
     with tempfile.TemporaryDirectory(prefix="tierwise-router-") as tmp:
         artifact = save_router(res.router, Path(tmp) / f"{kind}.npz")
-        test = oset.split("test")
-        runs = sweep_learned(test, artifact, rule, n=n, progress=progress)
-        knob = float(res.report["calibration"][rule])
-        return runs, sweep_learned(test, artifact, rule, knobs=[knob])[0][1]
+        runs, (cal,) = sweep_with(oset.split("test"), artifact, rule, [float(res.report["calibration"][rule])], n,
+                                  progress)
+        return runs, cal
+
+
+def calibrated_knob(artifact: str | Path, rule: Rule = "lambda") -> float | None:
+    """The knob ``train-router`` calibrated on train (stored in the artifact), or None without one."""
+    cal = load_router(artifact).header.get("calibration") or {}
+    return float(cal[rule]) if rule in cal else None
 
 
 def calibrated_run(test: OutcomeSet, artifact: str | Path, rule: Rule = "lambda"
                    ) -> tuple[float, list[PromptResult]] | None:
     """The run at the knob ``train-router`` calibrated on train (stored in the artifact), or None without one."""
-    cal = load_router(artifact).header.get("calibration") or {}
-    if rule not in cal:
+    knob = calibrated_knob(artifact, rule)
+    if knob is None:
         return None
-    knob = float(cal[rule])
     return knob, sweep_learned(test, artifact, rule, knobs=[knob])[0][1]

@@ -33,6 +33,9 @@ class Row:
     per_prompt: PerPrompt | None = None  # per-prompt cost/quality of each point: for the paired bootstrap
     calibrated_runs: list[Any] | None = None  # the calibrated point's per-prompt runs: for its latency
     ungated: tuple[str, ...] | None = None  # models whose answers stream ungated in those runs (None: all)
+    runs: list[list[Any]] | None = None  # per point, its per-prompt runs: to re-read the row on a subset of prompts
+    apgr_ends: bool | None = None  # two-model APGR/CPT: from the points plus both ends (cascades), or the points
+    baseline: bool = False  # a single model, random mixing or the oracle: recomputed from the baselines
 
 
 def _f(v: float | None, fmt: str) -> str:
