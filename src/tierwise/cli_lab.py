@@ -17,7 +17,7 @@ from typing import Any
 CV_FOLDS = 5  # tierwise.lab.calibrate.CV_FOLDS
 ROUTER_KINDS = ("ensemble", "knn", "logreg", "none")  # tierwise.lab.contextual_cli.ROUTER_KINDS
 DEFAULT_ROUTER, DEFAULT_EMBEDDER = "ensemble", "minilm-onnx"  # tierwise.lab.contextual_cli
-PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "guard"  # tierwise.lab.crossfit
+PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "families"  # tierwise.lab.crossfit
 FITTER_KINDS, DEFAULT_KIND = ("ensemble", "knn", "logreg"), "ensemble"  # tierwise.routing.learned.train
 EMBEDDERS = ("minilm-onnx", "minilm-static")  # tierwise.embed.EMBEDDERS
 ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "

@@ -395,13 +395,20 @@ class CascadeCalibrator:
         return max(0.0, float(np.mean(drops))) if drops else 0.0
 
     def _fold_searches(self) -> list[tuple[np.ndarray, np.ndarray, list[ChainSearch]]]:
-        """Per fold: (fit rows, held-out rows, every search rebuilt on the fit rows), built once."""
+        """Per fold: (fit rows, held-out rows, every search rebuilt on the fit rows), built once (a progress bar
+        when ``self.progress`` is set: a second per fold on a few hundred prompts and a hundred sub-chains)."""
         if self._folds is None:
             n = self.searches[0].data.n
-            self._folds = [(tr, ho, [type(s)(s.data.rows(tr), None if s.ref is None else s.ref[tr],
-                                             lat=None if s.lat is None else s.lat[tr], max_p95_ms=s.max_p95_ms)
-                                     for s in self.searches])
-                           for tr, ho in kfold_indices(n, self.cv_folds, CV_SEED)]
+            folds = kfold_indices(n, self.cv_folds, CV_SEED)
+            bar = getattr(self, "progress", None)
+            built = []
+            for k, (tr, ho) in enumerate(folds):
+                built.append((tr, ho, [type(s)(s.data.rows(tr), None if s.ref is None else s.ref[tr],
+                                               lat=None if s.lat is None else s.lat[tr], max_p95_ms=s.max_p95_ms)
+                                       for s in self.searches]))
+                if bar is not None:
+                    bar(k + 1, len(folds))
+            self._folds = built
         return self._folds
 
 

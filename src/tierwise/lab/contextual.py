@@ -366,7 +366,7 @@ def _skip_costs(C: np.ndarray, start: np.ndarray | None) -> np.ndarray:
 
 def fit_contextual(
     train: OutcomeSet, out_dir: Path, *, router: LearnedRouter | None = None, router_oof: np.ndarray | None = None,
-    max_rungs: int = 5, seed: int = 0, start_router: bool = True,
+    max_rungs: int = 5, seed: int = 0, start_router: bool = True, progress: Any = None,
 ) -> ContextualModel:
     """Fit gates for every eligible sub-chain, then the calibrator over (sub-chain × start knob) on train."""
     pool = cost_ordered(train, train.priced_models())
@@ -390,7 +390,10 @@ def fit_contextual(
     starts: list[float] = []
     Q, C, n = train.quality_matrix(pool), train.cost_matrix(pool), len(train)
     model = ContextualModel(pool, router, rpaths, specs, params, inputs, None)  # type: ignore[arg-type]
-    for chain in sub_chains(pool, gated, max_rungs):
+    chains = sub_chains(pool, gated, max_rungs)
+    for done, chain in enumerate(chains):
+        if progress is not None:
+            progress(done, len(chains))
         key, cols = tuple(chain), [pool.index(m) for m in chain]
         full = chain_features(train, chain, router_oof, pool, inputs) if len(chain) > 1 else []
         fits = []
@@ -417,6 +420,8 @@ def fit_contextual(
                                      _skip_costs(C[:, cols], st), tuple(train.ids())))
             starts.append(knob)
     model.calibrator = ContextualCalibrator(train, datas, starts, base.best)
+    if progress is not None:
+        progress(len(chains), len(chains))
     return model
 
 

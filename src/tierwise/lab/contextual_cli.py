@@ -65,9 +65,14 @@ def fit_on_train(oset: OutcomeSet, work: Path, router_kind: str = DEFAULT_ROUTER
     if router_kind != "none":
         res = train_router(oset, router_kind, embedder, train.priced_models(), progress=progress)
         router, oof = res.router, res.oof
-    model = fit_contextual(train, work, router=router, router_oof=oof)
+    from tierwise.progress import progress_bar
+
+    model = fit_contextual(train, work, router=router, router_oof=oof,
+                           progress=progress_bar(f"{oset.name}: contextual gates per sub-chain") if progress else None)
     if cv_folds is not None:
         model.calibrator.cv_folds = cv_folds
+    if progress:
+        model.calibrator.progress = progress_bar(f"{oset.name}: searches rebuilt per CV fold")  # type: ignore[attr-defined]
     if model.router is not None and router is not None and oof is not None:
         E_te = embed_prompts(embedder, [p.prompt or p.id for p in test.prompts], progress=progress,
                              label=f"{oset.name} test")
@@ -128,8 +133,10 @@ def choose_pool(fit: ContextualFit, spec: str, target: float, z: float) -> tuple
         return calib, "every sub-chain of the priced models"
     if spec == "auto":
         from tierwise.lab.contextual_eval import cv_reading, family_taus
+        from tierwise.progress import progress_bar
 
-        restricted, choice = cv_reading(fit.model, family_taus(calib, calib.train, target), z)
+        restricted, choice = cv_reading(fit.model, family_taus(calib, calib.train, target), z,
+                                        progress=progress_bar(f"{calib.train.name}: sub-pools by train CV"))
         return restricted, f"pool {' > '.join(choice.pool)} (best cross-validated train AUC {choice.auc:.3f})"
     pool = [m.strip() for m in spec.split(",") if m.strip()]
     bad = [m for m in pool if m not in fit.model.pool]
@@ -228,7 +235,7 @@ def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: f
         rows = [row(f"{label} ours-τ (τ read on test)", fam, pts)]
         families = {"ours-τ": fam}
         if cv_folds >= 2:
-            calib, choice = cv_reading(model, taus, z)
+            calib, choice = cv_reading(model, taus, z, progress=bar(f"{oset.name} {label} sub-pools by train CV"))
             if len(calib.searches) == len(model.calibrator.searches):
                 cpts, cfam = pts, fam
             else:
@@ -246,14 +253,15 @@ def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: f
                     dump.extend({"dataset": oset.name, "reading": reading, "prompt_id": r.prompt_id,
                                  "knob": x["tau"], "models_called": r.models_called, "served": r.served,
                                  "cost": r.cost, "quality": r.quality} for r in x["results"])
-        hind = hindsight_chain(test, P, model, taus, base)
+        hind = hindsight_chain(test, P, model, taus, base, progress=bar(f"{oset.name} {label} ours-H pools"))
         if hind is not None:
             hpts, hfam = contextual_curve(test, P, model, taus, hind[2], z=z,
                                           progress=bar(f"{oset.name} {label} ours-H"))
             rows.append(Row(f"{label} ours-H (pool {'>'.join(hind[1])} read on test)", evaluate_curve(hpts, base),
                             hpts, per_prompt=PerPrompt.from_runs([r["results"] for r in hfam]),
                             runs=[r["results"] for r in hfam]))
-            rep, gchain, gpts, gruns = grid_protocol(test, P, model, fit.prior_oof, base)
+            rep, gchain, gpts, gruns = grid_protocol(test, P, model, fit.prior_oof, base,
+                                                     progress=bar(f"{oset.name} {label} ours-G vertices"))
             rows.append(Row(f"{label} ours-G (grid on {'>'.join(gchain)}, read on test)", rep, gpts,
                             per_prompt=PerPrompt.from_runs(gruns), runs=gruns))
     return rows

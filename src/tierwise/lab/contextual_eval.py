@@ -89,13 +89,17 @@ def contextual_curve(test: OutcomeSet, P_te: np.ndarray | None, model: Contextua
 
 
 def hindsight_chain(test: OutcomeSet, P_te: np.ndarray | None, model: ContextualModel, taus: Sequence[float],
-                    base: Baselines) -> tuple[float, tuple[str, ...], ContextualCalibrator] | None:
+                    base: Baselines, progress: Progress = None
+                    ) -> tuple[float, tuple[str, ...], ContextualCalibrator] | None:
     """The grid baseline's protocol with our calibrator: per sub-pool (the models of a multi-rung sub-chain), the τ
     family fitted on train over that pool's sub-chains (start knobs included); the pool with the best *test* AUC
     (hindsight), scored by the simulator; its family is then re-run through the engine by :func:`contextual_curve`."""
     best: tuple[float, tuple[str, ...], ContextualCalibrator] | None = None
     sims: dict[tuple[tuple[str, ...], float], Any] = {}
-    for chain in sorted({s.data.chain for s in model.calibrator.searches if len(s.data.chain) > 1}):
+    pools = sorted({s.data.chain for s in model.calibrator.searches if len(s.data.chain) > 1})
+    for done, chain in enumerate(pools):
+        if progress is not None:
+            progress(done, len(pools))
         calib = model.calibrator.restricted(chain)
         pts = []
         for tau in taus:
@@ -107,11 +111,14 @@ def hindsight_chain(test: OutcomeSet, P_te: np.ndarray | None, model: Contextual
         auc = evaluate_curve(pts, base).auc
         if auc is not None and (best is None or auc > best[0]):
             best = (auc, tuple(chain), calib)
+    if progress is not None:
+        progress(len(pools), len(pools))
     return best
 
 
 def grid_protocol(test: OutcomeSet, P_te: np.ndarray | None, model: ContextualModel, prior_oof: np.ndarray | None,
-                  base: Baselines) -> tuple[CurveReport, tuple[str, ...], list[Point], list[list[PromptResult]]]:
+                  base: Baselines, progress: Progress = None
+                  ) -> tuple[CurveReport, tuple[str, ...], list[Point], list[list[PromptResult]]]:
     """**ours-G**: the grid baseline's protocol, with our contextual confidences in place of the raw one and the
     start router's knob as one more grid dimension.
 
@@ -153,6 +160,8 @@ def grid_protocol(test: OutcomeSet, P_te: np.ndarray | None, model: ContextualMo
         cal = Calibrated(list(chain), "contextual", list(thr), list(model.params[chain]), float("nan"), float("nan"),
                          True)
         runs.append(run_contextual(model, test, cal, P_te, knob))
+        if progress is not None:
+            progress(len(runs), len(hull) + len(runs))
         pc, pq = means(runs[-1])
         if abs(pc - a) > 1e-12 * max(1.0, abs(a)) or abs(pq - b) > 1e-12:
             raise AssertionError(f"{test.name}: ours-G: simulator and engine disagree for {chain} {thr} start {knob}")
@@ -160,11 +169,12 @@ def grid_protocol(test: OutcomeSet, P_te: np.ndarray | None, model: ContextualMo
     return evaluate_curve(pts, base), chain, pts, runs
 
 
-def cv_reading(model: ContextualModel, taus: Sequence[float], z: float = 1.0) -> tuple[ContextualCalibrator, Any]:
+def cv_reading(model: ContextualModel, taus: Sequence[float], z: float = 1.0, progress: Progress = None
+               ) -> tuple[ContextualCalibrator, Any]:
     """**ours-CV**: the τ family restricted to the sub-pool with the best *cross-validated train* AUC
     (:func:`tierwise.lab.crossfit.cv_pool`) — ours-H's pool choice without reading test. Returns the restricted
     calibrator (its τ family is read by :func:`contextual_curve`) and the :class:`~tierwise.lab.crossfit.PoolChoice`."""
     from tierwise.lab.crossfit import cv_pool
 
-    choice = cv_pool(model.calibrator, taus, z)
+    choice = cv_pool(model.calibrator, taus, z, progress=progress)
     return model.calibrator.restricted(choice.pool), choice

@@ -16,7 +16,7 @@ methods' operating points, not the variance of training them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,8 @@ class PerPrompt:
 
 
 def curve_draws(quality: np.ndarray, cost: np.ndarray, models: Sequence[str], methods: Mapping[str, PerPrompt],
-                draws: int = 400, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+                draws: int = 400, seed: int = 0, progress: Callable[[int, int], None] | None = None
+                ) -> dict[str, dict[str, np.ndarray]]:
     """Per method and metric, ``draws`` paired bootstrap values (NaN where AUC is undefined on a draw; ∞ where a
     cost-to-parity is never reached). ``quality``/``cost``: the (n_prompts, n_models) single-model matrices."""
     n = quality.shape[0]
@@ -71,6 +72,8 @@ def curve_draws(quality: np.ndarray, cost: np.ndarray, models: Sequence[str], me
             out[name]["auc"][i] = np.nan if rep.auc is None else rep.auc
             out[name]["ctp99"][i] = np.inf if rep.cost_to_parity_99_pct is None else rep.cost_to_parity_99_pct
             out[name]["ctp"][i] = np.inf if rep.cost_to_parity_pct is None else rep.cost_to_parity_pct
+        if progress is not None and ((i + 1) % 10 == 0 or i + 1 == draws):
+            progress(i + 1, draws)
     return out
 
 

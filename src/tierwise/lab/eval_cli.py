@@ -387,7 +387,7 @@ def bootstrap_lines(rows: list[Row], quality: np.ndarray, cost: np.ndarray, mode
     methods = {r.name: r.per_prompt for r in rows if r.per_prompt is not None}
     if not methods:
         return ""
-    d = curve_draws(quality, cost, models, methods, draws)
+    d = curve_draws(quality, cost, models, methods, draws, progress=progress_bar("paired bootstrap"))
     lines = [f"Paired bootstrap of the test split ({draws} draws; each router keeps its points, the best model and",
              "the oracle are recomputed on every draw): 95% intervals"]
     w = max(len(n) for n in methods)

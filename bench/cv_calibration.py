@@ -1,0 +1,209 @@
+"""Which calibration procedure the product uses, decided on the train splits only (nested cross-validation).
+
+Run: ``.venv/bin/python bench/cv_calibration.py [--sets a,b]`` → ``bench/results/cv_calibration.{md,json}``.
+No test outcome is read (test prompts are only embedded, as `calibrate` does, never scored).
+
+Per cascade set of ``bench/routing_brain.py``: the contextual model is fitted on train as ``calibrate --kind
+contextual`` fits it (ensemble router on minilm-onnx, out-of-fold priors, out-of-fold gate confidences). Train is then
+split into 5 **outer** folds (seed 1; the calibrator's own folds use seed 0). For each outer fold, every procedure runs
+on the other four folds *as if they were all of train* (:func:`tierwise.lab.crossfit.on_rows`: every search rebuilt
+on them, its own inner cross-validation anew) and the point it picks is played on the outer fold. Concatenated, the
+outer folds give each procedure an out-of-fold cost and quality for every train prompt: what it does on prompts it
+never saw, with (4/5 of) the train data a user has.
+
+Calibrated point, target 0.99 × the reference (best train) model, z = 1:
+
+- ``guard`` — today's procedure: the whole search with the cross-validated selection-optimism offset.
+- ``cv`` — :func:`tierwise.lab.crossfit.cv_point` over every family of :func:`tierwise.lab.crossfit.families`.
+- ``cv-all`` — the same with the whole search as the only family (isolates the cross-fitted bound from the families).
+- ``guard-fam`` — today's guard computed per family of :func:`~tierwise.lab.crossfit.families` (each family's own
+  cross-validated optimism), the cheapest feasible guarded point across families
+  (:func:`tierwise.lab.crossfit.guarded_families`).
+
+Met = out-of-fold mean quality ≥ 0.99 × the reference model's mean quality on the same prompts.
+
+τ-family readings (AUC of the out-of-fold τ-family curve against the train split's own baselines): ``τ`` — every
+sub-chain (ours-τ); ``cv-pool`` — the sub-pool chosen by :func:`tierwise.lab.crossfit.cv_pool` on the inner folds.
+
+Names: ``guard-fam`` is ``tierwise calibrate --kind contextual --procedure families``, ``cv`` is ``--procedure
+crossfit``, ``guard`` is ``--procedure guard``; ``cv-pool`` is ``--pool auto`` (``eval``'s ours-CV).
+
+**Decision rule, fixed before the run**: a calibration procedure is eligible when it meets the target out of fold on
+≥ 90 % of the sets; among the eligible, the product uses the one meeting it at ≤ 90 % of the reference model's cost on
+the most sets (ties: lower mean cost); ``guard`` stays if no other is eligible. ``eval``'s user-reachable reading is
+``cv-pool`` if its mean out-of-fold AUC is at least ``τ``'s, else ``τ``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from routing_quality import SETS  # noqa: E402
+
+from tierwise.lab.calibrate import CascadeCalibrator  # noqa: E402
+from tierwise.lab.cascade_sim import simulate  # noqa: E402
+from tierwise.lab.contextual_cli import fit_on_train  # noqa: E402
+from tierwise.lab.contextual_eval import family_taus  # noqa: E402
+from tierwise.lab.crossfit import (  # noqa: E402
+    CrossFit,
+    cv_point,
+    cv_pool,
+    guarded_families,
+    members,
+    on_rows,
+    subset,
+)
+from tierwise.lab.datasets import load_set  # noqa: E402
+from tierwise.lab.metrics import Point, compute_baselines, evaluate_curve  # noqa: E402
+from tierwise.routing.learned.numerics import kfold_indices  # noqa: E402
+
+OUT = Path(__file__).parent / "results"
+OUTER_FOLDS, OUTER_SEED, TAU, Z = 5, 1, 0.99, 1.0
+POINTS = ("guard", "guard-fam", "cv", "cv-all")
+READINGS = ("τ", "cv-pool")
+
+
+def _pick(calib: CascadeCalibrator, idx: list[int], tau: float, guard: bool = False, z: float = Z
+          ) -> tuple[int, np.ndarray]:
+    """(index into calib.searches, thresholds) the search restricted to ``idx`` picks (with the guard if asked)."""
+    sub = subset(calib, idx)
+    con = sub.constraint_quality(tau, z)
+    if guard:
+        con = sub.guarded(con)
+    i, thr, _, _ = sub.pick(con)
+    return idx[i], thr
+
+
+def point_of(proc: str, sub: CascadeCalibrator, xf: CrossFit) -> tuple[int, np.ndarray, str]:
+    everything = list(range(len(sub.searches)))
+    if proc == "guard":
+        return (*_pick(sub, everything, TAU, guard=True), "all (guarded)")
+    if proc == "guard-fam":
+        name, idx = guarded_families(sub, TAU, Z)
+        return (*_pick(sub, idx, TAU, guard=True), name)
+    fams = None if proc == "cv" else {"all": everything}
+    cp = cv_point(sub, TAU, Z, xf, fams)
+    return (*_pick(sub, cp.idx, cp.tau_fit, z=cp.z_fit), f"{cp.family} τ'={cp.tau_fit:g}" if cp.passed else cp.family)
+
+
+def one_set(name: str) -> dict:
+    s = load_set(name)
+    train = s.split("train")
+    with tempfile.TemporaryDirectory(prefix="tierwise-cvcal-") as tmp:
+        calib = fit_on_train(s, Path(tmp)).model.calibrator
+    n = len(train)
+    Q, C = train.quality_matrix([calib.ref_model])[:, 0], train.cost_matrix([calib.ref_model])[:, 0]
+    taus = family_taus(calib, train)
+    oof = {p: (np.empty(n), np.empty(n)) for p in POINTS}
+    curves = {r: [(np.empty(n), np.empty(n)) for _ in taus] for r in READINGS}
+    chosen: dict[str, list[str]] = {p: [] for p in POINTS}
+    pools = []
+    for tr, ho in kfold_indices(n, OUTER_FOLDS, OUTER_SEED):
+        sub = on_rows(calib, tr)
+        xf = CrossFit(sub)
+
+        def play(i: int, thr: np.ndarray, into: tuple[np.ndarray, np.ndarray], ho: np.ndarray = ho) -> None:
+            sim = simulate(calib.searches[i].data.rows(ho), thr)
+            into[0][ho], into[1][ho] = sim.cost, sim.quality
+
+        for p in POINTS:
+            i, thr, what = point_of(p, sub, xf)
+            chosen[p].append(what)
+            play(i, thr, oof[p])
+        pool = cv_pool(sub, taus, Z, xf).pool
+        pools.append(" > ".join(pool))
+        for r, idx in (("τ", list(range(len(sub.searches)))), ("cv-pool", members(sub, pool))):
+            for k, tau in enumerate(taus):
+                i, thr = _pick(sub, idx, float(tau))
+                play(i, thr, curves[r][k])
+    models = train.priced_models()
+    base = compute_baselines(train.quality_matrix(models), train.cost_matrix(models), models)
+    row: dict = {"set": name, "n_train": n, "ref": calib.ref_model, "searches": len(calib.searches),
+                 "pools": pools, "points": {}, "auc": {}}
+    for p in POINTS:
+        c, q = oof[p]
+        row["points"][p] = {"quality": float(q.mean()), "target": TAU * float(Q.mean()),
+                            "met": bool(q.mean() >= TAU * Q.mean() - 1e-12), "cost_pct": 100 * float(c.mean() / C.mean()),
+                            "chosen": chosen[p]}
+    for r in READINGS:
+        pts = [Point(float(c.mean()), float(q.mean())) for c, q in curves[r]]
+        row["auc"][r] = evaluate_curve(pts, base).auc
+    return row
+
+
+def render(rows: list[dict], secs: float, load: str) -> str:
+    L = ["# Calibration procedures compared by nested cross-validation on the train splits", "",
+         f"Generated by `bench/cv_calibration.py` in {secs:.0f} s on {os.cpu_count()} cores "
+         f"({platform.processor() or platform.machine()}), load average {load}; the method and the decision rule "
+         "(fixed before the run) are in its docstring. Train splits only: no test outcome is read.", "",
+         "| set | n train | " + " | ".join(f"{p}: OOF q / target, cost %" for p in POINTS)
+         + " | AUC τ | AUC cv-pool |", "|---|---|" + "---|" * (len(POINTS) + 2)]
+    for r in rows:
+        cells = []
+        for p in POINTS:
+            x = r["points"][p]
+            cells.append(f"{x['quality']:.3f}/{x['target']:.3f} {'✓' if x['met'] else '✗'} @{x['cost_pct']:.0f}%")
+        a = r["auc"]
+        L.append(f"| {r['set']} | {r['n_train']} | " + " | ".join(cells)
+                 + f" | {a['τ'] if a['τ'] is None else format(a['τ'], '.3f')} | "
+                 f"{a['cv-pool'] if a['cv-pool'] is None else format(a['cv-pool'], '.3f')} |")
+    n = len(rows)
+    L += ["", "| procedure | met out of fold | met at ≤ 90 % cost | mean cost % |", "|---|---|---|---|"]
+    summary = {}
+    for p in POINTS:
+        met = sum(r["points"][p]["met"] for r in rows)
+        cheap = sum(r["points"][p]["met"] and r["points"][p]["cost_pct"] <= 90 for r in rows)
+        cost = float(np.mean([r["points"][p]["cost_pct"] for r in rows]))
+        summary[p] = (met, cheap, cost)
+        L.append(f"| {p} | {met}/{n} | {cheap}/{n} | {cost:.0f} |")
+    eligible = [p for p in POINTS if summary[p][0] >= 0.9 * n]
+    pick = min(eligible, key=lambda p: (-summary[p][1], summary[p][2])) if eligible else "guard"
+    aucs = {r: [x["auc"][r] for x in rows if x["auc"][r] is not None] for r in READINGS}
+    means = {r: float(np.mean(v)) if v else float("nan") for r, v in aucs.items()}
+    reading = "cv-pool" if means["cv-pool"] >= means["τ"] else "τ"
+    L += ["", f"Mean out-of-fold AUC: τ {means['τ']:.3f}, cv-pool {means['cv-pool']:.3f}.", "",
+          f"**Decision (rule in the docstring): calibrated point = `{pick}`; user-reachable reading = `{reading}`.**",
+          "", "Per outer fold, what each procedure chose:", ""]
+    for r in rows:
+        L.append(f"- {r['set']}: " + "; ".join(f"{p}: {', '.join(r['points'][p]['chosen'])}" for p in POINTS)
+                 + f"; cv pools: {' | '.join(r['pools'])}")
+    return "\n".join(L) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", help="comma-separated subset of the cascade sets")
+    args = ap.parse_args(argv)
+    sets = args.sets.split(",") if args.sets else [x for x in SETS if not x.startswith(("routellm/", "routerbench/"))]
+    t0, rows = time.time(), []
+    for name in sets:
+        t = time.time()
+        rows.append(one_set(name))
+        pts = rows[-1]["points"]
+        print(f"{name}: " + ", ".join(f"{p} {'met' if pts[p]['met'] else 'MISS'} @{pts[p]['cost_pct']:.0f}%"
+                                       for p in POINTS) + f"; AUC {rows[-1]['auc']} ({time.time() - t:.0f}s)",
+              file=sys.stderr, flush=True)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "cv_calibration.json").write_text(json.dumps({"sets": rows}, indent=1, default=float))
+    (OUT / "cv_calibration.md").write_text(render(rows, time.time() - t0, load))
+    print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
