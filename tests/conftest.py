@@ -11,6 +11,9 @@ import pytest
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import GatewayServer, config_for
 
+#: fixtures shared by several test files: ``prefix`` (a cleaned-up Redis key prefix), ``browser`` (chromium)
+pytest_plugins = ["tests.redis_env", "tests.chromium_env"]
+
 
 @pytest.fixture
 def upstream() -> Iterator[FakeUpstream]:

@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import GatewayServer, config_for
+from tests.redis_env import REDIS_URL, redis_down
 from tierwise.governance.admission import Governor
 from tierwise.governance.anomaly import AnomalyDetector
 from tierwise.governance.principal import Principal
@@ -33,7 +31,6 @@ from tierwise.state.memory_backend import MemoryStateBackend
 from tierwise.types import LedgerRecord
 
 MSG = [{"role": "user", "content": "hello there"}]
-REDIS_URL = os.environ.get("TIERWISE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def test_the_reservation_runs_to_the_requests_own_max_tokens(tmp_path: Path) -> None:
@@ -68,22 +65,6 @@ def test_the_reservation_runs_to_the_requests_own_max_tokens(tmp_path: Path) -> 
     assert asyncio.run(admitted()) == pytest.approx(ceiling)
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    redis = pytest.importorskip("redis", reason="the redis client is not installed: pip install -e '.[test]'")
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception as exc:
-        pytest.skip(f"Redis not reachable ({type(exc).__name__}): start it or set TIERWISE_TEST_REDIS_URL")
-    p = f"twtest-{uuid.uuid4().hex[:12]}"
-    yield p
-    c = redis.Redis.from_url(REDIS_URL)
-    keys = list(c.scan_iter(match="{" + p + "}:*", count=1000))
-    if keys:
-        c.delete(*keys)
-    c.close()
-
-
 def _dead_process_journal(directory: Path) -> None:
     """What a replica killed mid-traffic leaves: r-int in flight (begin line only), r-done ended (its settlement
     was still queued), r-sent ended and settled before the kill."""
@@ -100,6 +81,8 @@ def _dead_process_journal(directory: Path) -> None:
 
 def test_the_journal_replay_at_start_charges_what_a_killed_replica_never_settled(tmp_path: Path,
                                                                                  prefix: str) -> None:
+    if (why := redis_down()) is not None:
+        pytest.skip(why)
     from tierwise.state.redis_backend import RedisStateBackend
 
     cap = [Cap("principal:p", daily_usd=10.0)]

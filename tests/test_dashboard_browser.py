@@ -28,23 +28,9 @@ from tierwise.gateway.admin import start_admin
 from tierwise.gateway.app import GATEWAY_KEY
 from tierwise.ledger.spend import SpendQuery
 
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
-CHROMIUM = Path("/usr/bin/chromium")
 MSG = [{"role": "user", "content": "hello"}]
 FAST = "dashboard: {cache_ms: 0, summary_refresh_ms: 1000, live_refresh_ms: 500}\n"
 XSS = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import GatewayServer, config_for
+from tests.redis_env import REDIS_URL, redis_down
 from tierwise.config.schema import BudgetCap, BudgetsConfig
 from tierwise.dashboard.budgets import budget_entry
 from tierwise.governance.budgets import project_month
@@ -30,41 +29,12 @@ from tierwise.ledger.spend import SpendQuery
 from tierwise.state.backend import Cap, Settlement, StateBackend, Usage
 from tierwise.state.memory_backend import MemoryStateBackend
 
-REDIS_URL = os.environ.get("TIERWISE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MSG = [{"role": "user", "content": "hello"}]
 # large: 1000 x 2.5 + 100 x 10 USD per 1M tokens = $0.0035 per request
 PER_REQUEST = (1000 * 2.5 + 100 * 10) / 1e6
 CAPS = ("budgets: {caps: {global: {daily_usd: 0.0083, monthly_usd: 1000}, 'model:large': {monthly_usd: 0.5}, "
         "'model:small': {daily_usd: 1}}}\ndashboard: {cache_ms: 0}\n")
 T0 = 1_764_720_000.0  # 2025-12-03 00:00 UTC
-
-
-def _redis_down() -> str | None:
-    try:
-        import redis
-
-        c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        c.ping()
-        c.close()
-        return None
-    except Exception as exc:
-        return f"Redis not reachable at {REDIS_URL} ({type(exc).__name__})"
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"twtest-{uuid.uuid4().hex[:12]}"
-    yield p
-    if _redis_down() is None:
-        import redis
-
-        c = redis.Redis.from_url(REDIS_URL)
-        try:
-            keys = list(c.scan_iter(match="{" + p + "}:*", count=1000))
-            if keys:
-                c.delete(*keys)
-        finally:
-            c.close()
 
 
 def state_usage(gw: GatewayServer, scopes: list[str]) -> dict[str, Usage]:
@@ -118,7 +88,7 @@ def send(gw: GatewayServer, n: int) -> None:
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_the_panel_is_the_governance_state(upstream: FakeUpstream, tmp_path: Path, prefix: str,
                                            backend: str) -> None:
-    if backend == "redis" and (why := _redis_down()) is not None:
+    if backend == "redis" and (why := redis_down()) is not None:
         pytest.skip(why)
     state = "" if backend == "memory" else f"state: {{backend: redis, url: '{REDIS_URL}', prefix: {prefix}}}\n"
     gw = GatewayServer(config_for(upstream.base_url, tmp_path, extra=CAPS + state)).start()
@@ -201,7 +171,7 @@ async def test_read_usage_past_days_feed_the_projection(prefix: str, backend: st
         async def flush() -> None:
             return None
     else:
-        if (why := _redis_down()) is not None:
+        if (why := redis_down()) is not None:
             pytest.skip(why)
         from tierwise.state.redis_backend import RedisStateBackend
 

@@ -22,24 +22,10 @@ from tests.harness import GatewayServer, config_for
 from tierwise.ledger.spend import SpendQuery
 from tierwise.state.backend import Usage
 
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
-CHROMIUM = Path("/usr/bin/chromium")
 MSG = [{"role": "user", "content": "hello"}]
 PER_REQUEST = (1000 * 2.5 + 100 * 10) / 1e6  # large: 1000 prompt + 100 completion tokens
 CAPS = ("budgets: {caps: {global: {daily_usd: 0.0083, monthly_usd: 1000}, 'model:large': {monthly_usd: 0.5}}}\n"
         "dashboard: {cache_ms: 0, summary_refresh_ms: 1000, live_refresh_ms: 500}\n")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

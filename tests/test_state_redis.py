@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
 import sqlite3
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.governance_env import GovEnv, gateway_config, make_key
 from tests.harness import GatewayServer
 from tests.procs import free_port
+from tests.redis_env import REDIS_URL, redis_down
 from tierwise.config.schema import BudgetsConfig
 from tierwise.errors import APIError
 from tierwise.state.backend import Cap, RateLimit, Settlement, StateBackend
@@ -45,41 +44,15 @@ redis = pytest.importorskip(
 
 from tierwise.state.redis_backend import RedisStateBackend, redacted  # noqa: E402
 
-REDIS_URL = os.environ.get("TIERWISE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_SERVER = shutil.which("redis-server")
 MSG = [{"role": "user", "content": "hello there"}]
 T0 = 1_764_720_000.0  # 2025-12-03 00:00 UTC
 
 
-def _unreachable() -> str | None:
-    try:
-        c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        c.ping()
-        c.close()
-        return None
-    except Exception as exc:
-        return (f"Redis not reachable at {redacted(REDIS_URL)} ({type(exc).__name__}): start it (redis-server "
-                "--daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no) or set TIERWISE_TEST_REDIS_URL")
-
-
-_DOWN = _unreachable()
+_DOWN = redis_down()
 pytestmark = pytest.mark.skipif(_DOWN is not None, reason=_DOWN or "")
 needs_server_binary = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (apt-get "
                                          "install redis-server): the outage tests start their own")
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """This test's key prefix; its keys are deleted afterwards."""
-    p = f"twtest-{uuid.uuid4().hex[:12]}"
-    yield p
-    c = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(c.scan_iter(match="{" + p + "}:*", count=1000))
-        if keys:
-            c.delete(*keys)
-    finally:
-        c.close()
 
 
 def keys_of(prefix: str, url: str = REDIS_URL) -> dict[str, str]:

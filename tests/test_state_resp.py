@@ -11,13 +11,15 @@ import uuid
 
 import pytest
 
-from tests.test_state_redis import _DOWN, REDIS_URL, OwnRedis, needs_server_binary, own_redis  # noqa: F401
+from tests.redis_env import REDIS_URL, redis_down
+from tests.test_state_redis import OwnRedis, needs_server_binary, own_redis  # noqa: F401 - the fixture
 from tierwise.state.resp import RespConnection, pack
 
 redis = pytest.importorskip("redis")
 from redis import exceptions as rx  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
+_DOWN = redis_down()
 pytestmark = pytest.mark.skipif(_DOWN is not None, reason=_DOWN or "")
 
 
