@@ -53,6 +53,7 @@ def test_cli_lab_defaults_match_their_owners() -> None:
     assert (cli_lab.DEFAULT_ROUTER, cli_lab.DEFAULT_EMBEDDER) == (contextual_cli.DEFAULT_ROUTER,
                                                                   contextual_cli.DEFAULT_EMBEDDER)
     assert set(cli_lab.FITTER_KINDS) == set(train.FITTERS) and cli_lab.DEFAULT_KIND == train.DEFAULT_KIND
+    assert cli_lab.CALIB_Z == train.CALIB_Z
     assert tuple(cli_lab.EMBEDDERS) == tuple(EMBEDDERS)
 
 

@@ -19,6 +19,7 @@ ROUTER_KINDS = ("ensemble", "knn", "logreg", "none")  # tierwise.lab.contextual_
 DEFAULT_ROUTER, DEFAULT_EMBEDDER = "ensemble", "minilm-onnx"  # tierwise.lab.contextual_cli
 PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "families"  # tierwise.lab.crossfit
 FITTER_KINDS, DEFAULT_KIND = ("ensemble", "knn", "logreg"), "ensemble"  # tierwise.routing.learned.train
+CALIB_Z = 0.5  # tierwise.routing.learned.train.CALIB_Z
 EMBEDDERS = ("minilm-onnx", "minilm-static")  # tierwise.embed.EMBEDDERS
 ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "
            "single:MODEL")
@@ -125,6 +126,10 @@ def add_train_parsers(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--target", type=float, default=0.99,
                    help="calibrated knob: reach this fraction of the best model's train quality")
+    s.add_argument("--z", type=float, default=CALIB_Z,
+                   help="calibrated knob: the target must hold on the out-of-fold mean − z·standard error of the "
+                        "per-prompt difference to the best model (paired); 0 = on the mean (default "
+                        f"{CALIB_Z}, chosen by nested CV on train: bench/results/cv_learned_knob.md)")
     s.set_defaults(fn=lazy("tierwise.lab.train_cli", "cmd_train_router"))
 
     s = sub.add_parser("train-gate", help="train a learned confidence gate for one cascade rung")

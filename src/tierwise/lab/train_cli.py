@@ -50,7 +50,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         res = train_router(oset, args.kind, args.embedder, models, folds=args.folds, seed=args.seed,
-                           target=args.target, progress=True)
+                           target=args.target, z=args.z, progress=True)
     except ValueError as exc:
         print(f"train-router: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +64,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     print(f"  CV Brier {r['cv_brier']:.4f} (constant per-model rate: {r['cv_brier_constant']:.4f})")
     for rule, auc in r["cv_auc"].items():
         print(f"  CV oracle-normalised AUC, rule {rule}: {'undefined' if auc is None else f'{auc:.3f}'}; "
-              f"calibrated knob for {cal['target']}: {cal[rule]:.6g}")
+              f"calibrated knob for {cal['target']} (z = {cal['z']:g}): {cal[rule]:.6g}")
     print(f"wrote {out}")
     return 0
 
