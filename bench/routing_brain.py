@@ -12,7 +12,10 @@ per set under ``bench/results/routing_brain/``. Needs the embedding cache warm (
   test through the engine (``run_tier`` with the contextual tier and the router's priors), and the simulator is
   checked against the engine on every point.
 - sets without one: the learned router (policy ``learned``; router kind and choice rule by train-CV AUC among
-  knn/logreg/ensemble), knob swept on test; hull vertices re-run through the engine (policy ``learned``).
+  knn/logreg/ensemble), knob swept on test; hull vertices re-run through the engine (policy ``learned``). Its
+  calibrated point is ``train-router``'s knob: the paired bound with z = :data:`tierwise.routing.learned.train.CALIB_Z`
+  on its out-of-fold predictions (z chosen by ``bench/cv_learned_knob.py``, nested CV on train; the previous z = 0
+  reported beside it).
 
 Readings, all reported: **ours-CV** — the user-reachable one: the sub-pool whose τ family has the best
 *cross-validated train* AUC (:func:`tierwise.lab.crossfit.cv_pool`, the calibrator's own 5 folds), then thresholds,
@@ -76,7 +79,7 @@ from tierwise.lab.report import Row, plot_png  # noqa: E402
 from tierwise.routing.learned.artifact import save_router  # noqa: E402
 from tierwise.routing.learned.choose import choose, sweep  # noqa: E402
 from tierwise.routing.learned.embed_cache import embed_prompts  # noqa: E402
-from tierwise.routing.learned.train import sweep_points, train_router  # noqa: E402
+from tierwise.routing.learned.train import calibrate_knob, sweep_points, train_router  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 EMBEDDER = "minilm-onnx"
@@ -162,12 +165,18 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
             c, q, _ = engine(float(k))
             assert abs(c - p.cost) <= 1e-12 * max(1.0, abs(c)) and abs(q - p.quality) <= 1e-12
     rep = evaluate_curve(pts, base)
-    knob = fits[kind].report["calibration"][rule]
+    cal = fits[kind].report["calibration"]
+    knob = cal[rule]
     c, q, cal_runs = engine(knob)
     target = 0.99 * base.best_point.quality
+    Q_tr, C_tr = train.quality_matrix(models), train.cost_matrix(models)  # the previous default, z = 0: reported only
+    k0 = calibrate_knob(fits[kind].oof, Q_tr, C_tr, router.mean_cost, rule, cal["target_quality"])
+    c0, q0, _ = engine(k0)
     out = {"kind": f"learned router ({kind}, {rule})", "hull": _rep(rep),
-           "calibrated": {"knob": knob, "test_quality": q, "cost_pct": 100 * c / base.best_point.cost,
-                          "target": target, "met": q >= target - 1e-12}}
+           "calibrated": {"knob": knob, "z": cal["z"], "test_quality": q, "cost_pct": 100 * c / base.best_point.cost,
+                          "target": target, "met": q >= target - 1e-12},
+           "calibrated_guard": {"knob": k0, "test_quality": q0, "cost_pct": 100 * c0 / base.best_point.cost,
+                                "target": target, "met": q0 >= target - 1e-12}}
     if len(models) == 2:
         strong = models.index(base.best)
         pct = [100.0 * float(np.mean(i == strong)) for i in chosen]
