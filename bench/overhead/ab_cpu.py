@@ -1,13 +1,15 @@
 """A/B of the gateway's CPU per request between two versions of the code, interleaved on one machine.
 
     python bench/overhead/ab_cpu.py --a HEAD~5 [--b WORKTREE] [--rounds 10] [--duration 3] [-c 16] [--governance]
+    python bench/overhead/ab_cpu.py --a WORKTREE --a-extra "server: {gc: {freeze: false, young_threshold: 0}}"
 
 On a shared machine throughput and latency swing with other sessions' load, so a change's effect is read from CPU
 time per request (``/proc``: the gateway process's user + system time during a run ÷ requests it served), with the
 two versions run alternately, round after round, against one mock upstream, and the bare aiohttp proxy measured
 between them as the reference. Each version is the ``src`` tree of a git revision (``git archive``) or of the working
 tree (``WORKTREE``), put first on ``PYTHONPATH`` of its own ``tierwise serve`` (the same config: SQLite ledger and
-crash journal on; ``--governance``: virtual key, budgets and rate limits). Prints per-round CPU µs/request, the
+crash journal on; ``--governance``: virtual key, budgets and rate limits; ``--a-extra`` / ``--b-extra``: YAML merged
+into that version's config, to A/B a setting rather than code). Prints per-round CPU µs/request, the
 per-round ratio A/B (paired: A and B measured seconds apart) and its median, and the machine's load average.
 """
 
@@ -23,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import orjson
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -43,13 +46,24 @@ def export(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def start_gateway(name: str, src: Path, tmp: Path, upstream: str, governance: bool) -> procs.Server:
+def merged(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, mappings merged key by key (``server: {gc: …}`` keeps the bench's host and port)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def start_gateway(name: str, src: Path, tmp: Path, upstream: str, governance: bool, extra: str = "") -> procs.Server:
     d = tmp / f"{name}-run"  # tmp/<name> holds that version's source
     d.mkdir()
     port = procs.free_port()
     cfg = d / "tierwise.yaml"
-    cfg.write_text(run.GATEWAY_CONFIG.format(port=port, ledger=d / "ledger.db", upstream=upstream, journal="true")
-                   + (run.GOVERNANCE_CONFIG.format(gov=d / "governance.db") if governance else ""))
+    text = (run.GATEWAY_CONFIG.format(port=port, ledger=d / "ledger.db", upstream=upstream, journal="true")
+            + (run.GOVERNANCE_CONFIG.format(gov=d / "governance.db") if governance else ""))
+    if extra:
+        text = yaml.safe_dump(merged(yaml.safe_load(text), yaml.safe_load(extra)), sort_keys=False)
+    cfg.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(src)}
     bearer = "bench"
     if governance:
@@ -85,6 +99,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per run")
     ap.add_argument("-c", "--concurrency", type=int, default=16)
     ap.add_argument("--governance", action="store_true", help="virtual key, budgets and rate limits on")
+    ap.add_argument("--a-extra", default="", help="YAML merged into version A's config")
+    ap.add_argument("--b-extra", default="", help="YAML merged into version B's config")
     args = ap.parse_args()
     load0 = procs.loadavg()
     with tempfile.TemporaryDirectory(prefix="tierwise-ab-") as tmpdir:
@@ -98,7 +114,8 @@ def main() -> int:
         servers = {"bare": bare}
         try:
             for name, src in srcs.items():
-                servers[name] = start_gateway(name, src, tmp, mock.base, args.governance)
+                servers[name] = start_gateway(name, src, tmp, mock.base, args.governance,
+                                              args.a_extra if name == "A" else args.b_extra)
             cpu: dict[str, list[float]] = {n: [] for n in servers}
             for rnd in range(args.rounds):
                 order = list(servers) if rnd % 2 == 0 else list(servers)[::-1]
@@ -110,7 +127,8 @@ def main() -> int:
             for s in [*servers.values(), mock]:
                 s.stop()
     ratio = [a / b for a, b in zip(cpu["A"], cpu["B"], strict=True)]
-    print(f"\nA = {args.a}, B = {args.b}, {args.concurrency} clients, {args.rounds} rounds × {args.duration:g} s"
+    extras = "".join(f"; {n} config + {x!r}" for n, x in (("A", args.a_extra), ("B", args.b_extra)) if x)
+    print(f"\nA = {args.a}, B = {args.b}{extras}, {args.concurrency} clients, {args.rounds} rounds × {args.duration:g} s"
           f"{', governance on' if args.governance else ''}; load average before {load0}, after {procs.loadavg()}")
     for n in servers:
         print(f"{n:>4}: median {statistics.median(cpu[n]):.0f} µs/request  (rounds: "

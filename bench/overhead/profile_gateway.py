@@ -64,12 +64,15 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--gil", action="store_true",
+                    help="sample only the thread holding the GIL (py-spy --gil): shares of Python CPU, without the "
+                         "time other threads spend waiting for the GIL or in C code that released it")
     ap.add_argument("--keep-stacks", action="store_true", help="also write the collapsed stacks (~300 kB)")
     ap.add_argument("--governance", action="store_true",
                     help="virtual key required, budgets and rate limits on every request (as run.py --governance)")
     args = ap.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    kind = ("stream" if args.stream else "json") + ("-governance" if args.governance else "")
+    kind = ("stream" if args.stream else "json") + ("-governance" if args.governance else "") + ("-gil" if args.gil else "")
     load0 = procs.loadavg()
     with tempfile.TemporaryDirectory(prefix="tierwise-profile-") as tmpdir:
         tmp = Path(tmpdir)
@@ -84,7 +87,8 @@ def main() -> int:
             time.sleep(1.0)  # profile the steady state, not the warm-up
             cpu0 = procs.cpu_s(gw.pid)
             spy = subprocess.run([pyspy, "record", "--pid", str(gw.pid), "--duration", str(int(args.seconds)),
-                                  "--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--threads"],
+                                  "--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--threads",
+                                  *(["--gil"] if args.gil else [])],
                                  capture_output=True, text=True, check=False)
             cpu1 = procs.cpu_s(gw.pid)
             out, _ = load.communicate(timeout=args.seconds + 60)

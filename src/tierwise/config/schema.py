@@ -309,6 +309,22 @@ class LedgerConfig(_Strict):
         return self
 
 
+class GcConfig(_Strict):
+    """The cyclic garbage collector of a ``tierwise serve`` process (see :mod:`tierwise.gateway.gc_tuning`)."""
+
+    freeze: bool = Field(
+        default=True,
+        description="after start-up, move every object made so far out of the collector's reach (gc.freeze): "
+                    "full collections then stop re-walking config, price tables and router state on every pass",
+    )
+    young_threshold: int = Field(
+        default=10_000, ge=0, le=10_000_000,
+        description="allocations between young-generation collections (Python's default is 700; 0 keeps it): a "
+                    "request's objects are freed by reference counting when it ends, so a larger threshold lets "
+                    "them go before the collector walks them",
+    )
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -327,6 +343,7 @@ class ServerConfig(_Strict):
         description="largest max_tokens / max_completion_tokens for models without max_output (no model emits "
         "anything near 2^20 tokens in one answer: above it is a client bug, refused with a 400)",
     )
+    gc: GcConfig = Field(default_factory=GcConfig)
 
 
 class BudgetCap(_Strict):

@@ -34,6 +34,7 @@ from aiohttp.typedefs import Handler, Middleware
 from tierwise.config.load import ConfigError
 from tierwise.config.schema import TierwiseConfig
 from tierwise.errors import APIError
+from tierwise.gateway import gc_tuning
 from tierwise.gateway.startup import Startup, StartupError, build_failure, check_startup
 
 if TYPE_CHECKING:
@@ -207,6 +208,7 @@ async def _serve(cfg: TierwiseConfig, host: str, port: int, shutdown_timeout_s: 
         raise StartupError(_setup_failure(exc)) from None
     # the admin API on its own listener (before the public one opens); of several workers, worker 0 runs it
     admin_runner = await _start_admin(cfg, app, runner) if worker is None or worker[0] == 0 else None
+    gc_tuning.apply(cfg.server.gc)  # start-up is done: what exists now lives as long as the process
     site = web.TCPSite(runner, host, port, reuse_port=True if worker is not None else None)
     try:
         await site.start()
