@@ -67,6 +67,7 @@ def main() -> int:
     ap.add_argument("--gil", action="store_true",
                     help="sample only the thread holding the GIL (py-spy --gil): shares of Python CPU, without the "
                          "time other threads spend waiting for the GIL or in C code that released it")
+    ap.add_argument("--native", action="store_true", help="also C/Rust frames (py-spy --native)")
     ap.add_argument("--keep-stacks", action="store_true", help="also write the collapsed stacks (~300 kB)")
     ap.add_argument("--governance", action="store_true",
                     help="virtual key required, budgets and rate limits on every request (as run.py --governance)")
@@ -88,7 +89,7 @@ def main() -> int:
             cpu0 = procs.cpu_s(gw.pid)
             spy = subprocess.run([pyspy, "record", "--pid", str(gw.pid), "--duration", str(int(args.seconds)),
                                   "--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--threads",
-                                  *(["--gil"] if args.gil else [])],
+                                  *(["--gil"] if args.gil else []), *(["--native"] if args.native else [])],
                                  capture_output=True, text=True, check=False)
             cpu1 = procs.cpu_s(gw.pid)
             out, _ = load.communicate(timeout=args.seconds + 60)
