@@ -27,16 +27,18 @@ same over every sub-chain; **ours-H** — the sub-pool read on test; **ours-G** 
 the test hull) run on our contextual gate's out-of-fold confidences, with the start-router knob as one more grid
 dimension (so its knob space is larger than the grid baseline's: said wherever it is reported); and the
 **calibrated** point (τ = 0.99 fitted on train by the procedure :data:`tierwise.lab.crossfit.DEFAULT_PROCEDURE`
-names, applied once: no hindsight at all). Baselines exactly as ``bench/routing_quality.py`` computes them
+names, with its default z, :func:`tierwise.lab.crossfit.point_z`, applied once: no hindsight at all; the previous
+default, the same procedure at z = 1, is reported beside it). Baselines exactly as ``bench/routing_quality.py`` computes them
 (functions imported from there): kNN (minilm-static, λ sweep) and the logprob/vote cascade grid-searched over every
 sub-chain, sub-chain and knob chosen on the test hull.
 
 How every choice was made, none on a test split: the τ grid (:func:`tierwise.lab.contextual_eval.family_taus`),
 z = 1, 5 folds, the router kind (ensemble, minilm-onnx), the gates' L2 grid and the start-router quantiles are
 fixed a priori (unchanged since issue 3); the learned-router sets' kind and rule by train-CV AUC; ours-CV's sub-pool
-by cross-validated train AUC per set; the calibration procedure (``guard`` / ``families`` / ``crossfit``) and the
-choice of ours-CV over ours-τ as the user-reachable reading by nested cross-validation on the train splits with a
-decision rule written down before it ran (``bench/cv_calibration.py`` → ``bench/results/cv_calibration.md``). Test
+by cross-validated train AUC per set; the calibration procedure (``guard`` / ``families`` / ``crossfit``), its z
+and the choice of ours-CV over ours-τ as the user-reachable reading by nested cross-validation on the train splits
+with a decision rule written down before it ran (``bench/cv_calibration.py`` → ``bench/results/cv_calibration.md``;
+the learned router's z: ``bench/cv_learned_knob.py``). Test
 numbers are reported as measured, with paired-bootstrap intervals (:mod:`routing_brain_report`).
 """
 
@@ -69,7 +71,7 @@ from tierwise.lab.contextual_eval import (  # noqa: E402
     grid_protocol,
     hindsight_chain,
 )
-from tierwise.lab.crossfit import DEFAULT_PROCEDURE  # noqa: E402
+from tierwise.lab.crossfit import DEFAULT_PROCEDURE, point_z  # noqa: E402
 from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
 from tierwise.lab.eval_cli import knn_choices  # noqa: E402
@@ -106,8 +108,9 @@ def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noq
     hrep = evaluate_curve(hpts, base)
     prior_oof = res.oof[:, [res.router.models.index(m) for m in model.pool]]
     grep_ours, gchain, gpts, gruns = grid_protocol(test, P_te, model, prior_oof, base)
-    cal = contextual_curve(test, P_te, model, [0.99], procedure=DEFAULT_PROCEDURE)[1][0]
-    old = contextual_curve(test, P_te, model, [0.99], procedure="guard")[1][0]  # the previous default, reported only
+    z_cal = point_z(DEFAULT_PROCEDURE, None)
+    cal = contextual_curve(test, P_te, model, [0.99], z=z_cal, procedure=DEFAULT_PROCEDURE)[1][0]
+    old = contextual_curve(test, P_te, model, [0.99], z=1.0, procedure=DEFAULT_PROCEDURE)[1][0]  # previous default
     target = 0.99 * test.mean_quality(model.calibrator.ref_model)
     out = {"kind": "contextual cascade", "hull": _rep(hrep), "hindsight_chain": list(hchain), "hull_tau": _rep(rep),
            "hull_cv": _rep(crep), "cv_pool": list(choice.pool), "cv_pool_auc": choice.auc,
@@ -116,7 +119,7 @@ def contextual_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noq
            "calibrated": {"chain": cal["chain"], "start_knob": cal["start_knob"], "thresholds": cal["thresholds"],
                           "test_quality": cal["quality"], "cost_pct": 100 * cal["cost"] / base.best_point.cost,
                           "target": target, "met": cal["quality"] >= target - 1e-12,
-                          "procedure": DEFAULT_PROCEDURE, "detail": cal["detail"]},
+                          "procedure": DEFAULT_PROCEDURE, "z": z_cal, "detail": cal["detail"]},
            "calibrated_guard": {"chain": old["chain"], "test_quality": old["quality"], "target": target,
                                 "cost_pct": 100 * old["cost"] / base.best_point.cost,
                                 "met": old["quality"] >= target - 1e-12},

@@ -132,7 +132,7 @@ def _interval_targets(rows: list[dict], nz: dict) -> list[str]:
           f"cost on {cheap}/{n} [{cz['cheap_ci'][0]:.0f}, {cz['cheap_ci'][1]:.0f}] (target ≥ 10) {_ok(cheap >= 10)}"]
     old = [r["ours"].get("calibrated_guard") or r["ours"]["calibrated"] for r in rows]
     L += [f"- for comparison only (not a choice: the procedure was fixed on train before this run), the previous "
-          "defaults (`--procedure guard`; the learned router's knob at z = 0) in the same run: met on "
+          "defaults (`--procedure families` at z = 1; the learned router's knob at z = 0) in the same run: met on "
           f"{sum(c['met'] for c in old)}/{n}, at ≤ "
           f"{CHEAP_PCT:.0f} % of the best model's cost on {sum(c['met'] and c['cost_pct'] <= CHEAP_PCT for c in old)}"
           f"/{n}"]
@@ -164,18 +164,18 @@ def _noise_lines(nz: dict, n: int) -> list[str]:
 
 def _cal_lines(rows: list[dict], nz: dict) -> list[str]:
     L = ["## The calibrated point, per set", "",
-         f"Fitted on train once for {CAL_TAU} × the reference (best train) model's quality, z = 1 (the learned "
-         "router's knob: the z named); procedure as named "
+         f"Fitted on train once for {CAL_TAU} × the reference (best train) model's quality, with the z and "
+         "procedure named "
          "(the bench's docstring says how it was chosen); run once on test through the engine. Margin = test quality "
          f"− {CAL_TAU} × the target model's test quality (≥ 0: met), cost as % of the best test model's, each with its "
          "95 % bootstrap interval over the test prompts.", "",
          "| set | procedure: what it chose | chain (start knob) | margin [95 %] | cost % [95 %] | met | previous "
-         "default (guard; learned router: z = 0) |", "|---|---|---|---|---|---|---|"]
+         "default (same procedure at z = 1; learned router: z = 0) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["ours"]["calibrated"]
         z = nz["calibrated"]["per_set"][r["set"]]
         chain = " > ".join(c["chain"]) + f" ({c['start_knob']:.2f})" if "chain" in c else f"knob {c['knob']:.4g}"
-        what = (f"{c['procedure']}: {c['detail']}" if "procedure" in c
+        what = (f"{c['procedure']} (z = {c.get('z', 1):g}): {c['detail']}" if "procedure" in c
                 else f"the router's out-of-fold knob, z = {c.get('z', 0):g}")
         g = r["ours"].get("calibrated_guard") or c
         L.append(f"| {r['set']} | {what} | {chain} | {c['test_quality'] - c['target']:+.3f} "

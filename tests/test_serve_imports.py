@@ -54,6 +54,9 @@ def test_cli_lab_defaults_match_their_owners() -> None:
                                                                   contextual_cli.DEFAULT_EMBEDDER)
     assert set(cli_lab.FITTER_KINDS) == set(train.FITTERS) and cli_lab.DEFAULT_KIND == train.DEFAULT_KIND
     assert cli_lab.CALIB_Z == train.CALIB_Z
+    from tierwise.lab import crossfit
+
+    assert crossfit.POINT_Z["families"] == cli_lab.FAMILIES_Z
     assert tuple(cli_lab.EMBEDDERS) == tuple(EMBEDDERS)
 
 

@@ -18,6 +18,7 @@ CV_FOLDS = 5  # tierwise.lab.calibrate.CV_FOLDS
 ROUTER_KINDS = ("ensemble", "knn", "logreg", "none")  # tierwise.lab.contextual_cli.ROUTER_KINDS
 DEFAULT_ROUTER, DEFAULT_EMBEDDER = "ensemble", "minilm-onnx"  # tierwise.lab.contextual_cli
 PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "families"  # tierwise.lab.crossfit
+FAMILIES_Z = 1.645  # tierwise.lab.crossfit.POINT_Z["families"]
 FITTER_KINDS, DEFAULT_KIND = ("ensemble", "knn", "logreg"), "ensemble"  # tierwise.routing.learned.train
 CALIB_Z = 0.5  # tierwise.routing.learned.train.CALIB_Z
 EMBEDDERS = ("minilm-onnx", "minilm-static")  # tierwise.embed.EMBEDDERS
@@ -46,8 +47,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", choices=["logprob", "vote"], help="cascade gate (default: vote if samples exist, "
                    "else logprob)")
     p.add_argument("--chain", default="auto", help="m1,m2,... cheap→dear, or 'auto' (best sub-chain on train)")
-    p.add_argument("--z", type=float, default=1.0, help="overfitting guard: the constraint must hold on mean − "
-                   "z·standard error (paired with the reference model); 0 = on the train mean")
+    p.add_argument("--z", type=float, default=None, help="overfitting guard: the constraint must hold on mean − "
+                   "z·standard error (paired with the reference model); 0 = on the train mean (default 1; the "
+                   f"calibrated point of --kind contextual --procedure families: {FAMILIES_Z}, chosen by nested CV "
+                   "on train, bench/results/cv_calibration.md)")
     p.add_argument("--cv-folds", type=int, default=CV_FOLDS, help="selection guard: the train slack must also "
                    f"exceed the search's optimism measured by this many-fold CV on train (default {CV_FOLDS}; 0 = off)")
     p.add_argument("--max-p95-latency-ms", type=float, help="cascade: remove candidate points whose p95 latency "

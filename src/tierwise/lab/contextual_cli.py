@@ -34,7 +34,7 @@ from tierwise.lab.contextual import (
     held_out_data,
     prior_predictor,
 )
-from tierwise.lab.crossfit import DEFAULT_PROCEDURE, PROCEDURES, Fitted, fit_target
+from tierwise.lab.crossfit import DEFAULT_PROCEDURE, PROCEDURES, Fitted, fit_target, point_z
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.evaluate import EVAL_TIER, PromptResult, run_tier
 
@@ -159,7 +159,8 @@ def calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet, budget: flo
         fit = fit_on_train(oset, Path(tmp), args.router_kind, args.router_embedder, args.cv_folds, progress=True)
         calib, pool_text = choose_pool(fit, args.pool, args.target_quality, args.z)
         con = (calib.constraint_cost(budget, args.z) if budget is not None
-               else calib.constraint_quality(args.target_quality, args.z))
+               else calib.constraint_quality(args.target_quality,
+                                             point_z(args.procedure, getattr(args, "z_given", args.z))))
         fitted = fit_target(calib, con, args.procedure)
         cal, knob = fitted.cal, fitted.start_knob
         tier = install(fit.model, cal, knob, out)
@@ -185,9 +186,9 @@ def describe_extra(fit: ContextualFit, fitted: Fitted, pool: str, out: Path) -> 
 
 
 def write_report(path: Path, res: CalibrationResult, fitted: Fitted, tier: dict[str, Any], fit: ContextualFit,
-                 name: str, pool: str) -> None:
+                 name: str, pool: str, z: float | None = None) -> None:
     c, h = res.cal, res.held
-    doc = {"data": name, "kind": "contextual", "mode": res.mode, "knob": res.knob, "ref_model": res.ref_model,
+    doc = {"data": name, "kind": "contextual", "mode": res.mode, "knob": res.knob, "z": z, "ref_model": res.ref_model,
            "router_kind": fit.router_kind, "embedder": fit.embedder if fit.router_kind != "none" else None,
            "chain": c.chain, "thresholds": c.thresholds, "start_knob": fitted.start_knob,
            "searched": pool, "procedure": fitted.procedure, "procedure_detail": fitted.detail,
@@ -201,10 +202,11 @@ def write_report(path: Path, res: CalibrationResult, fitted: Fitted, tier: dict[
 
 def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: float, z: float, cv_folds: int,
                     base: Any, two: bool, dump: list[dict[str, Any]] | None, bar: Any,
-                    procedure: str = DEFAULT_PROCEDURE) -> list[Any]:
+                    procedure: str = DEFAULT_PROCEDURE, z_point: float | None = None) -> list[Any]:
     """``eval --router contextual[:KIND]``: the rows ours-CV (the user-reachable reading, with the calibrated point),
     ours-τ, ours-H and ours-G, each computed by :mod:`tierwise.lab.contextual_eval` exactly as
-    ``bench/routing_brain.py`` computes them."""
+    ``bench/routing_brain.py`` computes them. The calibrated point's z: ``z_point`` if given, else the procedure's
+    default (:func:`tierwise.lab.crossfit.point_z`)."""
     from tierwise.lab.contextual_eval import (
         contextual_curve,
         cv_reading,
@@ -244,7 +246,7 @@ def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: f
             rows.insert(0, row(f"{label} ours-CV (pool {'>'.join(choice.pool)} by train CV; τ read on test)",
                                cfam, cpts))
             families["ours-CV"] = cfam
-        cal = contextual_curve(test, P, model, [target], z=z, procedure=procedure)[1][0]
+        cal = contextual_curve(test, P, model, [target], z=point_z(procedure, z_point), procedure=procedure)[1][0]
         rows[0].calibrated, rows[0].calibrated_runs = Point(cal["cost"], cal["quality"]), cal["results"]
         rows[0].note = f"calibrated by {procedure}: {cal['detail']}"
         if dump is not None:

@@ -118,7 +118,16 @@ def labelled(oset: OutcomeSet, args: argparse.Namespace) -> OutcomeSet:
     return out
 
 
+def _given_z(args: argparse.Namespace) -> None:
+    """``--z`` left out: 1 everywhere but the calibrated point of ``--kind contextual``, whose procedure has its own
+    default (:func:`tierwise.lab.crossfit.point_z`); ``args.z_given`` keeps what the user gave (None: nothing)."""
+    args.z_given = args.z
+    if args.z is None:
+        args.z = 1.0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    _given_z(args)
     if args.from_ledger:  # re-fit on live traffic, proposed as a canary (tierwise.rollout.recalibrate)
         from tierwise.rollout.recalibrate import calibrate_from_ledger
 
@@ -155,6 +164,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet) -> int:
     """``calibrate --kind contextual``: see :mod:`tierwise.lab.contextual_cli`."""
     from tierwise.lab.contextual_cli import calibrate_contextual, describe_extra, write_report
+    from tierwise.lab.crossfit import point_z
 
     if args.chain not in (None, "auto") or args.gate:
         raise UsageError("--kind contextual searches every sub-chain and gates on what each rung recorded: "
@@ -172,9 +182,10 @@ def _calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet) -> int:
     budget = parse_budget(args.max_cost) if args.max_cost is not None else None
     out = Path(args.out)
     res, fitted, tier, fit, pool = calibrate_contextual(args, oset, budget)
-    print(describe(res, oset, args.z))
+    z = args.z if budget is not None else point_z(args.procedure, getattr(args, "z_given", args.z))
+    print(describe(res, oset, z))
     print(describe_extra(fit, fitted, pool, out))
-    write_report(out / "calibration.json", res, fitted, tier, fit, oset.name, pool)
+    write_report(out / "calibration.json", res, fitted, tier, fit, oset.name, pool, z)
     print(f"wrote {out / 'calibration.json'}")
     if args.config:
         from tierwise.lab.configwrite import ConfigWriteError, write_tier
@@ -321,7 +332,7 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         if rk not in ROUTER_KINDS:
             raise UsageError(f"--router contextual:{rk}: the router kind is one of {', '.join(ROUTER_KINDS)}")
         rows.extend(contextual_rows(oset, rk, args.router_embedder, args.target_quality, args.z, args.cv_folds,
-                                    base, two, dump, progress_bar, args.procedure))
+                                    base, two, dump, progress_bar, args.procedure, getattr(args, "z_given", args.z)))
     elif kind != "knn":
         raise UsageError(f"unknown router {spec!r}; use {ROUTERS}")
     rows.append(_knn_row(oset, models, base, two, args.embedder, dump if kind == "knn" else None))
@@ -455,6 +466,7 @@ def leakage_section(oset: OutcomeSet, args: argparse.Namespace, rows: list[Row],
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _given_z(args)
     oset = labelled(load_data(args.data), args)
     dump: list[dict[str, Any]] | None = [] if args.dump else None
     table, rows, base, two = _table(oset, args, dump)
