@@ -32,6 +32,12 @@ Names: ``guard-fam`` is ``tierwise calibrate --kind contextual --procedure famil
 is the same at its default z since this bench chose it), ``cv`` is ``--procedure
 crossfit``, ``guard`` is ``--procedure guard``; ``cv-pool`` is ``--pool auto`` (``eval``'s ours-CV).
 
+``--kind cascade`` runs the same comparison for ``tierwise calibrate --kind cascade`` (the raw log-prob/vote gates:
+:class:`tierwise.lab.calibrate.CascadeCalibrator` on train, every sub-chain, no start router) →
+``bench/results/cv_calibration_cascade.{md,json}``; there the τ-family readings are not computed (ours-CV is the
+contextual cascade's reading), and its rule is the same as below with ``guard`` (``calibrate --kind cascade`` today)
+as the procedure that stays when no other is eligible or none meets the target cheaply on more sets.
+
 **Decision rule, fixed before the run** (the z variants added to it, unchanged, before their run): a calibration
 procedure is eligible when it meets the target out of fold on
 ≥ 90 % of the sets; among the eligible, the product uses the one meeting it at ≤ 90 % of the reference model's cost on
@@ -106,16 +112,20 @@ def point_of(proc: str, sub: CascadeCalibrator, xf: CrossFit) -> tuple[int, np.n
     return (*_pick(sub, cp.idx, cp.tau_fit, z=cp.z_fit), f"{cp.family} τ'={cp.tau_fit:g}" if cp.passed else cp.family)
 
 
-def one_set(name: str) -> dict:
+def one_set(name: str, kind: str = "contextual") -> dict:
     s = load_set(name)
     train = s.split("train")
-    with tempfile.TemporaryDirectory(prefix="tierwise-cvcal-") as tmp:
-        calib = fit_on_train(s, Path(tmp)).model.calibrator
+    if kind == "cascade":
+        calib = CascadeCalibrator(train)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tierwise-cvcal-") as tmp:
+            calib = fit_on_train(s, Path(tmp)).model.calibrator
+    readings = READINGS if kind == "contextual" else ()
     n = len(train)
     Q, C = train.quality_matrix([calib.ref_model])[:, 0], train.cost_matrix([calib.ref_model])[:, 0]
     taus = family_taus(calib, train)
     oof = {p: (np.empty(n), np.empty(n)) for p in POINTS}
-    curves = {r: [(np.empty(n), np.empty(n)) for _ in taus] for r in READINGS}
+    curves = {r: [(np.empty(n), np.empty(n)) for _ in taus] for r in readings}
     chosen: dict[str, list[str]] = {p: [] for p in POINTS}
     pools = []
     for tr, ho in kfold_indices(n, OUTER_FOLDS, OUTER_SEED):
@@ -130,6 +140,8 @@ def one_set(name: str) -> dict:
             i, thr, what = point_of(p, sub, xf)
             chosen[p].append(what)
             play(i, thr, oof[p])
+        if not readings:
+            continue
         pool = cv_pool(sub, taus, Z, xf).pool
         pools.append(" > ".join(pool))
         for r, idx in (("τ", list(range(len(sub.searches)))), ("cv-pool", members(sub, pool))):
@@ -146,8 +158,8 @@ def one_set(name: str) -> dict:
                             "met": bool(q.mean() >= TAU * Q.mean() - 1e-12), "cost_pct": 100 * float(c.mean() / C.mean()),
                             "chosen": chosen[p]}
     for r in READINGS:
-        pts = [Point(float(c.mean()), float(q.mean())) for c, q in curves[r]]
-        row["auc"][r] = evaluate_curve(pts, base).auc
+        pts = [Point(float(c.mean()), float(q.mean())) for c, q in curves[r]] if r in curves else []
+        row["auc"][r] = evaluate_curve(pts, base).auc if pts else None
     return row
 
 
@@ -181,9 +193,13 @@ def render(rows: list[dict], secs: float, load: str) -> str:
     aucs = {r: [x["auc"][r] for x in rows if x["auc"][r] is not None] for r in READINGS}
     means = {r: float(np.mean(v)) if v else float("nan") for r, v in aucs.items()}
     reading = "cv-pool" if means["cv-pool"] >= means["τ"] else "τ"
-    L += ["", f"Mean out-of-fold AUC: τ {means['τ']:.3f}, cv-pool {means['cv-pool']:.3f}.", "",
-          f"**Decision (rule in the docstring): calibrated point = `{pick}`; user-reachable reading = `{reading}`.**",
-          "", "Per outer fold, what each procedure chose:", ""]
+    if not aucs["τ"]:  # --kind cascade: no τ-family readings
+        L += ["", f"**Decision (rule in the docstring): calibrated point of `calibrate --kind cascade` = `{pick}`.**",
+              "", "Per outer fold, what each procedure chose:", ""]
+    else:
+        L += ["", f"Mean out-of-fold AUC: τ {means['τ']:.3f}, cv-pool {means['cv-pool']:.3f}.", ""]
+        L += [f"**Decision (rule in the docstring): calibrated point = `{pick}`; user-reachable reading = "
+              f"`{reading}`.**", "", "Per outer fold, what each procedure chose:", ""]
     for r in rows:
         L.append(f"- {r['set']}: " + "; ".join(f"{p}: {', '.join(r['points'][p]['chosen'])}" for p in POINTS)
                  + f"; cv pools: {' | '.join(r['pools'])}")
@@ -193,13 +209,16 @@ def render(rows: list[dict], secs: float, load: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", help="comma-separated subset of the cascade sets")
-    ap.add_argument("--out", default="cv_calibration", help="stem of the result files under bench/results/")
+    ap.add_argument("--out", help="stem of the result files under bench/results/ (default cv_calibration, "
+                    "cv_calibration_cascade with --kind cascade)")
+    ap.add_argument("--kind", choices=("contextual", "cascade"), default="contextual")
     args = ap.parse_args(argv)
+    args.out = args.out or ("cv_calibration" if args.kind == "contextual" else "cv_calibration_cascade")
     sets = args.sets.split(",") if args.sets else [x for x in SETS if not x.startswith(("routellm/", "routerbench/"))]
     t0, rows = time.time(), []
     for name in sets:
         t = time.time()
-        rows.append(one_set(name))
+        rows.append(one_set(name, args.kind))
         pts = rows[-1]["points"]
         print(f"{name}: " + ", ".join(f"{p} {'met' if pts[p]['met'] else 'MISS'} @{pts[p]['cost_pct']:.0f}%"
                                        for p in POINTS) + f"; AUC {rows[-1]['auc']} ({time.time() - t:.0f}s)",

@@ -57,6 +57,7 @@ def test_cli_lab_defaults_match_their_owners() -> None:
     from tierwise.lab import crossfit
 
     assert crossfit.POINT_Z["families"] == cli_lab.FAMILIES_Z
+    assert crossfit.CASCADE_POINT_Z["families"] == cli_lab.CASCADE_FAMILIES_Z
     assert tuple(cli_lab.EMBEDDERS) == tuple(EMBEDDERS)
 
 

@@ -19,6 +19,7 @@ ROUTER_KINDS = ("ensemble", "knn", "logreg", "none")  # tierwise.lab.contextual_
 DEFAULT_ROUTER, DEFAULT_EMBEDDER = "ensemble", "minilm-onnx"  # tierwise.lab.contextual_cli
 PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "families"  # tierwise.lab.crossfit
 FAMILIES_Z = 1.645  # tierwise.lab.crossfit.POINT_Z["families"]
+CASCADE_FAMILIES_Z = 0.5  # tierwise.lab.crossfit.CASCADE_POINT_Z["families"]
 FITTER_KINDS, DEFAULT_KIND = ("ensemble", "knn", "logreg"), "ensemble"  # tierwise.routing.learned.train
 CALIB_Z = 0.5  # tierwise.routing.learned.train.CALIB_Z
 EMBEDDERS = ("minilm-onnx", "minilm-static")  # tierwise.embed.EMBEDDERS
@@ -49,8 +50,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain", default="auto", help="m1,m2,... cheap→dear, or 'auto' (best sub-chain on train)")
     p.add_argument("--z", type=float, default=None, help="overfitting guard: the constraint must hold on mean − "
                    "z·standard error (paired with the reference model); 0 = on the train mean (default 1; the "
-                   f"calibrated point of --kind contextual --procedure families: {FAMILIES_Z}, chosen by nested CV "
-                   "on train, bench/results/cv_calibration.md)")
+                   f"calibrated point of --procedure families: {FAMILIES_Z} with --kind contextual, "
+                   f"{CASCADE_FAMILIES_Z} with --kind cascade, chosen by nested CV on train, "
+                   "bench/results/cv_calibration*.md)")
     p.add_argument("--cv-folds", type=int, default=CV_FOLDS, help="selection guard: the train slack must also "
                    f"exceed the search's optimism measured by this many-fold CV on train (default {CV_FOLDS}; 0 = off)")
     p.add_argument("--max-p95-latency-ms", type=float, help="cascade: remove candidate points whose p95 latency "
@@ -65,7 +67,9 @@ def _router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router-embedder", default=DEFAULT_EMBEDDER,
                    help=f"contextual: the router's embedder (default {DEFAULT_EMBEDDER}, as train-router)")
     p.add_argument("--procedure", choices=PROCEDURES, default=DEFAULT_PROCEDURE,
-                   help="contextual: how the point for the target is certified on train (default "
+                   help="how the point for a quality target is certified on train (calibrate --kind cascade with "
+                        "--chain auto, and contextual; a --max-cost budget, a given --chain and --from-ledger use "
+                        "guard) (default "
                         f"{DEFAULT_PROCEDURE}): guard = every candidate with the cross-validated selection optimism "
                         "as a margin; families = that guard per family of candidates (one cheap rung before the "
                         "reference model, ..., everything), the cheapest guarded point; crossfit = the cheapest "

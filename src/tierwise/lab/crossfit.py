@@ -293,14 +293,34 @@ DEFAULT_PROCEDURE = "families"  # chosen by nested CV on the train splits: bench
 # {0.5, 1, 1.645} (bench/cv_calibration.py: out of fold, z = 1 met 0.99 x the reference on 14/16 sets, below the
 # rule's 90 % eligibility; 1.645 on 15/16, 4 of them at <= 90 % of its cost; 0.5 on 12/16).
 POINT_Z = {"families": 1.645}
+# calibrate --kind cascade (raw log-prob/vote gates): the same nested CV (bench/cv_calibration.py --kind cascade,
+# rule fixed before its run) chose families at z = 0.5: out of fold it met the target on 15/16 sets, 6 of them at
+# <= 90 % of the reference's cost; the single guard (the procedure before) 16/16 and 5; families z = 1: 14/16, 5.
+CASCADE_POINT_Z = {"families": 0.5}
 DEFAULT_Z = 1.0
 
 
-def point_z(procedure: str, z: float | None) -> float:
-    """The z of the calibrated point's paired bound: the user's ``z`` if given, else the procedure's default
-    (:data:`POINT_Z`). Only the calibrated point: the τ families ``eval`` reads keep ``z`` (default 1), since a
-    larger margin there only relabels which τ gives which point."""
-    return float(z) if z is not None else POINT_Z.get(procedure, DEFAULT_Z)
+def point_z(procedure: str, z: float | None, kind: str = "contextual") -> float:
+    """The z of the calibrated point's paired bound: the user's ``z`` if given, else the procedure's default for
+    ``kind`` (:data:`POINT_Z`, :data:`CASCADE_POINT_Z`). Only the calibrated point: the τ families ``eval`` reads
+    keep ``z`` (default 1), since a larger margin there only relabels which τ gives which point."""
+    if z is not None:
+        return float(z)
+    return (CASCADE_POINT_Z if kind == "cascade" else POINT_Z).get(procedure, DEFAULT_Z)
+
+
+def calibrate_cascade(calib: CascadeCalibrator, test: Any, tau: float, procedure: str, z: float
+                      ) -> tuple[Any, str]:
+    """``calibrate --kind cascade`` with a procedure: the point :func:`fit_target` fits for τ on train, run once on
+    ``test`` through the engine (the simulator checked against it). (CalibrationResult, what the procedure chose)."""
+    from tierwise.lab.calibrate import CalibrationResult, check_engine_agrees, held_out
+
+    fitted = fit_target(calib, calib.constraint_quality(tau, z), procedure)
+    held = held_out(test, fitted.cal.tier())
+    check_engine_agrees(test, fitted.cal, held.results)
+    res = CalibrationResult(fitted.cal, held, tau, "quality", calib.ref_model, tau * calib.q_ref,
+                            tau * test.mean_quality(calib.ref_model))
+    return res, fitted.detail
 
 
 @dataclass

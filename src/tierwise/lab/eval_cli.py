@@ -141,9 +141,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     test = oset.split("test")
     if args.max_cost is not None:
         res = calibrate_point(calib, test, "cost", parse_budget(args.max_cost), args.z)
-    else:
+        print(describe(res, oset, args.z))
+    elif args.chain not in (None, "auto") or args.procedure == "guard":  # one chain: no families to choose among
         res = calibrate_point(calib, test, "quality", args.target_quality, args.z)
-    print(describe(res, oset, args.z))
+        print(describe(res, oset, args.z))
+    else:
+        from tierwise.lab.crossfit import calibrate_cascade, point_z
+
+        z = point_z(args.procedure, args.z_given, "cascade")
+        res, detail = calibrate_cascade(calib, test, args.target_quality, args.procedure, z)
+        print(describe(res, oset, z))
+        print(f"  procedure {args.procedure}: {detail}")
     if args.config:
         from tierwise.lab.configwrite import ConfigWriteError, write_cascade
 
