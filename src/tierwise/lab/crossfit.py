@@ -309,18 +309,24 @@ def point_z(procedure: str, z: float | None, kind: str = "contextual") -> float:
     return (CASCADE_POINT_Z if kind == "cascade" else POINT_Z).get(procedure, DEFAULT_Z)
 
 
-def calibrate_cascade(calib: CascadeCalibrator, test: Any, tau: float, procedure: str, z: float
-                      ) -> tuple[Any, str]:
-    """``calibrate --kind cascade`` with a procedure: the point :func:`fit_target` fits for τ on train, run once on
-    ``test`` through the engine (the simulator checked against it). (CalibrationResult, what the procedure chose)."""
-    from tierwise.lab.calibrate import CalibrationResult, check_engine_agrees, held_out
+def calibrate_cascade(calib: CascadeCalibrator, test: Any, tau: float, procedure: str, z_given: float | None,
+                      one_chain: bool = False) -> tuple[Any, float, str | None]:
+    """``calibrate --kind cascade`` for a quality target τ: the point ``procedure`` fits on train (with its z unless
+    ``z_given``), run once on ``test`` through the engine (the simulator checked against it). ``guard`` and a single
+    given chain (no families to choose among) are :func:`tierwise.lab.calibrate.calibrate_point`, as before.
+    Returns (CalibrationResult, z, what the procedure chose or None)."""
+    from tierwise.lab.calibrate import CalibrationResult, calibrate_point, check_engine_agrees, held_out
 
+    if one_chain or procedure == "guard":
+        z = DEFAULT_Z if z_given is None else float(z_given)
+        return calibrate_point(calib, test, "quality", tau, z), z, None
+    z = point_z(procedure, z_given, "cascade")
     fitted = fit_target(calib, calib.constraint_quality(tau, z), procedure)
     held = held_out(test, fitted.cal.tier())
     check_engine_agrees(test, fitted.cal, held.results)
     res = CalibrationResult(fitted.cal, held, tau, "quality", calib.ref_model, tau * calib.q_ref,
                             tau * test.mean_quality(calib.ref_model))
-    return res, fitted.detail
+    return res, z, fitted.detail
 
 
 @dataclass

@@ -119,8 +119,7 @@ def labelled(oset: OutcomeSet, args: argparse.Namespace) -> OutcomeSet:
 
 
 def _given_z(args: argparse.Namespace) -> None:
-    """``--z`` left out: 1 everywhere but the calibrated point of ``--kind contextual``, whose procedure has its own
-    default (:func:`tierwise.lab.crossfit.point_z`); ``args.z_given`` keeps what the user gave (None: nothing)."""
+    """``--z`` left out: 1, but a calibrated point's procedure has its own (:func:`tierwise.lab.crossfit.point_z`)."""
     args.z_given = args.z
     if args.z is None:
         args.z = 1.0
@@ -142,16 +141,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.max_cost is not None:
         res = calibrate_point(calib, test, "cost", parse_budget(args.max_cost), args.z)
         print(describe(res, oset, args.z))
-    elif args.chain not in (None, "auto") or args.procedure == "guard":  # one chain: no families to choose among
-        res = calibrate_point(calib, test, "quality", args.target_quality, args.z)
-        print(describe(res, oset, args.z))
     else:
-        from tierwise.lab.crossfit import calibrate_cascade, point_z
+        from tierwise.lab.crossfit import calibrate_cascade
 
-        z = point_z(args.procedure, args.z_given, "cascade")
-        res, detail = calibrate_cascade(calib, test, args.target_quality, args.procedure, z)
-        print(describe(res, oset, z))
-        print(f"  procedure {args.procedure}: {detail}")
+        res, z, detail = calibrate_cascade(calib, test, args.target_quality, args.procedure, args.z_given,
+                                           one_chain=args.chain not in (None, "auto"))
+        print(describe(res, oset, z) + (f"\n  procedure {args.procedure}: {detail}" if detail else ""))
     if args.config:
         from tierwise.lab.configwrite import ConfigWriteError, write_cascade
 
