@@ -39,18 +39,21 @@ def test_calibrate_contextual_point_z_through_the_cli(tmp_path: Path, capsys: py
 
 
 def test_calibrate_cascade_procedure_and_z_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--kind cascade``: families at z = 0.5 by default (bench/cv_calibration.py --kind cascade); ``--procedure
-    guard`` is the previous behaviour (the whole search with one selection guard, z = 1)."""
-    from tierwise.lab.crossfit import CASCADE_POINT_Z
+    """``--kind cascade``: guard by default (the whole search with one selection guard, z = 1: see
+    crossfit.CASCADE_DEFAULT_PROCEDURE for why not families); ``--procedure families`` at its z = 0.5
+    (bench/cv_calibration.py --kind cascade)."""
+    from tierwise.lab.crossfit import CASCADE_DEFAULT_PROCEDURE, CASCADE_POINT_Z
 
     assert CASCADE_POINT_Z["families"] == point_z("families", None, "cascade") == 0.5
+    assert CASCADE_DEFAULT_PROCEDURE == "guard"
     data = toy_set(tmp_path)
     out = tmp_path / "r.json"
-    assert main(["calibrate", "--data", str(data), "--gate", "logprob", "--json", str(out)]) == 0
+    assert main(["calibrate", "--data", str(data), "--gate", "logprob", "--procedure", "families",
+                 "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "z=0.5)" in text and "procedure families: family " in text
     assert json.loads(out.read_text())["test"]["n"] == 120
-    assert main(["calibrate", "--data", str(data), "--gate", "logprob", "--procedure", "guard"]) == 0
+    assert main(["calibrate", "--data", str(data), "--gate", "logprob"]) == 0
     text = capsys.readouterr().out
     assert "z=1)" in text and "procedure families" not in text
     assert main(["calibrate", "--data", str(data), "--gate", "logprob", "--z", "2"]) == 0

@@ -66,11 +66,11 @@ def _router_args(p: argparse.ArgumentParser) -> None:
                         "none = gates without priors, no start router)")
     p.add_argument("--router-embedder", default=DEFAULT_EMBEDDER,
                    help=f"contextual: the router's embedder (default {DEFAULT_EMBEDDER}, as train-router)")
-    p.add_argument("--procedure", choices=PROCEDURES, default=DEFAULT_PROCEDURE,
+    p.add_argument("--procedure", choices=PROCEDURES, default=None,
                    help="how the point for a quality target is certified on train (calibrate --kind cascade with "
                         "--chain auto, and contextual; a --max-cost budget, a given --chain and --from-ledger use "
-                        "guard) (default "
-                        f"{DEFAULT_PROCEDURE}): guard = every candidate with the cross-validated selection optimism "
+                        f"guard) (default {DEFAULT_PROCEDURE} with --kind contextual, guard with --kind cascade): "
+                        "guard = every candidate with the cross-validated selection optimism "
                         "as a margin; families = that guard per family of candidates (one cheap rung before the "
                         "reference model, ..., everything), the cheapest guarded point; crossfit = the cheapest "
                         "(family, internal target) whose out-of-fold results on every train prompt clear the "

@@ -118,15 +118,20 @@ def labelled(oset: OutcomeSet, args: argparse.Namespace) -> OutcomeSet:
     return out
 
 
-def _given_z(args: argparse.Namespace) -> None:
-    """``--z`` left out: 1, but a calibrated point's procedure has its own (:func:`tierwise.lab.crossfit.point_z`)."""
+def _given_z(args: argparse.Namespace, kind: str = "contextual") -> None:
+    """``--z`` left out: 1, but a calibrated point's procedure has its own (:func:`tierwise.lab.crossfit.point_z`);
+    ``--procedure`` left out: the default of ``kind`` (families for contextual, guard for cascade)."""
+    from tierwise.lab.crossfit import CASCADE_DEFAULT_PROCEDURE, DEFAULT_PROCEDURE
+
     args.z_given = args.z
     if args.z is None:
         args.z = 1.0
+    if getattr(args, "procedure", None) is None:
+        args.procedure = CASCADE_DEFAULT_PROCEDURE if kind == "cascade" else DEFAULT_PROCEDURE
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    _given_z(args)
+    _given_z(args, "contextual" if args.kind == "contextual" else "cascade")
     if args.from_ledger:  # re-fit on live traffic, proposed as a canary (tierwise.rollout.recalibrate)
         from tierwise.rollout.recalibrate import calibrate_from_ledger
 
