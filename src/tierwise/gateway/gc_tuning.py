@@ -5,9 +5,9 @@ tokenizer and router state, aiohttp's routes, imported modules) and then, per re
 ones that reference counting frees when the request ends. With Python's defaults the cyclic collector runs a
 young-generation pass every 700 net allocations — while requests are in flight, so it walks their objects and
 promotes the survivors — and every few seconds a full pass that walks every start-up object again. Measured on the
-governed gateway (``python bench/overhead/ab_cpu.py --a HEAD --a-extra "server: {gc: {freeze: false,
-young_threshold: 0}}"``, and ``gc.callbacks`` timing): ~20 µs of CPU per request in the collector, most of it in
-full passes of ~30 ms each, which also stall every request in flight for that long.
+governed gateway (``python bench/overhead/gc_cost.py``, every collection timed with ``gc.callbacks``): 15–25 µs of
+CPU per request in the collector, most of it in full passes of 30–50 ms each, which also stall every request in
+flight for that long; with these settings, under 1 µs and a longest pause of ~5 ms (``bench/results/gc_cost.md``).
 
 What: ``gc.freeze()`` after a collection moves everything alive at the end of start-up into a permanent
 generation that no pass walks (the objects still live and are freed normally at exit; CPython's documentation
