@@ -6,9 +6,6 @@ now stored before the answer (the first chunk of a stream) leaves; the settlemen
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,24 +13,15 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import GatewayServer, config_for
+from tests.redis_env import REDIS_URL, redis_down
 
-REDIS_URL = os.environ.get("TIERWISE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 redis = pytest.importorskip("redis", reason="the redis client is not installed: pip install -e '.[test]'")
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception as exc:
-        pytest.skip(f"Redis not reachable ({type(exc).__name__}): start it or set TIERWISE_TEST_REDIS_URL")
-    p = f"twtest-{uuid.uuid4().hex[:12]}"
-    yield p
-    c = redis.Redis.from_url(REDIS_URL)
-    keys = list(c.scan_iter(match="{" + p + "}:*", count=1000))
-    if keys:
-        c.delete(*keys)
-    c.close()
+@pytest.fixture(autouse=True)
+def _redis_up() -> None:
+    if (why := redis_down()) is not None:
+        pytest.skip(why)
 
 
 def test_a_new_pin_is_in_redis_before_the_answer_leaves(tmp_path: Path, prefix: str) -> None:

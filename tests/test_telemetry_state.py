@@ -5,8 +5,6 @@ budget gauges (counted), never the scrape itself."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,28 +12,13 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import GatewayServer, config_for
+from tests.redis_env import REDIS_URL
 from tests.telemetry_util import scrape, total
 from tierwise.state.backend import Cap, Settlement
 from tierwise.state.memory_backend import MemoryStateBackend
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 MSG = [{"role": "user", "content": "hi"}]
 T0 = 1_764_720_000.0  # 2025-12-03 00:00 UTC
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    import redis
-
-    p = f"twtest-{uuid.uuid4().hex[:12]}"
-    yield p
-    c = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(c.scan_iter(match="{" + p + "}:*", count=1000))
-        if keys:
-            c.delete(*keys)
-    finally:
-        c.close()
 
 
 async def _exercise(backend: object) -> None:
