@@ -54,24 +54,25 @@ def merged(base: dict, extra: dict) -> dict:
     return out
 
 
-def start_gateway(name: str, src: Path, tmp: Path, upstream: str, governance: bool, extra: str = "") -> procs.Server:
-    d = tmp / f"{name}-run"  # tmp/<name> holds that version's source
-    d.mkdir()
+def write_config(d: Path, upstream: str, governance: bool, extra: dict | None = None) -> tuple[Path, int]:
+    """``run.py``'s gateway config (its governance block too when asked) in ``d``, ``extra`` merged over it, on a
+    free port: (config path, port)."""
     port = procs.free_port()
     cfg = d / "tierwise.yaml"
     text = (run.GATEWAY_CONFIG.format(port=port, ledger=d / "ledger.db", upstream=upstream, journal="true")
             + (run.GOVERNANCE_CONFIG.format(gov=d / "governance.db") if governance else ""))
     if extra:
-        text = yaml.safe_dump(merged(yaml.safe_load(text), yaml.safe_load(extra)), sort_keys=False)
+        text = yaml.safe_dump(merged(yaml.safe_load(text), extra), sort_keys=False)
     cfg.write_text(text)
+    return cfg, port
+
+
+def start_gateway(name: str, src: Path, tmp: Path, upstream: str, governance: bool, extra: str = "") -> procs.Server:
+    d = tmp / f"{name}-run"  # tmp/<name> holds that version's source
+    d.mkdir()
+    cfg, port = write_config(d, upstream, governance, yaml.safe_load(extra) if extra else None)
     env = {**os.environ, "PYTHONPATH": str(src)}
-    bearer = "bench"
-    if governance:
-        out = subprocess.run([sys.executable, "-m", "tierwise.cli", "keys", "create", "--config", str(cfg),
-                              "--principal", "bench", "--customer", "bench-co", "--daily-budget-usd", "100000",
-                              "--rpm", "10000000", "--tpm", "1000000000", "--json"],
-                             capture_output=True, text=True, check=True, env=env)
-        bearer = str(orjson.loads(out.stdout)["key"])
+    bearer = run.governance_key(cfg, env) if governance else "bench"
     server = procs.Server(name, [sys.executable, "-m", "tierwise.cli", "serve", "--config", str(cfg)], d / "serve.log",
                           cwd=str(d), env=env, port=port)
     server.wait_ready("/healthz")

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import orjson
-import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -34,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import procs  # noqa: E402
 import run  # noqa: E402
-from ab_cpu import merged  # noqa: E402
+from ab_cpu import write_config  # noqa: E402
 
 SETTINGS = {"tuned": {}, "python": {"server": {"gc": {"freeze": False, "young_threshold": 0}}}}
 
@@ -67,11 +66,7 @@ sys.exit(main(sys.argv[1:]))
 def start(name: str, tmp: Path, upstream: str) -> procs.Server:
     d = tmp / name
     d.mkdir()
-    port = procs.free_port()
-    cfg = d / "tierwise.yaml"
-    text = (run.GATEWAY_CONFIG.format(port=port, ledger=d / "ledger.db", upstream=upstream, journal="true")
-            + run.GOVERNANCE_CONFIG.format(gov=d / "governance.db"))
-    cfg.write_text(yaml.safe_dump(merged(yaml.safe_load(text), SETTINGS[name]), sort_keys=False))
+    cfg, port = write_config(d, upstream, True, SETTINGS[name])
     bearer = run.governance_key(cfg)
     env = {**os.environ, "GC_COST_OUT": str(d / "gc.txt")}
     server = procs.Server(name, [sys.executable, "-c", LAUNCHER, "serve", "--config", str(cfg)], d / "serve.log",

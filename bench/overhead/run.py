@@ -71,12 +71,13 @@ TELEMETRY_CONFIG = {
 }
 
 
-def governance_key(cfg: Path) -> str:
-    """A virtual key for the bench's principal, created through the CLI as an operator would."""
+def governance_key(cfg: Path, env: dict[str, str] | None = None) -> str:
+    """A virtual key for the bench's principal, created through the CLI as an operator would (``env``: that of the
+    tierwise version to run, e.g. its ``PYTHONPATH``)."""
     out = subprocess.run([sys.executable, "-m", "tierwise.cli", "keys", "create", "--config", str(cfg),
                           "--principal", "bench", "--customer", "bench-co", "--daily-budget-usd", "100000",
                           "--rpm", "10000000", "--tpm", "1000000000", "--json"],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return str(orjson.loads(out.stdout)["key"])
 
 
