@@ -160,7 +160,7 @@ def calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet, budget: flo
         calib, pool_text = choose_pool(fit, args.pool, args.target_quality, args.z)
         con = (calib.constraint_cost(budget, args.z) if budget is not None
                else calib.constraint_quality(args.target_quality,
-                                             point_z(args.procedure, getattr(args, "z_given", args.z))))
+                                             point_z(args.procedure, args.z_given)))
         fitted = fit_target(calib, con, args.procedure)
         cal, knob = fitted.cal, fitted.start_knob
         tier = install(fit.model, cal, knob, out)

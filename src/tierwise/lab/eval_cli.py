@@ -190,7 +190,7 @@ def _calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet) -> int:
     budget = parse_budget(args.max_cost) if args.max_cost is not None else None
     out = Path(args.out)
     res, fitted, tier, fit, pool = calibrate_contextual(args, oset, budget)
-    z = args.z if budget is not None else point_z(args.procedure, getattr(args, "z_given", args.z))
+    z = args.z if budget is not None else point_z(args.procedure, args.z_given)
     print(describe(res, oset, z))
     print(describe_extra(fit, fitted, pool, out))
     write_report(out / "calibration.json", res, fitted, tier, fit, oset.name, pool, z)
@@ -340,7 +340,7 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, dump: list[d
         if rk not in ROUTER_KINDS:
             raise UsageError(f"--router contextual:{rk}: the router kind is one of {', '.join(ROUTER_KINDS)}")
         rows.extend(contextual_rows(oset, rk, args.router_embedder, args.target_quality, args.z, args.cv_folds,
-                                    base, two, dump, progress_bar, args.procedure, getattr(args, "z_given", args.z)))
+                                    base, two, dump, progress_bar, args.procedure, args.z_given))
     elif kind != "knn":
         raise UsageError(f"unknown router {spec!r}; use {ROUTERS}")
     rows.append(_knn_row(oset, models, base, two, args.embedder, dump if kind == "knn" else None))
