@@ -45,10 +45,10 @@ from tierwise.lab.cascade_sim import simulate  # noqa: E402
 from tierwise.lab.contextual_cli import fit_on_train  # noqa: E402
 from tierwise.lab.crossfit import guarded_families, on_rows, point_z, subset  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
-from tierwise.routing.learned.choose import RULES, choose  # noqa: E402
+from tierwise.routing.learned.choose import RULES  # noqa: E402
 from tierwise.routing.learned.embed_cache import embed_prompts  # noqa: E402
 from tierwise.routing.learned.numerics import kfold_indices  # noqa: E402
-from tierwise.routing.learned.train import CALIB_Z, calibrate_knob, train_router  # noqa: E402
+from tierwise.routing.learned.train import CALIB_Z, calibrate_knob, choose_calibrated, train_router  # noqa: E402
 
 FOLDS, OUTER_SEED, INNER_SEED = 5, 1, 2
 Z_CASCADE = point_z("families", None)
@@ -84,14 +84,13 @@ class Ctx:
         sim = simulate(self.calib.searches[fitted[0]].data.rows(rows), fitted[1])
         return sim.cost, sim.quality
 
-    def router(self, rows: np.ndarray) -> float:
+    def router(self, rows: np.ndarray) -> float | None:
         Q, C = self.Q[rows], self.C[rows]
         b = self.ref_j  # the cascade's reference (the best model on all of train): one target for both
-        return calibrate_knob(self.pred[rows], Q, C, self.costs, self.rule, TAU * float(Q[:, b].mean()), CALIB_Z,
-                              Q[:, b])
+        return calibrate_knob(self.pred[rows], Q, C, self.costs, self.rule, TAU * float(Q[:, b].mean()), CALIB_Z, b)
 
-    def play_router(self, knob: float, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = choose(self.pred[rows], self.costs, self.rule, knob)
+    def play_router(self, knob: float | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = choose_calibrated(self.pred[rows], self.costs, self.rule, knob, self.ref_j)
         return self.C[rows, idx], self.Q[rows, idx]
 
     def ref(self, rows: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from tierwise.lab.datasets import load_set  # noqa: E402
 from tierwise.lab.metrics import apgr, compute_baselines, cpt, evaluate_curve  # noqa: E402
 from tierwise.routing.learned.choose import choose  # noqa: E402
 from tierwise.routing.learned.embed_cache import embed_prompts  # noqa: E402
-from tierwise.routing.learned.train import sweep_points, train_router  # noqa: E402
+from tierwise.routing.learned.train import choose_calibrated, sweep_points, train_router  # noqa: E402
 
 SETS = [
     *(f"zellinger/{b}/{c}" for b in ("mmlu", "medmcqa", "triviaqa", "truthfulqa", "gsm8k") for c in ("llama", "qwen_oai")),
@@ -70,7 +70,8 @@ def evaluate_set(name: str, embedder: str) -> dict:
             knobs, pts = sweep_points(pred, Q, C, router.mean_cost, r)
             rep = evaluate_curve(pts, base)
             knob = res.report["calibration"][r]
-            idx = choose(pred, router.mean_cost, r, knob)
+            idx = choose_calibrated(pred, router.mean_cost, r, knob,
+                                    models.index(res.report["calibration"]["reference"]))
             cal_cost, cal_q = float(C[rows, idx].mean()), float(Q[rows, idx].mean())
             entry = {
                 "auc": _r(rep.auc), "cost_to_parity_pct": _r(rep.cost_to_parity_pct, 1),

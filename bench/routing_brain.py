@@ -75,13 +75,13 @@ from tierwise.lab.crossfit import DEFAULT_PROCEDURE, point_z  # noqa: E402
 from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
 from tierwise.lab.eval_cli import knn_choices  # noqa: E402
-from tierwise.lab.evaluate import inline, means, run_tier  # noqa: E402
+from tierwise.lab.evaluate import inline, means, run_tier, single_tier  # noqa: E402
 from tierwise.lab.metrics import Point, apgr, compute_baselines, cpt, evaluate_curve, upper_hull  # noqa: E402
 from tierwise.lab.report import Row, plot_png  # noqa: E402
 from tierwise.routing.learned.artifact import save_router  # noqa: E402
-from tierwise.routing.learned.choose import choose, sweep  # noqa: E402
+from tierwise.routing.learned.choose import sweep  # noqa: E402
 from tierwise.routing.learned.embed_cache import embed_prompts  # noqa: E402
-from tierwise.routing.learned.train import calibrate_knob, sweep_points, train_router  # noqa: E402
+from tierwise.routing.learned.train import calibrate_knob, choose_calibrated, sweep_points, train_router  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 EMBEDDER = "minilm-onnx"
@@ -154,10 +154,16 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
     predictors = {"eval": inline(lambda t: by_text[t.strip()])}
     hull = {(p.cost, p.quality) for p in upper_hull(pts)}
 
-    def engine(knob: float) -> tuple[float, float, list]:
-        tier = {"policy": "learned", "models": models, "learned": {"artifact": str(path), "rule": rule, "knob": knob}}
+    cal = fits[kind].report["calibration"]
+    ref = models.index(cal["reference"])
+
+    def engine(knob: float | None) -> tuple[float, float, list]:
+        """The learned policy at ``knob`` through the engine, or (None: the calibrated point is the reference model
+        alone) a one-model tier; checked against the choice function."""
+        tier = (single_tier(cal["reference"]) if knob is None else
+                {"policy": "learned", "models": models, "learned": {"artifact": str(path), "rule": rule, "knob": knob}})
         res = run_tier(test, tier, predictors=predictors)
-        idx = choose(pred, router.mean_cost, rule, knob)
+        idx = choose_calibrated(pred, router.mean_cost, rule, knob, ref)
         if [models[i] for i in idx] != [r.served for r in res]:
             raise AssertionError(f"{s.name}: learned router: matrix choice and engine disagree at knob {knob}")
         return (*means(res), res)
@@ -168,7 +174,6 @@ def learned_set(s, train, test, base, E_tr, E_te, work: Path) -> dict:  # noqa: 
             c, q, _ = engine(float(k))
             assert abs(c - p.cost) <= 1e-12 * max(1.0, abs(c)) and abs(q - p.quality) <= 1e-12
     rep = evaluate_curve(pts, base)
-    cal = fits[kind].report["calibration"]
     knob = cal[rule]
     c, q, cal_runs = engine(knob)
     target = 0.99 * base.best_point.quality

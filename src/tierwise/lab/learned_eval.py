@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tierwise.lab.datasets.format import OutcomeSet
-from tierwise.lab.evaluate import EVAL_TIER, PromptResult, inline, run_tier
+from tierwise.lab.evaluate import EVAL_TIER, PromptResult, inline, run_tier, single_tier
 from tierwise.lab.metrics import Point, upper_hull
 from tierwise.routing.learned.artifact import LearnedRouter, load_router, save_router
 from tierwise.routing.learned.choose import Rule, knob_grid, sweep
@@ -110,28 +110,29 @@ def train_sweep_calibrated(
     oset: OutcomeSet, models: Sequence[str], kind: str, embedder: str, rule: Rule = "lambda", n: int = 41,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[tuple[float, list[PromptResult]]], list[PromptResult]]:
-    """:func:`train_and_sweep`, plus the run at the knob calibrated on train (out-of-fold, ``train-router``'s
+    """:func:`train_and_sweep`, plus the run at the point calibrated on train (out-of-fold, ``train-router``'s
     default target): the honest point of the sweep."""
     from tierwise.routing.learned.train import train_router
 
     res = train_router(oset, kind=kind, embedder=embedder, models=list(models))
     with tempfile.TemporaryDirectory(prefix="tierwise-router-") as tmp:
         artifact = save_router(res.router, Path(tmp) / f"{kind}.npz")
-        runs, (cal,) = sweep_with(oset.split("test"), artifact, rule, [float(res.report["calibration"][rule])], n,
-                                  progress)
+        runs, cal = sweep_calibrated(oset.split("test"), artifact, rule, n, progress)
+        assert cal is not None  # train_router always calibrates
         return runs, cal
 
 
-def calibrated_knob(artifact: str | Path, rule: Rule = "lambda") -> float | None:
-    """The knob ``train-router`` calibrated on train (stored in the artifact), or None without one."""
+def sweep_calibrated(
+    test: OutcomeSet, artifact: str | Path, rule: Rule = "lambda", n: int = 41,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[tuple[float, list[PromptResult]]], list[PromptResult] | None]:
+    """:func:`sweep_learned`, plus the engine's run of the point ``train-router`` calibrated on train (stored in the
+    artifact): the router at its knob, or the reference model alone when no knob was certified cheaper (knob
+    None); None for an artifact without a calibration."""
     cal = load_router(artifact).header.get("calibration") or {}
-    return float(cal[rule]) if rule in cal else None
-
-
-def calibrated_run(test: OutcomeSet, artifact: str | Path, rule: Rule = "lambda"
-                   ) -> tuple[float, list[PromptResult]] | None:
-    """The run at the knob ``train-router`` calibrated on train (stored in the artifact), or None without one."""
-    knob = calibrated_knob(artifact, rule)
-    if knob is None:
-        return None
-    return knob, sweep_learned(test, artifact, rule, knobs=[knob])[0][1]
+    if rule not in cal:
+        return sweep_learned(test, artifact, rule, None, n, progress), None
+    if cal[rule] is None:
+        return sweep_learned(test, artifact, rule, None, n, progress), run_tier(test, single_tier(cal["reference"]))
+    runs, (point,) = sweep_with(test, artifact, rule, [float(cal[rule])], n, progress)
+    return runs, point

@@ -63,8 +63,11 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     print(f"  hyper-parameters (chosen by {args.folds}-fold CV on train): {r['params']}")
     print(f"  CV Brier {r['cv_brier']:.4f} (constant per-model rate: {r['cv_brier_constant']:.4f})")
     for rule, auc in r["cv_auc"].items():
+        point = (f"knob {cal[rule]:.6g}" if cal[rule] is not None else
+                 f"no knob is certified cheaper than {cal['reference']} alone: serve it (policy priority, models "
+                 f"[{cal['reference']}])")
         print(f"  CV oracle-normalised AUC, rule {rule}: {'undefined' if auc is None else f'{auc:.3f}'}; "
-              f"calibrated knob for {cal['target']} (z = {cal['z']:g}): {cal[rule]:.6g}")
+              f"calibrated point for {cal['target']} (z = {cal['z']:g}): {point}")
     print(f"wrote {out}")
     return 0
 
