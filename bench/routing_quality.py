@@ -27,8 +27,9 @@ from tierwise.lab.calibrate import (
     gate_signal,
 )
 from tierwise.lab.cascade_sim import cascade_data, grid_points, simulate_many, tier_spec
+from tierwise.lab.contextual_eval import knob_taus
 from tierwise.lab.datasets import load_set
-from tierwise.lab.eval_cli import knn_choices, knob_taus
+from tierwise.lab.eval_cli import knn_choices
 from tierwise.lab.evaluate import means, run_tier
 from tierwise.lab.metrics import (
     Point,

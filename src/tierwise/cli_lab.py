@@ -28,13 +28,16 @@ ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none]
 
 
 def lazy(module: str, name: str, guarded: bool = False) -> Callable[[argparse.Namespace], int]:
-    """A handler that imports ``module`` only when its verb runs (``guarded``: wrapped in the module's ``_guard``,
-    which turns bad input into one ``error:`` line and exit 2)."""
+    """A handler that imports ``module`` only when its verb runs (``guarded``: wrapped in
+    :func:`tierwise.lab.cli_common.guard`, which turns bad input into one ``error:`` line and exit 2)."""
 
     def run(args: argparse.Namespace) -> int:
-        mod = importlib.import_module(module)
-        fn = getattr(mod, name)
-        return int((mod._guard(fn) if guarded else fn)(args) or 0)
+        fn = getattr(importlib.import_module(module), name)
+        if guarded:
+            from tierwise.lab.cli_common import guard
+
+            fn = guard(fn)
+        return int(fn(args) or 0)
 
     return run
 
@@ -100,7 +103,7 @@ def add_eval_parsers(sub: Any) -> None:
                    help="--kind contextual: directory for the gate and router artifacts and calibration.json "
                         "(default: ./tierwise-contextual)")
     _router_args(p)
-    p.set_defaults(fn=lazy("tierwise.lab.eval_cli", "cmd_calibrate", guarded=True))
+    p.set_defaults(fn=lazy("tierwise.lab.calibrate_cli", "cmd_calibrate", guarded=True))
 
     p = sub.add_parser("eval", help="evaluate a router and the baselines on a dataset's held-out split")
     _common(p)

@@ -27,6 +27,7 @@ import numpy as np
 
 from tierwise.lab.calibrate import Calibrated, CalibrationResult, HeldOut, bootstrap_ci
 from tierwise.lab.cascade_sim import simulate
+from tierwise.lab.cli_common import Margins
 from tierwise.lab.contextual import (
     ContextualModel,
     _uses_router,
@@ -34,7 +35,7 @@ from tierwise.lab.contextual import (
     held_out_data,
     prior_predictor,
 )
-from tierwise.lab.crossfit import DEFAULT_PROCEDURE, PROCEDURES, Fitted, fit_target, point_z
+from tierwise.lab.crossfit import DEFAULT_PROCEDURE, PROCEDURES, Fitted, fit_target
 from tierwise.lab.datasets.format import OutcomeSet
 from tierwise.lab.evaluate import EVAL_TIER, PromptResult, run_tier
 
@@ -149,19 +150,19 @@ def choose_pool(fit: ContextualFit, spec: str, target: float, z: float) -> tuple
     return restricted, f"pool {' > '.join(m for m in fit.model.pool if m in pool)} (given)"
 
 
-def calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet, budget: float | None
+def calibrate_contextual(args: argparse.Namespace, oset: OutcomeSet, budget: float | None, margins: Margins
                          ) -> tuple[CalibrationResult, Fitted, dict[str, Any], ContextualFit, str]:
-    """Fit on train, pick the point for the target (or budget) by ``args.procedure`` within ``args.pool``, install
-    its artifacts into ``args.out``, run it on test. Returns (result, fitted point, tier, fit, pool description)."""
+    """Fit on train, pick the point for the target (or budget) by ``margins.procedure`` within ``args.pool``,
+    install its artifacts into ``args.out``, run it on test. Returns (result, fitted point, tier, fit, pool
+    description)."""
     test = oset.split("test")
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="tierwise-contextual-") as tmp:
         fit = fit_on_train(oset, Path(tmp), args.router_kind, args.router_embedder, args.cv_folds, progress=True)
-        calib, pool_text = choose_pool(fit, args.pool, args.target_quality, args.z)
-        con = (calib.constraint_cost(budget, args.z) if budget is not None
-               else calib.constraint_quality(args.target_quality,
-                                             point_z(args.procedure, args.z_given)))
-        fitted = fit_target(calib, con, args.procedure)
+        calib, pool_text = choose_pool(fit, args.pool, args.target_quality, margins.family_z)
+        con = (calib.constraint_cost(budget, margins.family_z) if budget is not None
+               else calib.constraint_quality(args.target_quality, margins.point()))
+        fitted = fit_target(calib, con, margins.procedure)
         cal, knob = fitted.cal, fitted.start_knob
         tier = install(fit.model, cal, knob, out)
     results = run_point(fit, test, cal, tier)
@@ -200,13 +201,12 @@ def write_report(path: Path, res: CalibrationResult, fitted: Fitted, tier: dict[
     path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
 
-def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: float, z: float, cv_folds: int,
-                    base: Any, two: bool, dump: list[dict[str, Any]] | None, bar: Any,
-                    procedure: str = DEFAULT_PROCEDURE, z_point: float | None = None) -> list[Any]:
+def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: float, margins: Margins,
+                    cv_folds: int, base: Any, two: bool, dump: list[dict[str, Any]] | None, bar: Any) -> list[Any]:
     """``eval --router contextual[:KIND]``: the rows ours-CV (the user-reachable reading, with the calibrated point),
     ours-τ, ours-H and ours-G, each computed by :mod:`tierwise.lab.contextual_eval` exactly as
-    ``bench/routing_brain.py`` computes them. The calibrated point's z: ``z_point`` if given, else the procedure's
-    default (:func:`tierwise.lab.crossfit.point_z`)."""
+    ``bench/routing_brain.py`` computes them. The τ families' z: ``margins.family_z``; the calibrated point's
+    procedure and z: ``margins.procedure`` and :meth:`~tierwise.lab.cli_common.Margins.point`."""
     from tierwise.lab.contextual_eval import (
         contextual_curve,
         cv_reading,
@@ -221,6 +221,7 @@ def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: f
 
     test, train = oset.split("test"), oset.split("train")
     label = f"contextual:{router_kind}"
+    z, procedure = margins.family_z, margins.procedure
 
     def row(name: str, fam: list[dict[str, Any]], pts: list[Point]) -> Row:
         r = Row(name, evaluate_curve(pts, base), pts, per_prompt=PerPrompt.from_runs([x["results"] for x in fam]),
@@ -246,7 +247,7 @@ def contextual_rows(oset: OutcomeSet, router_kind: str, embedder: str, target: f
             rows.insert(0, row(f"{label} ours-CV (pool {'>'.join(choice.pool)} by train CV; τ read on test)",
                                cfam, cpts))
             families["ours-CV"] = cfam
-        cal = contextual_curve(test, P, model, [target], z=point_z(procedure, z_point), procedure=procedure)[1][0]
+        cal = contextual_curve(test, P, model, [target], z=margins.point(), procedure=procedure)[1][0]
         rows[0].calibrated, rows[0].calibrated_runs = Point(cal["cost"], cal["quality"]), cal["results"]
         rows[0].note = f"calibrated by {procedure}: {cal['detail']}"
         if dump is not None:

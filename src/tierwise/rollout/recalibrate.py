@@ -174,11 +174,13 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
-def calibrate_from_ledger(args: argparse.Namespace) -> int:
-    """The ``tierwise calibrate --from-ledger`` command (wired from :mod:`tierwise.lab.eval_cli`)."""
+def calibrate_from_ledger(args: argparse.Namespace, z: float) -> int:
+    """The ``tierwise calibrate --from-ledger`` command (wired from :mod:`tierwise.lab.calibrate_cli`); ``z`` is the
+    constraint's margin, ``--z`` or 1 (:attr:`tierwise.lab.cli_common.Margins.family_z`)."""
     from tierwise.config import ConfigError, load_config
     from tierwise.lab.calibrate import calibrate_point
-    from tierwise.lab.eval_cli import UsageError, _calibrator, describe, labelled
+    from tierwise.lab.calibrate_cli import describe
+    from tierwise.lab.cli_common import UsageError, cascade_calibrator, labelled
     from tierwise.ledger.spend_cli import parse_when
 
     if not args.config or not args.tier or not args.since:
@@ -205,8 +207,8 @@ def calibrate_from_ledger(args: argparse.Namespace) -> int:
     if args.relative_to == "best":
         args.relative_to = chain[-1]
     oset = labelled(built.oset, args)
-    res = calibrate_point(_calibrator(oset, args), oset.split("test"), "quality", args.target_quality, args.z)
-    print(describe(res, oset, args.z))
+    res = calibrate_point(cascade_calibrator(oset, args), oset.split("test"), "quality", args.target_quality, z)
+    print(describe(res, oset, z))
     before = _drift_stats(_window_rows(cfg, args.tier, since - (until - since), since, chain), chain[:-1])
     print(f"\ndrift: this window against the {_fmt((until - since) / 3600)} h before it (95 % intervals)")
     for c in drift(built.window, before):
@@ -228,8 +230,8 @@ def write_proposal(config: str, tier: str, res: Any, name: str, share: float, ou
     """A copy of ``config`` with a ``canary:`` block carrying the re-fitted tier; validated, written atomically."""
     from tierwise.config import ConfigError, load_config_text
     from tierwise.fsutil import atomic_write
+    from tierwise.lab.cli_common import UsageError
     from tierwise.lab.configwrite import cascade_block
-    from tierwise.lab.eval_cli import UsageError
 
     if not 0.0 <= share <= 1.0:
         raise UsageError(f"--canary-share is a fraction of traffic in [0, 1], got {share:g}")
