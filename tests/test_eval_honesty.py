@@ -42,6 +42,24 @@ def test_learned_router_and_knn_show_the_calibrated_point(tmp_path: Path, capsys
     assert "calibrated: q=" in learned and "calibrated: q=" in knn
 
 
+def test_an_uncertified_router_calibrates_to_the_reference_alone(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A margin no knob can pass (``--z 50``): train-router says the calibrated point is the best train model alone,
+    and eval's calibrated point is that model's test run (quality and cost), not the router's best-quality knob."""
+    data = two_model_set(tmp_path, "twoset", best_is_cheapest=False)
+    art = tmp_path / "r.npz"
+    assert main(["train-router", "--data", str(data), "--kind", "knn", "--embedder", "minilm-static",
+                 "--out", str(art), "--z", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "no knob is certified cheaper than dear alone: serve it (policy priority, models [dear])" in out
+    assert main(["eval", "--data", str(data), "--router", f"learned:{art}", "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    learned = next(line for line in out.splitlines() if line.startswith("learned:r.npz"))
+    single = out.split("single models:")[1].splitlines()[0]
+    q_dear = single.split("dear q=")[1].split()[0]
+    assert f"calibrated: q={q_dear} at 100.0% cB" in learned
+
+
 def test_cascade_without_confidences_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = two_model_set(tmp_path, "noconf", best_is_cheapest=False, confidence=False)
     for verb in (["eval", "--router", "cascade:logprob"], ["calibrate", "--gate", "logprob"]):

@@ -70,7 +70,7 @@ def test_train_router_on_a_real_shared_set(tmp_path, capsys) -> None:
     out = tmp_path / "date.npz"
     assert _cli("train-router", "--data", "mot/date", "--out", str(out), "--embedder", "minilm-static") == 0
     text = capsys.readouterr().out
-    assert "CV Brier" in text and "calibrated knob" in text
+    assert "CV Brier" in text and "calibrated point for" in text
     router = load_router(out, expected_models=["gpt-3.5-turbo", "gpt-4"])
     assert router.header["training"]["set"] == "mot/date" and router.header["training"]["n_prompts"] == 163
     pred = router.predict(["Today is 3/5/2020. What is the date one week from today in MM/DD/YYYY?"])

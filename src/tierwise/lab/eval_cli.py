@@ -89,16 +89,15 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, m: Margins, 
             dump.extend(_dump_rows(oset.name, None, res))
     elif kind == "learned":
         from tierwise.lab.evaluate import means
-        from tierwise.lab.learned_eval import calibrated_knob, sweep_with
+        from tierwise.lab.learned_eval import sweep_calibrated
 
         check_artifact(arg, test)
-        knob = calibrated_knob(arg)
-        runs, cal = sweep_with(test, arg, "lambda", [] if knob is None else [knob],
-                               progress=progress_bar(f"{oset.name} learned:{Path(arg).name} λ sweep"))
+        runs, cal = sweep_calibrated(test, arg, "lambda",
+                                     progress=progress_bar(f"{oset.name} learned:{Path(arg).name} λ sweep"))
         row = _learned_row(f"learned:{Path(arg).name} (λ sweep)", runs, models, base, two, dump, oset.name)
         if cal:
-            row.calibrated = Point(*means(cal[0]))
-            row.calibrated_runs = list(cal[0])
+            row.calibrated = Point(*means(cal))
+            row.calibrated_runs = list(cal)
         rows.append(row)
     elif kind == "contextual":
         from tierwise.lab.contextual_cli import ROUTER_KINDS, contextual_rows
