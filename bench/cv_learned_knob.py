@@ -11,11 +11,15 @@ With ``--z`` > 0 the target must hold on the paired one-sided bound ``mean(d) �
 Per set, the router is fitted on train as ``bench/routing_brain.py`` fits it (minilm-onnx embeddings; on the
 learned-router sets — no confidence signal — the kind and choice rule with the best train-CV AUC among knn / logreg /
 ensemble × threshold / lambda; on the cascade sets, where the contextual cascade uses the ``ensemble`` router, the
-ensemble with the rule of the better train-CV AUC). Its out-of-fold predictions (the router's own 5 folds, seed 0)
-are split into 5 **outer** folds (seed 1). For each outer fold and each z, the knob is calibrated on the other four
-folds' prompts (reference = the best model on those prompts, target 0.99 × its quality there) and played on the
-outer fold. Concatenated: every z's out-of-fold cost and quality on every train prompt. (The predictions of the
-four folds come from models that saw part of the outer fold: a mild optimism shared by every z.)
+ensemble with the rule of the better train-CV AUC). The train prompts are split into 5 **outer** folds (seed 1). For
+each outer fold the router of that kind is re-fitted on the other four folds' prompts exactly as ``train-router``
+would be run on them (its own 5 inner folds, seed 0), and for each z the knob is calibrated on that fit's out-of-fold
+predictions (reference = the best model on those prompts, target 0.99 × its quality there); the outer fold is then
+routed by the re-fitted router at that knob, or by the reference alone when ``calibrate_knob`` returns None. The
+knob and the deployed router both come from the fit rows only, as in the product, so the shift between the
+out-of-fold predictions a knob is read from and the full-fit router that serves is part of what is measured (an
+earlier version played the knob on the full-train fit's out-of-fold predictions: optimistic, and blind to that
+shift). Concatenated: every z's out-of-fold cost and quality on every train prompt.
 
 Met = out-of-fold mean quality ≥ 0.99 × the per-fold reference models' mean quality on the same prompts; cheap =
 met at ≤ 90 % of their mean cost.
@@ -45,10 +49,11 @@ from routing_quality import SETS  # noqa: E402
 
 from tierwise.lab.calibrate import CascadeCalibrator  # noqa: E402
 from tierwise.lab.datasets import load_set  # noqa: E402
-from tierwise.routing.learned.choose import RULES, choose  # noqa: E402
+from tierwise.outcomes import OutcomeSet  # noqa: E402
+from tierwise.routing.learned.choose import RULES  # noqa: E402
 from tierwise.routing.learned.embed_cache import embed_prompts  # noqa: E402
 from tierwise.routing.learned.numerics import kfold_indices  # noqa: E402
-from tierwise.routing.learned.train import calibrate_knob, train_router  # noqa: E402
+from tierwise.routing.learned.train import calibrate_knob, choose_calibrated, train_router  # noqa: E402
 
 EMBEDDER, KINDS = "minilm-onnx", ("knn", "logreg", "ensemble")
 ZS, OUTER_FOLDS, OUTER_SEED = (0.0, 0.5, 1.0, 1.645), 5, 1
@@ -71,19 +76,20 @@ def one_set(name: str) -> dict:
     fits = {k: train_router(s, k, EMBEDDER, models, embeddings=E) for k in kinds}
     kind, rule = max(((k, r) for k in kinds for r in RULES),
                      key=lambda kr: fits[kr[0]].report["cv_auc"][kr[1]] or -1.0)
-    res = fits[kind]
-    pred, costs = res.oof, res.router.mean_cost
     Q, C = train.quality_matrix(models), train.cost_matrix(models)
     n = len(Q)
     q_oof = {z: np.empty(n) for z in ZS}
     c_oof = {z: np.empty(n) for z in ZS}
     ref_q, ref_c = np.empty(n), np.empty(n)
     for tr, ho in kfold_indices(n, OUTER_FOLDS, OUTER_SEED):
+        fit_rows = OutcomeSet(s.name, s.models, [train.prompts[i] for i in tr], s.meta)
+        inner = train_router(fit_rows, kind, EMBEDDER, models, embeddings=E[tr])  # train-router on the fit rows
+        pred_ho, costs = inner.router.predict_embeddings(E[ho]), inner.router.mean_cost
         b = int(np.argmax(Q[tr].mean(axis=0)))  # the reference: the best model on the fit rows
         ref_q[ho], ref_c[ho] = Q[ho, b], C[ho, b]
         for z in ZS:
-            k = calibrate_knob(pred[tr], Q[tr], C[tr], costs, rule, TAU * float(Q[tr, b].mean()), z, Q[tr, b])
-            idx = choose(pred[ho], costs, rule, k)
+            k = calibrate_knob(inner.oof, Q[tr], C[tr], costs, rule, TAU * float(Q[tr, b].mean()), z, b)
+            idx = choose_calibrated(pred_ho, costs, rule, k, b)
             q_oof[z][ho], c_oof[z][ho] = Q[ho, idx], C[ho, idx]
     out: dict = {"set": name, "n_train": n, "router": f"{kind}, {rule}", "z": {}}
     for z in ZS:

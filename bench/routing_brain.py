@@ -13,9 +13,10 @@ per set under ``bench/results/routing_brain/``. Needs the embedding cache warm (
   checked against the engine on every point.
 - sets without one: the learned router (policy ``learned``; router kind and choice rule by train-CV AUC among
   knn/logreg/ensemble), knob swept on test; hull vertices re-run through the engine (policy ``learned``). Its
-  calibrated point is ``train-router``'s knob: the paired bound with z = :data:`tierwise.routing.learned.train.CALIB_Z`
-  on its out-of-fold predictions (z chosen by ``bench/cv_learned_knob.py``, nested CV on train; the previous z = 0
-  reported beside it).
+  calibrated point is ``train-router``'s: the paired bound with z = :data:`tierwise.routing.learned.train.CALIB_Z`
+  on its out-of-fold predictions, the knob or the best train model alone when no knob is certified cheaper (z
+  chosen by ``bench/cv_learned_knob.py``, nested CV on train; the previous z = 0 without that fallback reported
+  beside it).
 
 Readings, all reported: **ours-CV** — the user-reachable one: the sub-pool whose τ family has the best
 *cross-validated train* AUC (:func:`tierwise.lab.crossfit.cv_pool`, the calibrator's own 5 folds), then thresholds,

@@ -82,4 +82,4 @@ def test_train_router_z_through_the_cli(tmp_path, capsys) -> None:
         want = CALIB_Z if z is None else float(z)
         assert f"(z = {want:g})" in text
         assert load_router(out).header["calibration"]["z"] == want
-    assert CALIB_Z == 0.5  # the default chosen by bench/cv_learned_knob.py (nested CV on train)
+    assert CALIB_Z == 1.645  # the default chosen by bench/cv_learned_knob.py (nested CV on train)

@@ -21,7 +21,7 @@ PROCEDURES, DEFAULT_PROCEDURE = ("guard", "families", "crossfit", "none"), "fami
 FAMILIES_Z = 1.645  # tierwise.lab.crossfit.POINT_Z["families"]
 CASCADE_FAMILIES_Z = 0.5  # tierwise.lab.crossfit.CASCADE_POINT_Z["families"]
 FITTER_KINDS, DEFAULT_KIND = ("ensemble", "knn", "logreg"), "ensemble"  # tierwise.routing.learned.train
-CALIB_Z = 0.5  # tierwise.routing.learned.train.CALIB_Z
+CALIB_Z = 1.645  # tierwise.routing.learned.train.CALIB_Z
 EMBEDDERS = ("minilm-onnx", "minilm-static")  # tierwise.embed.EMBEDDERS
 ROUTERS = ("cascade:logprob, cascade:vote, contextual[:ensemble|knn|logreg|none], learned:ARTIFACT.npz, knn, "
            "single:MODEL")
