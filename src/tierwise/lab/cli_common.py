@@ -59,6 +59,13 @@ def cascade_calibrator(oset: OutcomeSet, args: argparse.Namespace) -> CascadeCal
         raise UsageError(str(exc)) from None
 
 
+def with_flags(args: argparse.Namespace, **flags: Any) -> argparse.Namespace:
+    """A copy of ``args`` with ``flags`` set: a command that fills in a flag for the shared builders (eval's
+    ``--router cascade:GATE`` as ``--gate``, ``--from-ledger``'s tier chain as ``--chain``) leaves the caller's
+    namespace as argparse filled it."""
+    return argparse.Namespace(**{**vars(args), **flags})
+
+
 def latency_cap(args: argparse.Namespace) -> float | None:
     cap = getattr(args, "max_p95_latency_ms", None)
     if cap is not None and not cap > 0:

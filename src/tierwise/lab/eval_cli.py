@@ -24,7 +24,15 @@ import numpy as np
 
 from tierwise.cli_lab import ROUTERS
 from tierwise.lab.calibrate import calibrated_curve
-from tierwise.lab.cli_common import Margins, UsageError, cascade_calibrator, check_models, labelled, margins
+from tierwise.lab.cli_common import (
+    Margins,
+    UsageError,
+    cascade_calibrator,
+    check_models,
+    labelled,
+    margins,
+    with_flags,
+)
 from tierwise.lab.contextual_eval import knob_taus
 from tierwise.lab.curve_bootstrap import PerPrompt, curve_draws, interval
 from tierwise.lab.datasets import OutcomeSet
@@ -62,8 +70,7 @@ def evaluate(oset: OutcomeSet, spec: str, args: argparse.Namespace, m: Margins, 
     rows: list[Row] = []
     kind, _, arg = spec.partition(":")
     if kind == "cascade":
-        args.gate = arg or None
-        calib = cascade_calibrator(oset, args)
+        calib = cascade_calibrator(oset, with_flags(args, gate=arg or None))
         taus = knob_taus(calib, args.target_quality)
         curve = calibrated_curve(calib, test, taus, m.family_z, progress=progress_bar(f"{oset.name} cascade"))
         pts = [Point(r.held.cost, r.held.quality) for r in curve]

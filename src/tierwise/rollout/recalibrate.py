@@ -180,7 +180,7 @@ def calibrate_from_ledger(args: argparse.Namespace, z: float) -> int:
     from tierwise.config import ConfigError, load_config
     from tierwise.lab.calibrate import calibrate_point
     from tierwise.lab.calibrate_cli import describe
-    from tierwise.lab.cli_common import UsageError, cascade_calibrator, labelled
+    from tierwise.lab.cli_common import UsageError, cascade_calibrator, labelled, with_flags
     from tierwise.ledger.spend_cli import parse_when
 
     if not args.config or not args.tier or not args.since:
@@ -202,10 +202,8 @@ def calibrate_from_ledger(args: argparse.Namespace, z: float) -> int:
     print(f"{args.tier}: {built.window.n} answered requests in the window, {built.labelled} labelled; "
           f"{built.pessimistic} escalated answers without a label scored 0, {built.imputed} rungs that never ran "
           "filled with their model's mean labelled quality (see --help)")
-    if args.chain in (None, "auto"):
-        args.chain = ",".join(chain)
-    if args.relative_to == "best":
-        args.relative_to = chain[-1]
+    args = with_flags(args, chain=",".join(chain) if args.chain in (None, "auto") else args.chain,
+                      relative_to=chain[-1] if args.relative_to == "best" else args.relative_to)
     oset = labelled(built.oset, args)
     res = calibrate_point(cascade_calibrator(oset, args), oset.split("test"), "quality", args.target_quality, z)
     print(describe(res, oset, z))
