@@ -309,9 +309,7 @@ def main() -> None:
     cfg, rows = routing_config(), labelled_rows()
     prompts, labels = [r["prompt"] for r in rows], [r["tier"] for r in rows]
     load0 = os.getloadavg()[0]
-    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    isa = procs.isa_flags()
     import onnxruntime
 
     shipped = asset_path(MODEL_FILE)

@@ -60,6 +60,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "overhead"))
+import procs  # noqa: E402
 from routing_brain_report import BOOTSTRAP, _p, noise, readme_lines, render, replace_block  # noqa: E402
 from routing_quality import SETS, _rep, grid_baseline  # noqa: E402
 
@@ -254,6 +256,12 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def machine() -> str:
+    """The CPU and the vector extensions that pick the embedder's kernels, for the report's header."""
+    facts = procs.machine_facts()
+    return f"{facts['cpu_model']} ({', '.join(facts['isa']) or 'no AVX2'})"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", help="comma-separated subset of the default sets")
@@ -278,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("_cal")
     (OUT / "routing_brain.json").write_text(json.dumps({"sets": rows, "noise": nz}, indent=1, default=float))
     secs, load1 = time.time() - t0, _load()
-    (OUT / "routing_brain.md").write_text(render(rows, secs, nz, load0, load1))
+    (OUT / "routing_brain.md").write_text(render(rows, secs, nz, load0, load1, machine()))
     if args.readme and not args.sets:
         replace_block(Path(__file__).parent.parent / "README.md", "routing-brain",
-                      readme_lines(rows, nz, secs, load0, load1))
+                      readme_lines(rows, nz, secs, load0, load1, machine()))
     print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
     return 0
 

@@ -117,7 +117,15 @@ def machine_facts() -> dict:
             break
     mem_kb = status_kb_meminfo("MemTotal")
     return {"nproc": os.cpu_count(), "cpu_model": cpu, "mem_total_mb": mem_kb // 1024,
-            "python": sys.version.split()[0], "kernel": os.uname().release}
+            "python": sys.version.split()[0], "kernel": os.uname().release, "isa": isa_flags()}
+
+
+def isa_flags() -> list[str]:
+    """The CPU's vector extensions that pick the embedder's integer kernels (AVX2's vpmaddubsw against VNNI): what
+    can move the minilm-onnx vectors, and so the routing results, between machines (bench/results/embed_spread.md)."""
+    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("flags")), [])
+    return [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
 
 
 def status_kb_meminfo(field: str) -> int:
