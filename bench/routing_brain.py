@@ -286,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("_cal")
     (OUT / "routing_brain.json").write_text(json.dumps({"sets": rows, "noise": nz}, indent=1, default=float))
     secs, load1 = time.time() - t0, _load()
-    (OUT / "routing_brain.md").write_text(render(rows, secs, nz, load0, load1, machine()))
+    host = machine()
+    (OUT / "routing_brain.md").write_text(render(rows, secs, nz, load0, load1, host))
     if args.readme and not args.sets:
         replace_block(Path(__file__).parent.parent / "README.md", "routing-brain",
-                      readme_lines(rows, nz, secs, load0, load1, machine()))
+                      readme_lines(rows, nz, secs, load0, load1, host))
     print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
     return 0
 

@@ -174,8 +174,8 @@ def _cal_lines(rows: list[dict], nz: dict) -> list[str]:
     for r in rows:
         c = r["ours"]["calibrated"]
         z = nz["calibrated"]["per_set"][r["set"]]
-        knob = "the reference model alone" if c.get("knob", 0) is None else f"knob {c.get('knob', 0):.4g}"
-        chain = " > ".join(c["chain"]) + f" ({c['start_knob']:.2f})" if "chain" in c else knob
+        chain = (" > ".join(c["chain"]) + f" ({c['start_knob']:.2f})" if "chain" in c
+                 else "the reference model alone" if c["knob"] is None else f"knob {c['knob']:.4g}")
         what = (f"{c['procedure']} (z = {c.get('z', 1):g}): {c['detail']}" if "procedure" in c
                 else f"the router's out-of-fold knob, z = {c.get('z', 0):g}")
         g = r["ours"].get("calibrated_guard") or c
